@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Creates or refreshes ./.venv with the pinned stack and installs the Debian Fashion-MNIST files.
+# Idempotent: a second run only re-installs when setup.py changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+# The embedded default dataset: Debian's dataset-fashion-mnist (real data, no network at run time).
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "[setup] installing Debian package dataset-fashion-mnist"
+  $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || {
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null
+  }
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=$(cat setup.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "[setup] installing simlap[train,test] into .venv (pinned; takes about a minute)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[train,test]"
+  echo "$stamp" > .venv/.setup-stamp
+fi

@@ -1,0 +1,44 @@
+"""simlap: SimLAP (learning from arbitrary class pairs) in JAX/Flax.
+
+The core install is only what `simlap.losses` needs (jax, numpy), so another JAX project can
+`pip install simlap` and import the loss without pulling TensorFlow. `simlap[train]` carries the
+pinned training stack; `simlap[test]` the test tools.
+"""
+import setuptools
+
+# The pinned set measured to work together on Python 3.11 (see ../shared/design/architecture.md).
+TRAIN_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    # tfds 4.9.10 imports importlib_resources without declaring it.
+    "importlib_resources==7.1.0",
+    "matplotlib==3.11.2",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+]
+
+setuptools.setup(
+    name="simlap",
+    version="0.1.0",
+    description="SimLAP: contrastive learning from arbitrary class pairs, in JAX/Flax.",
+    packages=setuptools.find_packages(include=["simlap", "simlap.*"]),
+    python_requires=">=3.11",
+    install_requires=["jax>=0.7", "numpy>=1.26"],
+    extras_require={
+        "train": TRAIN_REQUIRES,
+        "test": TEST_REQUIRES,
+        # Accelerator wheels: install on the accelerator host instead of the CPU jaxlib.
+        "gpu": ["jax[cuda12]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
+)

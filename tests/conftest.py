@@ -1,0 +1,29 @@
+"""Test-session setup: 8 simulated CPU devices, offline TFDS, TensorFlow kept off accelerators.
+
+XLA_FLAGS must be set before JAX initialises its backends, so this runs at import time of the
+conftest, before any test module imports jax.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Never let a test wait on the network: TFDS reads GCS metadata unless told not to.
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end tests (still run in CI)")
+
+
+@pytest.fixture(scope="session")
+def num_devices() -> int:
+  n = jax.device_count()
+  assert n == 8, f"expected 8 simulated CPU devices, got {n}; XLA_FLAGS was set too late"
+  return n
