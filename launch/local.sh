@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Runs simlap on this machine with the repository's .venv: all local accelerators, or N simulated
+# CPU devices (--devices N), optionally split over P local processes (--processes P) to exercise
+# the multi-host code path (jax.distributed over localhost, gloo collectives on CPU).
+# Run with --help for the options; --dry-run prints the commands only.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  cat <<'EOF'
+Usage: launch/local.sh [options] [--config.KEY=VALUE ...] [-- ARGS...]
+
+Runs  .venv/bin/python -m simlap.main --config=CONFIG --workdir=WORKDIR  in the repository root.
+
+Options (environment variable in brackets):
+  --config PATH[:ARG]  config file [SIMLAP_CONFIG], default configs/default.py
+  --workdir DIR        run dir [WORKDIR], default workdirs/<config name> (a rerun resumes)
+  --data-dir DIR       TFDS data dir, passed as --config.dataset.data_dir [TFDS_DATA_DIR]
+  --devices N          simulate N CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=N
+                       and JAX_PLATFORMS=cpu (default: use the machine's real devices)
+  --processes P        run P processes on localhost, each with N simulated devices (needs
+                       --devices): --coordinator_address=localhost:PORT --num_processes=P
+                       --process_id=i; the mesh spans P*N devices
+  --port PORT          coordinator port for --processes [SIMLAP_COORDINATOR_PORT], default 12355
+  --python PATH        interpreter [PYTHON], default .venv/bin/python (bash scripts/setup.sh)
+  --dry-run            print the commands (prefixed "+ ") and run nothing
+  -h, --help           this text
+  --config.KEY=VALUE   passed through to simlap.main (any number)
+  -- ARGS...           everything after -- is passed through to simlap.main
+
+Examples:
+  launch/local.sh                                   # the embedded Fashion-MNIST job
+  launch/local.sh --devices 8 --config.batch_size=512
+  launch/local.sh --devices 4 --processes 2 --config.num_steps=20
+EOF
+}
+
+die() {
+  echo "local.sh: error: $*" >&2
+  exit 2
+}
+
+# Prints its arguments as one shell-quoted command line (safe words stay bare).
+quote() {
+  local out="" arg
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+      out+="$arg "
+    else
+      out+="'${arg//\'/\'\\\'\'}' "
+    fi
+  done
+  printf '%s' "${out% }"
+}
+
+# Prints the command (like `set -x`); runs it unless --dry-run.
+run() {
+  if ((DRY_RUN)); then
+    printf '+ %s\n' "$(quote "$@")"
+  else
+    printf '+ %s\n' "$(quote "$@")" >&2
+    "$@"
+  fi
+}
+
+# Like run, in the background; the pid goes to PIDS.
+run_bg() {
+  if ((DRY_RUN)); then
+    printf '+ %s &\n' "$(quote "$@")"
+  else
+    printf '+ %s &\n' "$(quote "$@")" >&2
+    "$@" &
+    PIDS+=("$!")
+  fi
+}
+
+# A name for the default workdir: configs/in1k.py:smoke -> in1k-smoke.
+config_stem() {
+  local path="${1%%:*}" arg=""
+  [[ "$1" == *:* ]] && arg="-${1#*:}"
+  path="$(basename "$path" .py)"
+  printf '%s' "${path}${arg//[^A-Za-z0-9_.-]/_}"
+}
+
+parse_args() {
+  CONFIG="${SIMLAP_CONFIG:-configs/default.py}"
+  WORKDIR="${WORKDIR:-}"
+  DATA_DIR="${TFDS_DATA_DIR:-}"
+  DEVICES=""
+  PROCESSES=1
+  PORT="${SIMLAP_COORDINATOR_PORT:-12355}"
+  PYTHON_BIN="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
+  DRY_RUN=0
+  PASSTHROUGH=()
+  while (($#)); do
+    case "$1" in
+      --config | --workdir | --data-dir | --devices | --processes | --port | --python)
+        (($# >= 2)) || die "$1 needs a value"
+        set -- "$1=$2" "${@:3}"
+        continue
+        ;;
+      --config=*) CONFIG="${1#*=}" ;;
+      --workdir=*) WORKDIR="${1#*=}" ;;
+      --data-dir=*) DATA_DIR="${1#*=}" ;;
+      --devices=*) DEVICES="${1#*=}" ;;
+      --processes=*) PROCESSES="${1#*=}" ;;
+      --port=*) PORT="${1#*=}" ;;
+      --python=*) PYTHON_BIN="${1#*=}" ;;
+      --dry-run) DRY_RUN=1 ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      --config.*) PASSTHROUGH+=("$1") ;;
+      --)
+        shift
+        PASSTHROUGH+=("$@")
+        break
+        ;;
+      *) die "unknown argument '$1' (see --help; use -- to pass arguments to simlap.main)" ;;
+    esac
+    shift
+  done
+  [[ -z "$DEVICES" || "$DEVICES" =~ ^[1-9][0-9]*$ ]] || die "--devices needs a positive integer"
+  [[ "$PROCESSES" =~ ^[1-9][0-9]*$ ]] || die "--processes needs a positive integer"
+  [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port needs a number"
+  ((PROCESSES == 1)) || [[ -n "$DEVICES" ]] ||
+    die "--processes simulates hosts on CPU and needs --devices N (devices per process)"
+  [[ -n "$WORKDIR" ]] || WORKDIR="$REPO_ROOT/workdirs/$(config_stem "$CONFIG")"
+  if ((!DRY_RUN)) && [[ ! -x "$PYTHON_BIN" ]]; then
+    die "no interpreter at '$PYTHON_BIN': run 'bash scripts/setup.sh' first (or pass --python)"
+  fi
+}
+
+# The environment prefix (`env VAR=... `) for simulated CPU devices; empty otherwise.
+device_env() {
+  ENV_PREFIX=()
+  [[ -n "$DEVICES" ]] || return 0
+  # Drop a device count already in XLA_FLAGS, keep any other flags the user set.
+  local flags=() words=() word
+  read -r -a words <<<"${XLA_FLAGS:-}"
+  for word in "${words[@]}"; do
+    [[ "$word" == --xla_force_host_platform_device_count=* ]] || flags+=("$word")
+  done
+  flags+=("--xla_force_host_platform_device_count=${DEVICES}")
+  ENV_PREFIX=(env "XLA_FLAGS=${flags[*]}" JAX_PLATFORMS=cpu)
+}
+
+# Waits for every background process; if one fails, stops the others so nothing hangs waiting
+# for a peer that is gone, and returns that failure.
+wait_all() {
+  local status=0 rc left="${#PIDS[@]}"
+  while ((left > 0)); do
+    rc=0
+    wait -n || rc=$?
+    if ((rc != 0 && status == 0)); then
+      status="$rc"
+      echo "local.sh: a process exited with status $rc; stopping the others" >&2
+      kill "${PIDS[@]}" 2>/dev/null || true
+    fi
+    left=$((left - 1))
+  done
+  return "$status"
+}
+
+main() {
+  parse_args "$@"
+  device_env
+  local cmd=("${ENV_PREFIX[@]}" "$PYTHON_BIN" -m simlap.main "--config=${CONFIG}"
+    "--workdir=${WORKDIR}")
+  [[ -z "$DATA_DIR" ]] || cmd+=("--config.dataset.data_dir=${DATA_DIR}")
+  run cd "$REPO_ROOT"
+  if ((PROCESSES == 1)); then
+    run "${cmd[@]}" "${PASSTHROUGH[@]}"
+    return
+  fi
+  PIDS=()
+  trap 'kill "${PIDS[@]}" 2>/dev/null || true' INT TERM
+  local i
+  for ((i = 0; i < PROCESSES; i++)); do
+    run_bg "${cmd[@]}" "--coordinator_address=localhost:${PORT}" \
+      "--num_processes=${PROCESSES}" "--process_id=${i}" "${PASSTHROUGH[@]}"
+  done
+  if ((DRY_RUN)); then
+    printf '+ wait\n'
+  else
+    wait_all
+  fi
+}
+
+main "$@"
