@@ -1,0 +1,198 @@
+"""ResNet backbones in Flax Linen: basic-block ResNet-18/34, bottleneck ResNet-50, small CIFAR nets.
+
+Layout is NHWC. Parameters are float32 (`param_dtype`); convolutions and activations run in the
+compute `dtype` (bfloat16 for mixed precision) while BatchNorm reduces its statistics in float32
+(Flax's `force_float32_reductions`) and the pooled features are returned as float32, so every
+head and loss downstream works in float32.
+
+BatchNorm has no `axis_name`: the train step is a `jax.jit` over *global* arrays, so the batch
+mean/variance are already computed over the whole (sharded) batch — synchronized BN for free.
+
+Stems (`stem=`):
+  "imagenet": 7x7 stride-2 conv + 3x3 stride-2 max-pool (output stride 32).
+  "cifar":    one 3x3 stride-1 conv, no pool (output stride 8 with four stages).
+  "deep":     three 3x3 stride-1 convs (w/2, w/2, w), no pool — the authors' CIFAR ResNet-18
+              "deep stem" run at output stride 8 (4x4 maps for 32x32 input).
+"""
+from collections.abc import Callable, Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+Dtype = Any
+
+# He-normal on fan-out, the torchvision ResNet default the authors trained with.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 1) at stride 2.
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs; the second BN's gamma starts at zero so the block is identity at init.
+
+  Attributes:
+    features: output channels.
+    strides: stride of the first conv (and of the projection shortcut).
+  """
+  features: int
+  strides: int = 1
+  conv: Callable[..., nn.Module] = nn.Conv
+  norm: Callable[..., nn.Module] = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W, Cin) -> (B, H/s, W/s, features)."""
+    residual = x
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD3)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.features, (3, 3), padding=_PAD3)(y)
+    # Zero gamma: the residual branch outputs 0 at init, so deep nets start as shallow ones
+    # (Goyal et al. 2017; the authors' ResNet-50 recipe uses it).
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.features, (1, 1), (self.strides, self.strides),
+                           name="proj_conv")(residual)
+      residual = self.norm(name="proj_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 (strided, as torchvision "v1.5") -> 1x1 x4 expansion; last BN gamma zero."""
+  features: int
+  strides: int = 1
+  conv: Callable[..., nn.Module] = nn.Conv
+  norm: Callable[..., nn.Module] = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W, Cin) -> (B, H/s, W/s, 4 * features)."""
+    residual = x
+    y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
+    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD3)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.features * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.features * 4, (1, 1), (self.strides, self.strides),
+                           name="proj_conv")(residual)
+      residual = self.norm(name="proj_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """A ResNet trunk with global average pooling.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    widths: channels of each stage (before the bottleneck expansion).
+    block: "basic" or "bottleneck".
+    stem: "imagenet" | "cifar" | "deep" (see module docstring).
+    stem_width: channels out of the stem.
+    bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
+    dtype: compute dtype; parameters and BN statistics stay float32.
+  """
+  stage_sizes: Sequence[int]
+  widths: Sequence[int]
+  block: str = "basic"
+  stem: str = "cifar"
+  stem_width: int = 64
+  bn_momentum: float = 0.9
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Images (B, H, W, C) -> pooled features (B, F) float32, F = widths[-1] (x4 bottleneck)."""
+    if len(self.stage_sizes) != len(self.widths):
+      raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} differ in length")
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=_conv_init)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
+                             param_dtype=jnp.float32)
+    x = jnp.asarray(x, self.dtype)
+
+    if self.stem == "imagenet":
+      x = conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=_PAD3)
+    elif self.stem == "cifar":
+      x = conv(self.stem_width, (3, 3), padding=_PAD3, name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
+    elif self.stem == "deep":
+      half = max(self.stem_width // 2, 1)
+      for i, w in enumerate((half, half, self.stem_width)):
+        x = conv(w, (3, 3), padding=_PAD3, name=f"stem_conv{i}")(x)
+        x = nn.relu(norm(name=f"stem_bn{i}")(x))
+    else:
+      raise ValueError(f"unknown stem {self.stem!r}; expected imagenet | cifar | deep")
+
+    if self.block == "basic":
+      block_cls = BasicBlock
+    elif self.block == "bottleneck":
+      block_cls = BottleneckBlock
+    else:
+      raise ValueError(f"unknown block {self.block!r}; expected basic | bottleneck")
+    for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(n):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(w, strides, conv=conv, norm=norm, name=f"stage{i + 1}_block{j + 1}")(x)
+    # Pool in float32: the mean over H*W is a reduction bf16 would round badly.
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+# name -> (stage_sizes, base widths, block, base stem width). Widths are multiplied by `width`.
+VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
+    # ~20k parameters: for tests only.
+    "resnet_tiny": ((1, 1), (8, 16), "basic", 8),
+    # ResNet-14-style CIFAR net (3 stages x 2 basic blocks, 16/32/64), the default Fashion-MNIST
+    # backbone: sized so a step on 2 x 256 28x28 views stays near 0.5 s on 2 CPU cores.
+    "resnet_small": ((2, 2, 2), (16, 32, 64), "basic", 16),
+    "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), "basic", 64),
+    "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512), "basic", 64),
+    "resnet50": ((3, 4, 6, 3), (64, 128, 256, 512), "bottleneck", 64),
+}
+
+
+def parse_dtype(name: str | Dtype) -> Dtype:
+  """Maps "float32" / "bfloat16" / "float16" (or a dtype) to a jnp dtype."""
+  if isinstance(name, str):
+    if name not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"unsupported compute dtype {name!r}")
+    return jnp.dtype(name)
+  return name
+
+
+def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
+  """ResNet from `config.model` (backbone, stem, width, bn_momentum, dtype).
+
+  Args:
+    model_config: the `config.model` ConfigDict.
+
+  Returns:
+    An unbound `ResNet`; `apply(..., images (B, H, W, C), train=...)` gives (B, F) float32.
+  """
+  name = model_config.backbone
+  if name not in VARIANTS:
+    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(VARIANTS)}")
+  stages, widths, block, stem_width = VARIANTS[name]
+  mult = float(model_config.get("width", 1.0))
+  scale = lambda w: max(1, int(round(w * mult)))  # noqa: E731
+  return ResNet(
+      stage_sizes=stages,
+      widths=tuple(scale(w) for w in widths),
+      block=block,
+      stem=model_config.get("stem", "cifar"),
+      stem_width=scale(stem_width),
+      bn_momentum=float(model_config.get("bn_momentum", 0.9)),
+      dtype=parse_dtype(model_config.get("dtype", "float32")),
+  )
+
+
+def feature_dim(model_config: ml_collections.ConfigDict) -> int:
+  """F, the pooled feature width `build_backbone(model_config)` returns."""
+  stages, widths, block, _ = VARIANTS[model_config.backbone]
+  del stages
+  w = max(1, int(round(widths[-1] * float(model_config.get("width", 1.0)))))
+  return w * 4 if block == "bottleneck" else w

@@ -1,0 +1,122 @@
+"""SimLAPModel: backbone + projector + gate table + online linear probe, built from a config.
+
+One module serves every objective of the trainer (simlap, simclr, supcon, ce), so baselines share
+the backbone, projector and probe exactly; objectives differ only in which outputs the loss uses.
+
+Variables: "params" and "batch_stats". The "gate" rng stream is needed only when the gate kind is
+"gumbel" or "stochastic" and train=True. Typical init:
+
+    model = build_model(config, num_classes)
+    variables = model.init({"params": k1, "gate": k2}, images, labels, labels, train=False)
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from simlap.models import gates as gates_lib
+from simlap.models import heads
+from simlap.models import resnet
+
+
+class SimLAPModel(nn.Module):
+  """The full network. Submodules are passed in (see `build_model`), so tests can swap parts.
+
+  Attributes:
+    backbone: images (B, H, W, C), train -> features (B, F) float32.
+    projector: features, train -> embeddings (B, D) float32.
+    gate: a `GateTable` with `dim == D`.
+    probe: a `LinearHead` on the features.
+    probe_stop_gradient: stop the probe's gradient at the features (online linear evaluation).
+      False only for the supervised CE baseline, whose loss is the probe's cross-entropy.
+  """
+  backbone: nn.Module
+  projector: nn.Module
+  gate: gates_lib.GateTable
+  probe: heads.LinearHead
+  probe_stop_gradient: bool = True
+
+  def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None,
+               pair_labels: jnp.ndarray | None = None, *,
+               train: bool) -> dict[str, jnp.ndarray]:
+    """Runs the network.
+
+    Args:
+      images: (B, H, W, C) images.
+      labels: optional (B,) int anchor classes y1.
+      pair_labels: optional (B,) int pair classes y2; gates are computed only if both are given.
+      train: BatchNorm on batch statistics (mutable "batch_stats"), gate noise on.
+
+    Returns:
+      dict with
+        "features": (B, F) float32 pooled backbone features,
+        "embeddings": (B, D) float32 projector output (LayerNorm-ed, not L2-normalised),
+        "probe_logits": (B, num_classes) float32 linear probe logits,
+        "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given.
+    """
+    features = self.backbone(images, train=train)
+    out = {
+        "features": features,
+        "embeddings": self.projector(features, train=train),
+        "probe_logits": self.probe(
+            jax.lax.stop_gradient(features) if self.probe_stop_gradient else features),
+    }
+    if labels is not None and pair_labels is not None:
+      out["gates"] = self.gate(labels, pair_labels, train=train)
+    return out
+
+  def encode(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    """Backbone features only (kNN / probes): (B, H, W, C) -> (B, F) float32."""
+    return self.backbone(images, train=train)
+
+  def gates(self, labels: jnp.ndarray, pair_labels: jnp.ndarray, *,
+            train: bool) -> jnp.ndarray:
+    """Gates of (labels[b], pair_labels[b]) without running the image network: (B, D)."""
+    return self.gate(labels, pair_labels, train=train)
+
+  def class_gates(self) -> jnp.ndarray:
+    """g(y, y) for every class, BatchNorm in inference mode: (C, D) float32."""
+    return self.gate.class_gates()
+
+  def pair_gates(self, labels: jnp.ndarray, pair_labels: jnp.ndarray) -> jnp.ndarray:
+    """g(y1, y2) for arbitrary (N,) label vectors, BatchNorm in inference mode: (N, D)."""
+    return self.gate.pair_gates(labels, pair_labels)
+
+  @property
+  def num_classes(self) -> int:
+    return self.gate.num_classes
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPModel:
+  """SimLAPModel from `config.model` and `config.gate`.
+
+  Args:
+    config: the full experiment config (reads `model.*` and `gate.*`).
+    num_classes: C, for the gate table and the probe.
+
+  Returns:
+    An unbound `SimLAPModel`.
+  """
+  m, g = config.model, config.gate
+  dtype = resnet.parse_dtype(m.get("dtype", "float32"))
+  bn_momentum = float(m.get("bn_momentum", 0.9))
+  dim = int(m.projector_dim)
+  return SimLAPModel(
+      backbone=resnet.build_backbone(m),
+      projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
+                                bn_momentum=bn_momentum, dtype=dtype),
+      gate=gates_lib.GateTable(
+          num_classes=int(num_classes), dim=dim, embed_dim=int(g.get("embed_dim", 512)),
+          hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
+          fuse=g.get("fuse", "mean"), tau=float(g.get("tau", 1.0)),
+          noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum),
+      probe=heads.LinearHead(int(num_classes)),
+      probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
+  )
+
+
+def param_count(variables: Any) -> int:
+  """Number of scalars in `variables["params"]`."""
+  return sum(int(p.size) for p in jax.tree.leaves(variables["params"]))
