@@ -189,7 +189,7 @@ ship_code() {
     on_all_workers "rm -rf ~/simlap && git clone -q $(quote "$GIT_URL") ~/simlap && git -C ~/simlap checkout -q $(quote "$REF")"
     return
   fi
-  if ! git -C "$REPO_ROOT" diff-index --quiet HEAD -- 2>/dev/null; then
+  if ((!DRY_RUN)) && ! git -C "$REPO_ROOT" diff-index --quiet HEAD -- 2>/dev/null; then
     echo "tpu_vm.sh: warning: uncommitted changes are not shipped (git archive $REF)" >&2
   fi
   local tarball="${TMPDIR:-/tmp}/${TPU_NAME}-code.tar.gz"
