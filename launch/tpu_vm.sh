@@ -186,7 +186,9 @@ on_all_workers() {
 # ---- the code ----
 ship_code() {
   if [[ -n "$GIT_URL" ]]; then
-    on_all_workers "rm -rf ~/simlap && git clone -q $(quote "$GIT_URL") ~/simlap && git -C ~/simlap checkout -q $(quote "$REF")"
+    local clone
+    clone="git clone -q $(quote "$GIT_URL") ~/simlap"
+    on_all_workers "rm -rf ~/simlap && ${clone} && git -C ~/simlap checkout -q $(quote "$REF")"
     return
   fi
   if ((!DRY_RUN)) && ! git -C "$REPO_ROOT" diff-index --quiet HEAD -- 2>/dev/null; then
@@ -202,7 +204,9 @@ ship_code() {
 # ---- the environment: Python 3.11 venv with simlap[train,tpu] (jax[tpu]) ----
 install() {
   # The Ubuntu 22.04 TPU images ship Python 3.10; jax 0.10.2 needs >= 3.11 (deadsnakes PPA).
-  local py="command -v python3.11 >/dev/null || { sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11 python3.11-venv; }"
+  local apt="sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11 python3.11-venv"
+  local ppa="sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -q"
+  local py="command -v python3.11 >/dev/null || { ${ppa} && ${apt}; }"
   local venv="python3.11 -m venv ~/simlap-venv && ~/simlap-venv/bin/pip install -q -U pip"
   local pkg="cd ~/simlap && ~/simlap-venv/bin/pip install -q -e '.[train,tpu]'"
   on_all_workers "set -e; ${py}; ${venv}; ${pkg}"

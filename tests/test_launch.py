@@ -304,8 +304,8 @@ def test_slurm_sizes_from_slurm_variables(fakes):
   env = {**SLURM_JOB, "NODES": "99", "GPUS_PER_NODE": "99"}  # the allocation wins
   srun = srun_command(printed(launch("slurm_gpu.sbatch", "--dry-run", "--workdir", "/w/run1",
                                      fakes=fakes, env=env)))
-  assert srun[1:5] == ["srun", "--nodes=3", "--ntasks-per-node=4",
-                       "--kill-on-bad-exit=1"][1:] + ["--cpus-per-task=6"]
+  assert srun[1:5] == ["--nodes=3", "--ntasks-per-node=4", "--kill-on-bad-exit=1",
+                       "--cpus-per-task=6"]
   assert "--workdir=/w/run1" in srun
   assert not any(a.startswith("--local_device_ids") for a in srun)
 
@@ -341,9 +341,9 @@ def test_slurm_real_run_calls_srun(fakes):
 
 
 def test_local_dry_run_devices(fakes):
+  user_flags = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=2"
   cmds = printed(launch("local.sh", "--devices", "8", "--dry-run", "--config.batch_size=512",
-                        "--", ODD_OVERRIDE, fakes=fakes,
-                        env={"XLA_FLAGS": "--xla_cpu_foo=1 --xla_force_host_platform_device_count=2"}))
+                        "--", ODD_OVERRIDE, fakes=fakes, env={"XLA_FLAGS": user_flags}))
   assert calls(fakes[1]) == []
   assert cmds[0] == ["cd", str(REPO)]
   (cmd,) = cmds[1:]
@@ -381,7 +381,7 @@ def test_local_real_run(fakes):
   assert call["cwd"] == str(REPO)
   assert call["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
   assert call["env"]["JAX_PLATFORMS"] == "cpu"
-  assert [python, *call["argv"]] == dry[1][3:]  # dry run: env XLA_FLAGS=.. JAX_PLATFORMS=.. python
+  assert [python, *call["argv"]] == dry[1][3:]  # after `env XLA_FLAGS=.. JAX_PLATFORMS=cpu`
 
 
 def test_local_processes_dry_run(fakes):
