@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
       classes_per_batch=0,  # class-balanced P x K sampler; 0 = off
       samples_per_class=0,
       prefetch=2,  # device batches prepared ahead of the step
+      # Read the train split into memory (exact, free resume) or stream it from disk;
+      # None = in memory when the prepared dataset is at most 1 GiB.
+      in_memory=ml_collections.FieldReference(None, field_type=bool),
   ))
   view = dict(
       crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,

@@ -27,3 +27,15 @@ def num_devices() -> int:
   n = jax.device_count()
   assert n == 8, f"expected 8 simulated CPU devices, got {n}; XLA_FLAGS was set too late"
   return n
+
+
+@pytest.fixture(scope="session")
+def fmnist_data_dir(tmp_path_factory) -> str:
+  """A TFDS data dir holding the real Fashion-MNIST (`fashion_mnist_local`), prepared once.
+
+  Reads Debian's IDX files (or $SIMLAP_FASHION_MNIST_DIR); about 2 s on 2 cores.
+  """
+  from simlap.data import fashion_mnist  # noqa: PLC0415 (imports TF: only when needed)
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  fashion_mnist.prepare(data_dir)
+  return data_dir
