@@ -1,0 +1,441 @@
+"""Analyses of a trained model as numbers (pictures in `simlap.plots`, drawn from the same data).
+
+Answers the paper's open questions (../shared/design/method.md, "Analyses"):
+  gates        are they binary switches or a smooth scaling?  `gate_statistics`
+  pair sizes   do similar class pairs get larger subspaces?    `pair_size_by_group`
+  relations    do gate similarities recover known class groups better than class-mean
+               embeddings?                                     `group_recovery`
+  collapse     how many dimensions are used?                   `effective_rank`
+  separation   intra- vs inter-class cosine, as an AUROC       `intra_inter_similarity`
+and `analyze` gathers all of them into one JSON-serialisable dict (+ optional PNGs).
+
+Everything here is host-side numpy on small objects (C x C, D x D, sampled pairs); pass
+numpy arrays or fully addressable jax.Arrays. Importing this module does not import
+matplotlib.
+"""
+from collections.abc import Mapping, Sequence
+import math
+from typing import Any
+
+import numpy as np
+
+ArrayLike = Any  # np.ndarray | jax.Array
+Groups = Sequence[Sequence[int]]
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+# tops {T-shirt/top, Pullover, Coat, Shirt}, footwear {Sandal, Sneaker, Ankle boot};
+# Trouser (1), Dress (3) and Bag (8) belong to no group.
+FASHION_MNIST_GROUPS = ((0, 2, 4, 6), (5, 7, 9))
+
+
+def coarse_groups(fine_labels: ArrayLike, coarse_labels: ArrayLike) -> list[list[int]]:
+  """Groups of fine classes sharing a coarse label (e.g. CIFAR-100's 20 superclasses).
+
+  Args:
+    fine_labels, coarse_labels: (N,) ints, the two labels of the same N examples.
+
+  Returns:
+    One sorted list of fine class indices per coarse class, ordered by coarse index.
+  """
+  pairs = np.unique(np.stack([np.asarray(coarse_labels), np.asarray(fine_labels)], 1), axis=0)
+  if len(np.unique(pairs[:, 1])) != len(pairs):
+    raise ValueError("a fine label appears under more than one coarse label")
+  return [sorted(int(f) for f in pairs[pairs[:, 0] == c, 1]) for c in np.unique(pairs[:, 0])]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gates
+# ----------------------------------------------------------------------------------------------
+def gate_statistics(gates: ArrayLike, *, bins: int = 10) -> dict[str, Any]:
+  """Summary of gate values g in [0, 1].
+
+  Args:
+    gates: (..., D) — class gates (C, D), pair gates (P, D) or (C, C, D).
+    bins: histogram bins over [0, 1].
+
+  Returns:
+    {"num_gates": rows, "dim": D,
+     "activation_mean"/"activation_std": Σ_d g per row (subspace size, in dims),
+     "activation_frac_mean": the same divided by D,
+     "frac_open": fraction of g > 0.5,
+     "frac_near_zero"/"frac_near_one": g < 0.1 / g > 0.9,
+     "frac_intermediate": 0.1 <= g <= 0.9 — the sparsity verdict: ~0 means binary switches,
+       ~1 means a smooth scaling,
+     "entropy_bits_mean": mean Bernoulli entropy in bits (0 binary, 1 at g = 0.5),
+     "hist_edges": bins + 1 floats, "hist_counts": bins ints}.
+  """
+  g = np.asarray(gates, np.float64)
+  g = g.reshape(-1, g.shape[-1])
+  act = g.sum(-1)
+  p = np.clip(g, 1e-12, 1 - 1e-12)
+  ent = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+  counts, edges = np.histogram(np.clip(g, 0, 1), bins=bins, range=(0.0, 1.0))
+  return {
+      "num_gates": int(g.shape[0]), "dim": int(g.shape[1]),
+      "activation_mean": float(act.mean()), "activation_std": float(act.std()),
+      "activation_frac_mean": float(act.mean() / g.shape[1]),
+      "frac_open": float(np.mean(g > 0.5)),
+      "frac_near_zero": float(np.mean(g < 0.1)), "frac_near_one": float(np.mean(g > 0.9)),
+      "frac_intermediate": float(np.mean((g >= 0.1) & (g <= 0.9))),
+      "entropy_bits_mean": float(ent.mean()),
+      "hist_edges": edges.tolist(), "hist_counts": counts.tolist(),
+  }
+
+
+def _same_group(num_classes: int, groups: Groups) -> np.ndarray:
+  """(C, C) bool: i != j and both in one group."""
+  gid = np.full(num_classes, -1)
+  for n, grp in enumerate(groups):
+    gid[list(grp)] = n
+  same = (gid[:, None] == gid[None, :]) & (gid[:, None] >= 0)
+  np.fill_diagonal(same, False)
+  return same
+
+
+def pair_size_by_group(pair_sizes: ArrayLike, groups: Groups) -> dict[str, Any]:
+  """Subspace size of class pairs in one known group vs. all other pairs.
+
+  Args:
+    pair_sizes: (C, C) Σ_d g(i, j) (symmetric for the "mean" fuse; both triangles are used).
+    groups: class-index groups; classes in no group only form "across" pairs.
+
+  Returns:
+    {"within_mean", "across_mean", "identical_mean" (diagonal, g(y, y)), "num_within",
+     "num_across" (ordered off-diagonal pairs), "within_vs_across_auroc": probability that a
+     within-group pair's subspace is larger than an across-group pair's (0.5 = no relation)}.
+  """
+  s = np.asarray(pair_sizes, np.float64)
+  same = _same_group(s.shape[0], groups)
+  across = ~same & ~np.eye(s.shape[0], dtype=bool)
+  return {
+      "within_mean": _mean(s[same]), "across_mean": _mean(s[across]),
+      "identical_mean": float(np.diag(s).mean()),
+      "num_within": int(same.sum()), "num_across": int(across.sum()),
+      "within_vs_across_auroc": auroc(s[same], s[across]),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Class relationships
+# ----------------------------------------------------------------------------------------------
+def cosine_similarity_matrix(x: ArrayLike) -> np.ndarray:
+  """(C, D) rows -> (C, C) cosine similarities; all-zero rows give 0, never NaN."""
+  x = np.asarray(x, np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return x @ x.T
+
+
+def class_mean_similarity(embeddings: ArrayLike, labels: ArrayLike,
+                          num_classes: int) -> np.ndarray:
+  """The no-gate baseline: (C, C) cosine of class means of L2-normalised embeddings.
+
+  Args:
+    embeddings: (N, D); labels: (N,) ints in [0, num_classes).
+
+  Returns:
+    (C, C); a class without examples has a zero mean and similarity 0 to everything.
+  """
+  e = np.asarray(embeddings, np.float64)
+  e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  labels = np.asarray(labels).astype(np.int64)
+  sums = np.zeros((num_classes, e.shape[1]))
+  np.add.at(sums, labels, e)
+  return cosine_similarity_matrix(sums / np.maximum(np.bincount(labels, minlength=num_classes),
+                                                    1)[:, None])
+
+
+def group_recovery(similarity: ArrayLike, groups: Groups, k: int | None = None
+                   ) -> dict[str, Any]:
+  """Top-k neighbour precision of a class similarity against a known grouping.
+
+  For every class in a group of size m >= 2, rank the other C - 1 classes by similarity and
+  count how many of the top k share its group; k = m - 1 by default (so perfect recovery is
+  1.0 for every group size). Ties at the k-th place are split in expectation (random
+  tie-breaking), so a constant similarity (e.g. collapsed gates) scores exactly chance.
+
+  Args:
+    similarity: (C, C), larger = more similar; the diagonal is ignored.
+    groups: class-index groups; ungrouped classes are candidates but are not scored.
+    k: fixed neighbour count, or None for m - 1 per class.
+
+  Returns:
+    {"precision": mean over scored classes, "chance": mean of (m - 1) / (C - 1), the expected
+     precision of random neighbours (the same for any k), "k": k or None,
+     "classes": scored class indices, "per_class": their precisions,
+     "within_vs_across_auroc": probability that a within-group pair is more similar than a
+     pair not in one group (a rank statistic over all pairs; 0.5 = chance)}.
+  """
+  s = np.asarray(similarity, np.float64)
+  c = s.shape[0]
+  same = _same_group(c, groups)
+  classes, prec, chance = [], [], []
+  for i in range(c):
+    m = int(same[i].sum()) + 1
+    if m < 2:
+      continue
+    others = np.arange(c) != i
+    sim, hit = s[i, others], same[i, others]
+    ki = min(m - 1 if k is None else int(k), c - 1)
+    t = np.sort(sim)[::-1][ki - 1]  # k-th largest similarity
+    above, tied = sim > t, sim == t
+    expected_hits = hit[above].sum() + (ki - above.sum()) * hit[tied].sum() / tied.sum()
+    classes.append(i)
+    prec.append(float(expected_hits / ki))
+    chance.append((m - 1) / (c - 1))
+  off = ~np.eye(c, dtype=bool)
+  return {
+      "precision": _mean(prec), "chance": _mean(chance), "k": k, "classes": classes,
+      "per_class": prec, "within_vs_across_auroc": auroc(s[same], s[off & ~same]),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Dimensional collapse
+# ----------------------------------------------------------------------------------------------
+def covariance_spectrum(features: ArrayLike, *, chunk: int = 8192) -> np.ndarray:
+  """Singular values of the centred embedding covariance, descending.
+
+  Args:
+    features: (N, D).
+    chunk: rows per float32 product; the D x D sum accumulates in float64, so N x D is
+      never copied to float64 (60k x 2048 would be 1 GB).
+
+  Returns:
+    (D,) float64, >= 0 (covariance is PSD: its singular values are its eigenvalues).
+  """
+  x = np.asarray(features)
+  n = x.shape[0]
+  mean = x.mean(0, dtype=np.float64).astype(np.float32)
+  cov = np.zeros((x.shape[1],) * 2)
+  for start in range(0, n, chunk):
+    xc = x[start:start + chunk].astype(np.float32) - mean
+    cov += xc.T @ xc
+  cov /= max(n - 1, 1)
+  return np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
+
+
+def effective_rank_from_spectrum(spectrum: ArrayLike) -> float:
+  """exp(H(p)), p = σ / Σσ (Roy & Vetterli 2007): 1 for rank one, D for a flat spectrum."""
+  s = np.asarray(spectrum, np.float64)
+  if s.sum() <= 0:
+    return 0.0  # all features identical: nothing spans any direction
+  p = s[s > 0] / s.sum()
+  return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def effective_rank(features: ArrayLike) -> float:
+  """Effective rank of the centred covariance of (N, D) features; see above."""
+  return effective_rank_from_spectrum(covariance_spectrum(features))
+
+
+# ----------------------------------------------------------------------------------------------
+# Intra- vs inter-class similarity
+# ----------------------------------------------------------------------------------------------
+def auroc(pos: ArrayLike, neg: ArrayLike) -> float:
+  """P(pos > neg) + ½ P(pos = neg) (Mann-Whitney U with mid-ranks); NaN if either is empty."""
+  pos, neg = np.ravel(np.asarray(pos, np.float64)), np.ravel(np.asarray(neg, np.float64))
+  if not pos.size or not neg.size:
+    return math.nan
+  allv = np.concatenate([pos, neg])
+  _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
+  midrank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each value
+  u = midrank[inv[:pos.size]].sum() - pos.size * (pos.size + 1) / 2.0
+  return float(u / (pos.size * neg.size))
+
+
+def sample_pairs(labels: ArrayLike, num_pairs: int, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Uniform random same-class and different-class pairs of distinct examples.
+
+  Returns:
+    (intra, inter), each (num_pairs, 2) int64 indices into labels; intra anchors are uniform
+    over examples whose class has >= 2 members and the partner uniform over its other class
+    members; inter anchors are uniform and the partner uniform over other classes' examples.
+    Either is (0, 2) when no such pair exists.
+  """
+  labels = np.asarray(labels)
+  n = labels.shape[0]
+  rng = np.random.default_rng(seed)
+  order = np.argsort(labels, kind="stable")
+  _, cls, counts = np.unique(labels, return_inverse=True, return_counts=True)
+  starts = np.cumsum(counts) - counts
+  pos_in_class = np.empty(n, np.int64)
+  pos_in_class[order] = np.arange(n) - starts[cls[order]]
+  intra = inter = np.zeros((0, 2), np.int64)
+  eligible = np.flatnonzero(counts[cls] >= 2)
+  if eligible.size:
+    i = rng.choice(eligible, num_pairs)
+    off = rng.integers(0, counts[cls[i]] - 1)
+    off += off >= pos_in_class[i]  # skip the anchor itself
+    intra = np.stack([i, order[starts[cls[i]] + off]], 1)
+  if counts.size >= 2:
+    i = rng.integers(0, n, num_pairs)
+    r = rng.integers(0, n - counts[cls[i]])
+    r += (r >= starts[cls[i]]) * counts[cls[i]]  # skip the anchor's class block
+    inter = np.stack([i, order[r]], 1)
+  return intra, inter
+
+
+def _pair_cosine(z: np.ndarray, pairs: np.ndarray, gate: np.ndarray | None) -> np.ndarray:
+  a, b = z[pairs[:, 0]], z[pairs[:, 1]]
+  if gate is not None:
+    a, b = a * gate, b * gate
+  den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+  return (a * b).sum(1) / np.maximum(den, 1e-12)
+
+
+def intra_inter_similarity(features: ArrayLike, labels: ArrayLike, *,
+                           gates: ArrayLike | None = None, num_pairs: int = 20000,
+                           seed: int = 0, bins: int = 50) -> dict[str, Any]:
+  """Cosine similarity of same-class vs different-class pairs, as AUROC and histograms.
+
+  Args:
+    features: (N, D); labels: (N,) ints.
+    gates: None (full space); (C, D) class gates — a pair (i, j) is compared in the anchor's
+      class subspace, cos(g(y_i) ⊙ z_i, g(y_i) ⊙ z_j) (the "cosine" logit of the loss); or
+      (C, C, D) pair gates — cos(g(y_i, y_j) ⊙ z_i, g(y_i, y_j) ⊙ z_j).
+    num_pairs: sampled pairs of each kind (seeded), so the cost is O(num_pairs * D).
+    seed: pair sampling seed.
+    bins: histogram bins over [-1, 1].
+
+  Returns:
+    {"auroc": P(intra > inter), "intra_mean", "intra_std", "inter_mean", "inter_std",
+     "num_pairs", "hist_edges", "intra_hist", "inter_hist"}.
+  """
+  z = np.asarray(features, np.float32)
+  labels = np.asarray(labels).astype(np.int64)
+  sims = []
+  for pairs in sample_pairs(labels, num_pairs, seed):
+    gate = None
+    if gates is not None:
+      g = np.asarray(gates, np.float32)
+      ya, yb = labels[pairs[:, 0]], labels[pairs[:, 1]]
+      gate = g[ya] if g.ndim == 2 else g[ya, yb]
+    sims.append(_pair_cosine(z, pairs, gate))
+  intra, inter = sims
+  edges = np.linspace(-1.0, 1.0, bins + 1)
+  return {
+      "auroc": auroc(intra, inter),
+      "intra_mean": _mean(intra), "intra_std": _std(intra),
+      "inter_mean": _mean(inter), "inter_std": _std(inter),
+      "num_pairs": int(num_pairs), "hist_edges": edges.tolist(),
+      "intra_hist": np.histogram(np.clip(intra, -1, 1), edges)[0].tolist(),
+      "inter_hist": np.histogram(np.clip(inter, -1, 1), edges)[0].tolist(),
+  }
+
+
+def _mean(v) -> float:
+  return float(np.mean(v)) if np.size(v) else math.nan
+
+
+def _std(v) -> float:
+  return float(np.std(v)) if np.size(v) else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything at once
+# ----------------------------------------------------------------------------------------------
+ANALYSIS_KEYS = ("num_examples", "num_classes", "class_names", "groups", "spectrum",
+                 "similarity", "class_relationships", "gates", "pair_sizes", "plots")
+
+
+def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes: int,
+            class_gates: ArrayLike | None = None, pair_sizes: ArrayLike | None = None,
+            gated_features: str = "projector", class_names: Sequence[str] | None = None,
+            groups: Groups | None = None, k: int | None = None, num_pairs: int = 20000,
+            seed: int = 0, out_dir: str | None = None) -> dict[str, Any]:
+  """All analyses of one model, as one JSON-serialisable dict (NaN -> None).
+
+  Args:
+    features: {name: (N, D_name)} embeddings of the same N examples, e.g. {"backbone": pooled
+      features, "projector": z}.
+    labels: (N,) ints.
+    num_classes: C.
+    class_gates: optional (C, D) gates g(y, y) (BatchNorm in inference mode).
+    pair_sizes: optional (C, C) Σ_d g(i, j).
+    gated_features: which `features` entry the gates act on (its D must match the gates').
+    class_names: optional C names for the heatmaps.
+    groups: optional known class groups (e.g. FASHION_MNIST_GROUPS) for the relationship and
+      pair-size scores.
+    k: neighbour count for `group_recovery` (None: group size - 1).
+    num_pairs, seed: pair sampling for the intra/inter similarities.
+    out_dir: if given, PNGs are written there and their file names listed under "plots".
+
+  Returns:
+    A dict with exactly ANALYSIS_KEYS:
+      "num_examples", "num_classes", "class_names", "groups";
+      "spectrum": {name: {"dim", "effective_rank", "singular_values"}};
+      "similarity": {name: intra_inter_similarity(...)}, plus "<gated_features>_gated" when
+        class gates are given;
+      "class_relationships": None without groups, else {"class_mean": {name:
+        group_recovery(class-mean cosine)}, "gate": group_recovery(gate cosine) or None};
+      "gates": gate_statistics(class_gates) or None;
+      "pair_sizes": None, or {"offdiag_mean", "offdiag_std", "identical_mean"} plus
+        pair_size_by_group(...) under "by_group" (None without groups);
+      "plots": written file names (empty without out_dir).
+  """
+  labels = np.asarray(labels).astype(np.int64)
+  names = list(features)
+  res: dict[str, Any] = {
+      "num_examples": int(labels.shape[0]), "num_classes": int(num_classes),
+      "class_names": list(class_names) if class_names is not None else None,
+      "groups": [list(map(int, g)) for g in groups] if groups is not None else None,
+      "spectrum": {}, "similarity": {}, "class_relationships": None, "gates": None,
+      "pair_sizes": None, "plots": [],
+  }
+  spectra, mean_sims = {}, {}
+  for name in names:
+    x = np.asarray(features[name])
+    spectra[name] = covariance_spectrum(x)
+    res["spectrum"][name] = {
+        "dim": int(x.shape[1]), "effective_rank": effective_rank_from_spectrum(spectra[name]),
+        "singular_values": spectra[name].tolist()}
+    res["similarity"][name] = intra_inter_similarity(x, labels, num_pairs=num_pairs, seed=seed)
+    mean_sims[name] = class_mean_similarity(x, labels, num_classes)
+
+  gate_sim = None
+  if class_gates is not None:
+    g = np.asarray(class_gates, np.float32)
+    res["gates"] = gate_statistics(g)
+    gate_sim = cosine_similarity_matrix(g)
+    if gated_features in features:
+      if np.shape(features[gated_features])[1] != g.shape[1]:
+        raise ValueError(f"gates have D={g.shape[1]} but features[{gated_features!r}] has "
+                         f"D={np.shape(features[gated_features])[1]}")
+      res["similarity"][f"{gated_features}_gated"] = intra_inter_similarity(
+          features[gated_features], labels, gates=g, num_pairs=num_pairs, seed=seed)
+
+  if groups is not None:
+    res["class_relationships"] = {
+        "class_mean": {n: group_recovery(s, groups, k) for n, s in mean_sims.items()},
+        "gate": group_recovery(gate_sim, groups, k) if gate_sim is not None else None}
+
+  if pair_sizes is not None:
+    s = np.asarray(pair_sizes, np.float64)
+    off = s[~np.eye(s.shape[0], dtype=bool)]
+    res["pair_sizes"] = {
+        "offdiag_mean": _mean(off), "offdiag_std": _std(off),
+        "identical_mean": float(np.diag(s).mean()),
+        "by_group": pair_size_by_group(s, groups) if groups is not None else None}
+
+  if out_dir is not None:
+    from simlap import plots  # lazy: matplotlib only when pictures are asked for
+    res["plots"] = plots.write_analysis_plots(
+        out_dir, res, spectra=spectra, class_mean_similarities=mean_sims,
+        class_gates=class_gates, gate_similarity=gate_sim, pair_sizes=pair_sizes,
+        class_names=class_names)
+  return _jsonable(res)
+
+
+def _jsonable(x):
+  """numpy scalars -> Python, non-finite floats -> None (strict JSON has no NaN)."""
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  return x

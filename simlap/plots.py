@@ -1,0 +1,171 @@
+"""Pictures of the numbers in `simlap.analysis`: PNG files and (H, W, 4) images for TensorBoard.
+
+matplotlib is imported inside the functions, with the Agg canvas attached to each Figure
+directly (no pyplot, no global state, no display), so importing simlap stays cheap and
+plotting works headless and from threads.
+"""
+from collections.abc import Mapping, Sequence
+import os
+from typing import Any
+
+import numpy as np
+
+ArrayLike = Any
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(width, height), dpi=100)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def save_png(fig, path: str) -> str:
+  """Writes `fig` as a PNG to `path` (parent folders created) and returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format="png")
+  return path
+
+
+def figure_to_array(fig) -> np.ndarray:
+  """Renders `fig` to an (H, W, 4) uint8 RGBA array (e.g. for clu's `write_images`)."""
+  fig.canvas.draw()
+  return np.asarray(fig.canvas.buffer_rgba(), np.uint8).copy()
+
+
+def read_png(path: str) -> np.ndarray:
+  """A PNG written by `save_png` as an (H, W, 4) uint8 RGBA array."""
+  from matplotlib import image
+  img = image.imread(path)  # float in [0, 1] for PNGs
+  if img.shape[-1] == 3:
+    img = np.concatenate([img, np.ones(img.shape[:-1] + (1,), img.dtype)], -1)
+  return np.round(np.asarray(img) * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+def gate_histogram_figure(gates: ArrayLike, *, bins: int = 50, title: str = "gate values"):
+  """Histogram of all gate values (..., D) over [0, 1]: binary gates pile up at 0 and 1."""
+  g = np.ravel(np.asarray(gates, np.float64))
+  fig = _figure()
+  ax = fig.add_subplot()
+  ax.hist(g, bins=bins, range=(0.0, 1.0), color="tab:blue")
+  ax.set(xlabel="g", ylabel="count", title=f"{title} (frac in [0.1, 0.9]: "
+         f"{np.mean((g >= 0.1) & (g <= 0.9)):.2f})")
+  fig.tight_layout()
+  return fig
+
+
+def similarity_heatmap_figure(similarity: ArrayLike, class_names: Sequence[str] | None = None,
+                              *, title: str = "similarity", vmin: float | None = -1.0,
+                              vmax: float | None = 1.0):
+  """(C, C) heatmap; class names on both axes when C is small enough to read them."""
+  s = np.asarray(similarity, np.float64)
+  c = s.shape[0]
+  size = float(np.clip(0.45 * c + 2.0, 5.0, 14.0))
+  fig = _figure(size + 1.0, size)
+  ax = fig.add_subplot()
+  im = ax.imshow(s, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  if class_names is not None and c <= 50:
+    ax.set_xticks(range(c), labels=list(class_names), rotation=90, fontsize=8)
+    ax.set_yticks(range(c), labels=list(class_names), fontsize=8)
+    if c <= 12:  # few classes: print the values so the figure is readable without a legend
+      for i in range(c):
+        for j in range(c):
+          ax.text(j, i, f"{s[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+  ax.set_title(title)
+  fig.tight_layout()
+  return fig
+
+
+def spectrum_figure(spectra: Mapping[str, ArrayLike],
+                    effective_ranks: Mapping[str, float] | None = None):
+  """Log singular-value spectra, each normalised by its largest value so widths compare."""
+  fig = _figure()
+  ax = fig.add_subplot()
+  for name, s in spectra.items():
+    s = np.asarray(s, np.float64)
+    s = s / s[0] if s.size and s[0] > 0 else s
+    label = name
+    if effective_ranks and effective_ranks.get(name) is not None:
+      label += f" (eff. rank {effective_ranks[name]:.1f})"
+    # A floor keeps exact zeros (collapsed directions) visible on the log axis.
+    ax.semilogy(np.arange(1, s.size + 1), np.maximum(s, 1e-12), label=label)
+  ax.set(xlabel="index", ylabel="σ / σ_max", title="covariance spectrum")
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+def intra_inter_figure(stats: Mapping[str, Any], *, title: str = ""):
+  """Overlaid intra/inter-class cosine histograms from `analysis.intra_inter_similarity`."""
+  edges = np.asarray(stats["hist_edges"])
+  centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+  fig = _figure()
+  ax = fig.add_subplot()
+  for key, colour in (("intra_hist", "tab:green"), ("inter_hist", "tab:red")):
+    h = np.asarray(stats[key], np.float64)
+    ax.bar(centres, h / max(h.sum(), 1), width=width, alpha=0.5, color=colour,
+           label=key.split("_")[0] + "-class")
+  auroc = stats.get("auroc")
+  ax.set(xlabel="cosine similarity", ylabel="fraction of pairs",
+         title=f"{title} AUROC {auroc:.3f}" if auroc is not None else title)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# One call per PNG
+# ----------------------------------------------------------------------------------------------
+def plot_gate_histogram(gates: ArrayLike, path: str, **kw) -> str:
+  return save_png(gate_histogram_figure(gates, **kw), path)
+
+
+def plot_similarity_heatmap(similarity: ArrayLike, path: str,
+                            class_names: Sequence[str] | None = None, **kw) -> str:
+  return save_png(similarity_heatmap_figure(similarity, class_names, **kw), path)
+
+
+def plot_spectrum(spectra: Mapping[str, ArrayLike], path: str,
+                  effective_ranks: Mapping[str, float] | None = None) -> str:
+  return save_png(spectrum_figure(spectra, effective_ranks), path)
+
+
+def plot_intra_inter(stats: Mapping[str, Any], path: str, **kw) -> str:
+  return save_png(intra_inter_figure(stats, **kw), path)
+
+
+def write_analysis_plots(out_dir: str, results: Mapping[str, Any], *,
+                         spectra: Mapping[str, ArrayLike],
+                         class_mean_similarities: Mapping[str, ArrayLike],
+                         class_gates: ArrayLike | None = None,
+                         gate_similarity: ArrayLike | None = None,
+                         pair_sizes: ArrayLike | None = None,
+                         class_names: Sequence[str] | None = None) -> list[str]:
+  """The PNG set of `analysis.analyze`; returns the file names written into out_dir."""
+  written = []
+
+  def save(fig, name):
+    save_png(fig, os.path.join(out_dir, name))
+    written.append(name)
+
+  ranks = {n: r["effective_rank"] for n, r in results["spectrum"].items()}
+  save(spectrum_figure(spectra, ranks), "spectrum.png")
+  for name, stats in results["similarity"].items():
+    save(intra_inter_figure(stats, title=name), f"intra_inter_{name}.png")
+  for name, s in class_mean_similarities.items():
+    save(similarity_heatmap_figure(s, class_names, title=f"class-mean cosine ({name})"),
+         f"class_mean_similarity_{name}.png")
+  if class_gates is not None:
+    save(gate_histogram_figure(class_gates), "gate_histogram.png")
+  if gate_similarity is not None:
+    save(similarity_heatmap_figure(gate_similarity, class_names, title="class-gate cosine"),
+         "gate_similarity.png")
+  if pair_sizes is not None:
+    save(similarity_heatmap_figure(pair_sizes, class_names, title="pair subspace size (Σ g)",
+                                   vmin=None, vmax=None), "pair_sizes.png")
+  return written
