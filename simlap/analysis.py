@@ -1,4 +1,4 @@
-"""Analyses of a trained model as numbers (pictures in `simlap.plots`, drawn from the same data).
+"""Analyses of a trained model as numbers (pictures in `simlap.plots`, from the same data).
 
 Answers the paper's open questions (../shared/design/method.md, "Analyses"):
   gates        are they binary switches or a smooth scaling?  `gate_statistics`
@@ -9,9 +9,8 @@ Answers the paper's open questions (../shared/design/method.md, "Analyses"):
   separation   intra- vs inter-class cosine, as an AUROC       `intra_inter_similarity`
 and `analyze` gathers all of them into one JSON-serialisable dict (+ optional PNGs).
 
-Everything here is host-side numpy on small objects (C x C, D x D, sampled pairs); pass
-numpy arrays or fully addressable jax.Arrays. Importing this module does not import
-matplotlib.
+Host-side numpy on small objects (C x C, D x D, sampled pairs): pass numpy arrays or fully
+addressable jax.Arrays. matplotlib is imported only when `analyze` is asked for PNGs.
 """
 from collections.abc import Mapping, Sequence
 import math
@@ -55,13 +54,10 @@ def gate_statistics(gates: ArrayLike, *, bins: int = 10) -> dict[str, Any]:
     bins: histogram bins over [0, 1].
 
   Returns:
-    {"num_gates": rows, "dim": D,
-     "activation_mean"/"activation_std": Σ_d g per row (subspace size, in dims),
-     "activation_frac_mean": the same divided by D,
-     "frac_open": fraction of g > 0.5,
-     "frac_near_zero"/"frac_near_one": g < 0.1 / g > 0.9,
-     "frac_intermediate": 0.1 <= g <= 0.9 — the sparsity verdict: ~0 means binary switches,
-       ~1 means a smooth scaling,
+    {"num_gates": rows, "dim": D, "activation_mean"/"activation_std": Σ_d g per row (subspace
+     size, in dims), "activation_frac_mean": the same divided by D, "frac_open": fraction of
+     g > 0.5, "frac_near_zero"/"frac_near_one": g < 0.1 / g > 0.9, "frac_intermediate":
+     0.1 <= g <= 0.9 — the sparsity verdict: ~0 means binary switches, ~1 a smooth scaling,
      "entropy_bits_mean": mean Bernoulli entropy in bits (0 binary, 1 at g = 0.5),
      "hist_edges": bins + 1 floats, "hist_counts": bins ints}.
   """
@@ -101,14 +97,17 @@ def pair_size_by_group(pair_sizes: ArrayLike, groups: Groups) -> dict[str, Any]:
     groups: class-index groups; classes in no group only form "across" pairs.
 
   Returns:
-    {"within_mean", "across_mean", "identical_mean" (diagonal, g(y, y)), "num_within",
-     "num_across" (ordered off-diagonal pairs), "within_vs_across_auroc": probability that a
-     within-group pair's subspace is larger than an across-group pair's (0.5 = no relation)}.
+    {"offdiag_mean", "offdiag_std" (all i != j), "identical_mean" (diagonal, g(y, y)),
+     "within_mean", "across_mean", "num_within", "num_across" (ordered off-diagonal pairs),
+     "within_vs_across_auroc": probability that a within-group pair's subspace is larger than
+     an across-group pair's (0.5 = no relation)}; within values are NaN without groups.
   """
   s = np.asarray(pair_sizes, np.float64)
   same = _same_group(s.shape[0], groups)
-  across = ~same & ~np.eye(s.shape[0], dtype=bool)
+  off = ~np.eye(s.shape[0], dtype=bool)
+  across = ~same & off
   return {
+      "offdiag_mean": _mean(s[off]), "offdiag_std": _mean(s[off], np.std),
       "within_mean": _mean(s[same]), "across_mean": _mean(s[across]),
       "identical_mean": float(np.diag(s).mean()),
       "num_within": int(same.sum()), "num_across": int(across.sum()),
@@ -136,13 +135,16 @@ def class_mean_similarity(embeddings: ArrayLike, labels: ArrayLike,
   Returns:
     (C, C); a class without examples has a zero mean and similarity 0 to everything.
   """
-  e = np.asarray(embeddings, np.float64)
+  # float32 rows, float64 sums: N x D is never copied to float64 (np.add.at is also slow).
+  e = np.asarray(embeddings, np.float32)
   e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-  labels = np.asarray(labels).astype(np.int64)
-  sums = np.zeros((num_classes, e.shape[1]))
-  np.add.at(sums, labels, e)
-  return cosine_similarity_matrix(sums / np.maximum(np.bincount(labels, minlength=num_classes),
-                                                    1)[:, None])
+  labels = np.asarray(labels)
+  means = np.zeros((num_classes, e.shape[1]))
+  for c in range(num_classes):
+    members = labels == c
+    if members.any():
+      means[c] = e[members].mean(0, dtype=np.float64)
+  return cosine_similarity_matrix(means)
 
 
 def group_recovery(similarity: ArrayLike, groups: Groups, k: int | None = None
@@ -166,6 +168,8 @@ def group_recovery(similarity: ArrayLike, groups: Groups, k: int | None = None
      "within_vs_across_auroc": probability that a within-group pair is more similar than a
      pair not in one group (a rank statistic over all pairs; 0.5 = chance)}.
   """
+  if k is not None and k < 1:
+    raise ValueError(f"k must be >= 1 or None, got {k}")
   s = np.asarray(similarity, np.float64)
   c = s.shape[0]
   same = _same_group(c, groups)
@@ -317,20 +321,17 @@ def intra_inter_similarity(features: ArrayLike, labels: ArrayLike, *,
   edges = np.linspace(-1.0, 1.0, bins + 1)
   return {
       "auroc": auroc(intra, inter),
-      "intra_mean": _mean(intra), "intra_std": _std(intra),
-      "inter_mean": _mean(inter), "inter_std": _std(inter),
+      "intra_mean": _mean(intra), "intra_std": _mean(intra, np.std),
+      "inter_mean": _mean(inter), "inter_std": _mean(inter, np.std),
       "num_pairs": int(num_pairs), "hist_edges": edges.tolist(),
       "intra_hist": np.histogram(np.clip(intra, -1, 1), edges)[0].tolist(),
       "inter_hist": np.histogram(np.clip(inter, -1, 1), edges)[0].tolist(),
   }
 
 
-def _mean(v) -> float:
-  return float(np.mean(v)) if np.size(v) else math.nan
-
-
-def _std(v) -> float:
-  return float(np.std(v)) if np.size(v) else math.nan
+def _mean(v, fn=np.mean) -> float:
+  """fn(v) as a float, NaN (-> null in JSON) for an empty v instead of a numpy warning."""
+  return float(fn(v)) if np.size(v) else math.nan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,15 +350,12 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
 
   Args:
     features: {name: (N, D_name)} embeddings of the same N examples, e.g. {"backbone": pooled
-      features, "projector": z}.
-    labels: (N,) ints.
-    num_classes: C.
+      features, "projector": z}; labels: (N,) ints; num_classes: C.
     class_gates: optional (C, D) gates g(y, y) (BatchNorm in inference mode).
     pair_sizes: optional (C, C) Σ_d g(i, j).
     gated_features: which `features` entry the gates act on (its D must match the gates').
     class_names: optional C names for the heatmaps.
-    groups: optional known class groups (e.g. FASHION_MNIST_GROUPS) for the relationship and
-      pair-size scores.
+    groups: optional known class groups (e.g. FASHION_MNIST_GROUPS).
     k: neighbour count for `group_recovery` (None: group size - 1).
     num_pairs, seed: pair sampling for the intra/inter similarities.
     out_dir: if given, PNGs are written there and their file names listed under "plots".
@@ -367,16 +365,14 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
       "num_examples", "num_classes", "class_names", "groups";
       "spectrum": {name: {"dim", "effective_rank", "singular_values"}};
       "similarity": {name: intra_inter_similarity(...)}, plus "<gated_features>_gated" when
-        class gates are given;
+        class gates are given and `features` has that entry;
       "class_relationships": None without groups, else {"class_mean": {name:
         group_recovery(class-mean cosine)}, "gate": group_recovery(gate cosine) or None};
       "gates": gate_statistics(class_gates) or None;
-      "pair_sizes": None, or {"offdiag_mean", "offdiag_std", "identical_mean"} plus
-        pair_size_by_group(...) under "by_group" (None without groups);
+      "pair_sizes": pair_size_by_group(pair_sizes, groups or ()) or None;
       "plots": written file names (empty without out_dir).
   """
   labels = np.asarray(labels).astype(np.int64)
-  names = list(features)
   res: dict[str, Any] = {
       "num_examples": int(labels.shape[0]), "num_classes": int(num_classes),
       "class_names": list(class_names) if class_names is not None else None,
@@ -385,7 +381,7 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
       "pair_sizes": None, "plots": [],
   }
   spectra, mean_sims = {}, {}
-  for name in names:
+  for name in features:
     x = np.asarray(features[name])
     spectra[name] = covariance_spectrum(x)
     res["spectrum"][name] = {
@@ -412,12 +408,7 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
         "gate": group_recovery(gate_sim, groups, k) if gate_sim is not None else None}
 
   if pair_sizes is not None:
-    s = np.asarray(pair_sizes, np.float64)
-    off = s[~np.eye(s.shape[0], dtype=bool)]
-    res["pair_sizes"] = {
-        "offdiag_mean": _mean(off), "offdiag_std": _std(off),
-        "identical_mean": float(np.diag(s).mean()),
-        "by_group": pair_size_by_group(s, groups) if groups is not None else None}
+    res["pair_sizes"] = pair_size_by_group(pair_sizes, groups or ())
 
   if out_dir is not None:
     from simlap import plots  # lazy: matplotlib only when pictures are asked for
@@ -434,7 +425,7 @@ def _jsonable(x):
     return {k: _jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
     return [_jsonable(v) for v in x]
-  if isinstance(x, (np.integer,)):
+  if isinstance(x, np.integer):
     return int(x)
   if isinstance(x, (float, np.floating)):
     return float(x) if math.isfinite(x) else None

@@ -59,7 +59,9 @@ def test_pair_size_by_group():
   r = analysis.pair_size_by_group(s, [(0, 1)])
   assert r["within_mean"] == 5.0 and r["num_within"] == 2
   assert r["across_mean"] == pytest.approx(np.mean([1, 2, 3, 1, 2])) and r["num_across"] == 10
-  assert r["identical_mean"] == 7.5
+  assert r["identical_mean"] == 7.5 and r["offdiag_mean"] == pytest.approx(14 / 6)
+  ungrouped = analysis.pair_size_by_group(s, ())
+  assert np.isnan(ungrouped["within_mean"]) and ungrouped["across_mean"] == pytest.approx(14 / 6)
   assert r["within_vs_across_auroc"] == 1.0
 
 
@@ -241,7 +243,8 @@ def test_analyze_keys_json_and_pngs(tmp_path):
   assert res["class_relationships"]["gate"]["precision"] == 1.0
   assert set(res["class_relationships"]["class_mean"]) == {"backbone", "projector"}
   assert res["gates"]["frac_intermediate"] == 0.0
-  assert res["pair_sizes"]["by_group"]["num_within"] == 2
+  assert res["pair_sizes"]["num_within"] == 2
+  assert res["pair_sizes"]["within_mean"] == pytest.approx(5.0)
   assert 0 < res["spectrum"]["projector"]["effective_rank"] <= 10
   assert "gate_similarity.png" in res["plots"] and "spectrum.png" in res["plots"]
   assert all(_is_png(tmp_path / p) for p in res["plots"])
