@@ -137,9 +137,10 @@ def color_jitter(x: tf.Tensor, seed: tf.Tensor, *, brightness: float, contrast: 
         lambda y, s: tf.image.adjust_hue(y, _uniform(s, -hue, hue)),
     ]
   order = tf.random.experimental.stateless_shuffle(tf.range(len(ops)), seeds[4])
-  for i in range(len(ops)):
-    x = tf.switch_case(order[i], [_branch(op, x, seeds[j]) for j, op in enumerate(ops)])
-  return x
+  # A loop rather than an unrolled sequence: the branches are traced once, not once per slot.
+  body = lambda i, y: (i + 1, tf.switch_case(  # noqa: E731
+      order[i], [_branch(op, y, seeds[j]) for j, op in enumerate(ops)]))
+  return tf.while_loop(lambda i, y: i < len(ops), body, (0, x))[1]
 
 
 def grayscale(x: tf.Tensor) -> tf.Tensor:
@@ -244,11 +245,15 @@ def randaugment(x: tf.Tensor, seed: tf.Tensor, *, layers: int, magnitude: float)
       lambda y, s: translate(y, s, 0),
       lambda y, s: translate(y, s, 1),
   ]
-  for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, layers)):
-    pick, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
+
+  def layer(i, y):  # traced once, run `layers` times
+    pick, op_seed = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, i), 2))
     which = tf.random.stateless_uniform([], pick, 0, len(ops), dtype=tf.int32)
-    x = tf.ensure_shape(tf.switch_case(which, [_branch(op, x, op_seed) for op in ops]), x.shape)
-  return x
+    return i + 1, tf.ensure_shape(tf.switch_case(which, [_branch(op, y, op_seed) for op in ops]),
+                                  y.shape)
+
+  return tf.while_loop(lambda i, y: i < layers, layer, (0, x))[1]
 
 
 # ---- a whole training view --------------------------------------------------------------------
@@ -284,4 +289,5 @@ def train_view(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, si
   # Solarize draws its coin from the blur seed's sibling so the two stay independent.
   x = _maybe(tf.random.experimental.stateless_fold_in(s[7], 1), view["solarize_prob"],
              solarize, x)
-  return tf.ensure_shape(x, [size, size, channels])
+  # Hue/blur round-off can leave values a few ulp outside [0, 1].
+  return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0), [size, size, channels])

@@ -255,13 +255,15 @@ def _load_arrays(builder, split: Any, d: ConfigDict, with_ids: bool) -> dict[str
   key = repr((builder.data_dir, split, d.image_key, d.label_key, tuple(d.extra_label_keys),
               with_ids))
   if key not in _loaded:
-    loaded = tfds.as_numpy(builder.as_dataset(
-        split=split, batch_size=-1, shuffle_files=False,
-        decoders=_decoders(builder, d.image_key),
-        read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=with_ids)))
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False, decoders=_decoders(builder, d.image_key),
+        read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=with_ids))
+    # Chunks, not batch_size=-1: that sizes one batch from split metadata, which mocked or
+    # sliced splits may not have.
+    chunks = list(ds.map(lambda ex: _pick(ex, d, with_ids)).batch(8192).as_numpy_iterator())
     while len(_loaded) >= 2:
       _loaded.pop(next(iter(_loaded)))
-    _loaded[key] = {k: np.asarray(v) for k, v in _pick(loaded, d, with_ids).items()}
+    _loaded[key] = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   return _loaded[key]
 
 
@@ -300,7 +302,8 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
       _check_image_shape(config, arrays["image"].shape[1:], f"{d.name} {d.train_split}")
     check_labels(arrays["label"], num_classes, f"{d.name} {d.train_split}")
     for k in d.extra_label_keys:
-      check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
+      if isinstance(builder.info.features[k], tfds.features.ClassLabel):
+        check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,
                         process_count=pc)
   else:
