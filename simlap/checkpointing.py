@@ -1,0 +1,92 @@
+"""The one module that talks to Orbax: interval saves, keep-N, resume, fallback past bad steps.
+
+A checkpoint holds the whole `TrainState` (params, BatchNorm statistics, optimizer state, step)
+plus a small JSON record. Nothing else is needed to resume exactly: the data stream and every
+random key are pure functions of (seed, step), so the step *is* the data position and the RNG.
+If Orbax's API moves, only this file changes.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+_STATE = "state"
+_META = "meta"
+
+
+class Checkpointer:
+  """Saves every `every_steps` steps (and when forced), keeps the newest `keep`, resumes.
+
+  Every process must call `save` and `restore` (Orbax coordinates multi-host writes); saves
+  are asynchronous, so the next train steps overlap the write.
+  """
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(max(1, every_steps)),
+        preservation_policy=ocp.checkpoint_managers.LatestN(max(1, keep)),
+        create=True,
+        enable_async_checkpointing=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=(_STATE, _META))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+    """Saves if the interval policy (or `force`) says so; returns whether a save started."""
+    return self._manager.save(
+        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                         _META: ocp.args.JsonSave(meta)}), force=force)
+
+  def restore(self, abstract_state: Any, step: int | None = None
+              ) -> tuple[Any, dict[str, Any], int] | None:
+    """Restores `step`, or the newest readable checkpoint; None if the directory has none.
+
+    `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s with shardings (from
+    `jax.eval_shape` + the state shardings), so arrays land directly on their devices.
+    A damaged checkpoint (truncated or missing files) is skipped with a warning naming its
+    step, and the next older one is tried: a crash mid-write must never end a run.
+    """
+    candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    for candidate in candidates:
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}))
+        state = restored[_STATE]
+        _check_finite(state, candidate)
+        return state, dict(restored[_META] or {}), candidate
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); falling back to "
+                        "an older one", candidate, self.directory, type(e).__name__,
+                        str(e).splitlines()[0][:300] if str(e) else "")
+    return None
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _check_finite(state: Any, step: int) -> None:
+  """A restored state with NaN/Inf is treated like a damaged checkpoint."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating):
+      if not bool(jax.numpy.all(jax.numpy.isfinite(leaf))):
+        raise FloatingPointError(f"non-finite values in {jax.tree_util.keystr(path)} at step "
+                                 f"{step}")

@@ -1,0 +1,101 @@
+"""Optimizers and learning-rate schedules, all from optax; derived values computed here.
+
+The online linear probe has its own Adam (its own learning rate), so a probe that merely
+watches the representation never changes how the backbone is trained.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("adamw", "adam_l2", "sgd", "lars")
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """config.optimizer.lr, times batch/256 when the recipe scales it (`lr_scaling="linear"`)."""
+  o = config.optimizer
+  if o.lr_scaling not in ("none", "linear"):
+    raise ValueError(f"optimizer.lr_scaling={o.lr_scaling!r} is not 'none' or 'linear'")
+  if not o.lr > 0:
+    raise ValueError(f"optimizer.lr must be positive, got {o.lr}")
+  return o.lr * (config.batch_size / 256 if o.lr_scaling == "linear" else 1.0)
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """config.num_steps if set, else num_epochs epochs of `num_train // batch_size` steps."""
+  if config.num_steps > 0:
+    return int(config.num_steps)
+  if not config.num_epochs > 0:
+    raise ValueError(f"set num_steps > 0 or num_epochs > 0 (got {config.num_epochs})")
+  return max(1, math.ceil(config.num_epochs * steps_per_epoch(config, num_train)))
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
+  return max(1, num_train // config.batch_size)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int
+                           ) -> optax.Schedule:
+  """Linear warmup from 0 over warmup_epochs, then cosine to 0 (or constant)."""
+  peak = peak_learning_rate(config)
+  steps = total_steps(config, num_train)
+  warmup = min(steps - 1, int(round(config.optimizer.warmup_epochs *
+                                    steps_per_epoch(config, num_train))))
+  warmup = max(0, warmup)
+  if config.optimizer.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.0)
+  if config.optimizer.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(1, warmup)),
+                                 optax.constant_schedule(peak)], [warmup])
+  raise ValueError(f"optimizer.schedule={config.optimizer.schedule!r} is not 'cosine' or "
+                   "'constant'")
+
+
+def decay_mask(params: Any) -> Any:
+  """True for weight matrices and kernels; biases and norm scales/offsets (1-D) are exempt,
+  from weight decay and from LARS's trust ratio, as in SimCLR/BYOL."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _main_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
+                    ) -> optax.GradientTransformation:
+  o = config.optimizer
+  if o.name == "adamw":
+    return optax.adamw(schedule, weight_decay=o.weight_decay, mask=decay_mask)
+  if o.name == "adam_l2":  # coupled L2 (torch Adam's weight_decay), the authors' CIFAR recipe
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask), optax.adam(schedule))
+  if o.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(o.weight_decay, decay_mask),
+                       optax.sgd(schedule, momentum=o.momentum, nesterov=False))
+  if o.name == "lars":
+    return optax.lars(schedule, weight_decay=o.weight_decay, weight_decay_mask=decay_mask,
+                      trust_ratio_mask=decay_mask, momentum=o.momentum)
+  raise ValueError(f"optimizer.name={o.name!r} is not one of {OPTIMIZERS}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict, num_train: int, *,
+                   separate_probe: bool) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The train optimizer; with `separate_probe`, params["model"]["probe"] get their own Adam.
+
+  Params are {"model": flax params, ...extra leaves such as "log_scale"}.
+  """
+  schedule = learning_rate_schedule(config, num_train)
+  main = _main_optimizer(config, schedule)
+  if not separate_probe:
+    return main, schedule
+  if not config.optimizer.probe_lr > 0:
+    raise ValueError(f"optimizer.probe_lr must be positive, got {config.optimizer.probe_lr}")
+
+  def labels(params):
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    treedef = jax.tree_util.tree_structure(params)
+    names = ["probe" if any(getattr(k, "key", None) == "probe" for k in path) else "main"
+             for path, _ in flat]
+    return jax.tree_util.tree_unflatten(treedef, names)
+
+  probe = optax.adam(config.optimizer.probe_lr)
+  return optax.multi_transform({"main": main, "probe": probe}, labels), schedule

@@ -1,0 +1,318 @@
+"""SimLAP training: `train_and_evaluate(config, workdir)`, read top to bottom in phases.
+
+mesh -> data -> model and shapes (`jax.eval_shape`) -> sharded init (`jax.jit` with
+out_shardings) -> optimizer -> jitted, donated train step -> checkpoint restore -> loop with
+periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
+
+Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
+parameters are replicated. BatchNorm statistics are therefore global (synchronized BN) and the
+contrastive loss sees the global batch (XLA all-gathers the keys; its gradient is exact).
+Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pure function of
+(seed, step), so the step alone makes a resumed run identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import periodic_actions
+
+from simlap import checkpointing
+from simlap import evaluate
+from simlap import losses
+from simlap import metrics_io
+from simlap import objectives
+from simlap import optim
+from simlap import sharding
+from simlap.data import input_pipeline
+from simlap.models import simlap as simlap_model
+
+# Codes for TrainState.nonfinite: which quantity first went NaN/Inf.
+_NONFINITE_NAMES = {1: "loss", 2: "gradient norm"}
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree Orbax saves as is.
+
+  params: {"model": flax params, "log_scale": () when learned}.
+  nonfinite_step / nonfinite: step and code of the first NaN/Inf (-1 / 0 while healthy). A bad
+  update is never applied, so the state stays the last good one and can still be checkpointed.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  nonfinite_step: jax.Array
+  nonfinite: jax.Array
+
+
+def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo):
+  """Model, optimizer and LR schedule for `config` on a dataset described by `info`."""
+  model = simlap_model.build_model(config, info.num_classes)
+  tx, schedule = optim.make_optimizer(config, info.num_train,
+                                      separate_probe=config.objective != "ce")
+  return model, tx, schedule
+
+
+def init_state(config, model, tx, image_shape) -> TrainState:
+  """Fresh state; called under `jax.jit` so every leaf is born with its sharding."""
+  rng = jax.random.key(config.seed)
+  params_rng, gate_rng = jax.random.split(rng)
+  images = jnp.zeros((2, *image_shape), jnp.float32)
+  labels = jnp.zeros((2,), jnp.int32)
+  variables = model.init({"params": params_rng, "gate": gate_rng}, images, labels, labels,
+                         train=False)
+  params = {"model": variables["params"]}
+  if config.loss.learn_scale:
+    params["log_scale"] = jnp.log(jnp.float32(1.0 / config.loss.temperature))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                    nonfinite_step=jnp.full((), -1, jnp.int32),
+                    nonfinite=jnp.zeros((), jnp.int32))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model, tx,
+               schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}."""
+  rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  pair_rng, gate_rng = jax.random.split(rng)
+  labels = batch["label"]
+  num = labels.shape[0]
+  pair_labels = None
+  if config.objective == "simlap":
+    pair_labels = losses.sample_pair_labels(pair_rng, labels, kind=config.loss.pair_kind,
+                                            num_classes=model.num_classes)
+
+  def loss_fn(params):
+    variables = {"params": params["model"], "batch_stats": state.batch_stats}
+    # Both views in one pass: BatchNorm normalises over all 2B images, as in SimCLR.
+    images = jnp.concatenate([batch["view1"], batch["view2"]])
+    out, updates = model.apply(variables, images, labels, pair_labels, train=True,
+                               mutable=["batch_stats"], rngs={"gate": gate_rng})
+    z1, z2 = out["embeddings"][:num], out["embeddings"][num:]
+    labels2 = jnp.concatenate([labels, labels])
+    probe_ce, probe_acc = objectives.probe_loss(out["probe_logits"], labels2)
+    metrics = {"probe_loss": probe_ce, "probe_accuracy": probe_acc}
+    if config.objective == "ce":
+      return probe_ce, (probe_ce, metrics, updates["batch_stats"])
+    scale = objectives.logit_scale(config, params)
+    loss, extra = objectives.contrastive_loss(config, z1, z2, labels, pair_labels,
+                                              out.get("gates"), scale)
+    metrics.update(extra, logit_scale=scale)
+    # The probe sees stop-gradient features: adding its loss trains only the probe.
+    return loss + probe_ce, (loss, metrics, updates["batch_stats"])
+
+  grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  # Never apply a non-finite update: keep the last good state and record where it happened.
+  code = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 0))
+  ok = code == 0
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+  first_bad = (state.nonfinite == 0) & ~ok
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
+      nonfinite=jnp.where(first_bad, code, state.nonfinite))
+  metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step))
+  return new_state, metrics
+
+
+def raise_if_nonfinite(state: TrainState) -> None:
+  """Host check (one scalar fetch): stop the run, naming the step and the metric."""
+  code = int(jax.device_get(state.nonfinite))
+  if code:
+    step = int(jax.device_get(state.nonfinite_step))
+    raise FloatingPointError(
+        f"non-finite {_NONFINITE_NAMES[code]} at step {step}; the update was not applied and no "
+        "checkpoint after it was written. Lower the learning rate or check the data.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation during training: online probe and kNN on frozen backbone features.
+# ------------------------------------------------------------------------------------------------
+def extract_features(config, model, state, mesh, split: str) -> dict[str, np.ndarray]:
+  """Backbone features, probe predictions, labels and mask for every example of `split`."""
+  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
+  def features_fn(params, batch_stats, images):
+    variables = {"params": params["model"], "batch_stats": batch_stats}
+    out = model.apply(variables, images, train=False)
+    return out["features"], jnp.argmax(out["probe_logits"], axis=-1)
+
+  feats, preds, labels, masks = [], [], [], []
+  for batch in input_pipeline.eval_iterator(config, mesh, split):
+    f, p = features_fn(state.params, state.batch_stats, batch["image"])
+    feats.append(f)
+    preds.append(p)
+    labels.append(batch["label"])
+    masks.append(batch["mask"])
+  gather = jax.jit(lambda *xs: jnp.concatenate(xs), out_shardings=sharding.replicated(mesh))
+  return {name: np.asarray(gather(*xs)) for name, xs in
+          [("features", feats), ("predictions", preds), ("labels", labels), ("mask", masks)]}
+
+
+def evaluate_online(config, model, state, mesh, num_classes) -> dict[str, float]:
+  """Test accuracy of the online probe and of kNN (k, T from config) on backbone features."""
+  train = extract_features(config, model, state, mesh, config.dataset.train_split)
+  test = extract_features(config, model, state, mesh, config.dataset.eval_split)
+  mask = test["mask"]
+  probe_acc = float(np.mean(test["predictions"][mask] == test["labels"][mask]))
+  knn = evaluate.knn_accuracy(train["features"], train["labels"], test["features"],
+                              test["labels"], num_classes=num_classes, ks=(config.knn_k,),
+                              temperature=config.knn_temperature, train_mask=train["mask"],
+                              test_mask=mask)
+  return {"eval/probe_accuracy": probe_acc, "eval/knn_accuracy": float(knn[config.knn_k])}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run.
+# ------------------------------------------------------------------------------------------------
+class _StopSignal:
+  """Turns SIGTERM (preemption) into a flag the loop checks once per step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  objectives.validate(config)
+  optim.peak_learning_rate(config)
+  for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
+    if not config[name] > 0:
+      raise ValueError(f"{name} must be positive, got {config[name]}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config`, resuming from `workdir` if it holds checkpoints; returns a summary."""
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    open(probe, "w").close()
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} is not writable: {e}") from e
+
+  # ---- mesh and data: every process reads only its slice; batches are global arrays ----
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  info = input_pipeline.get_dataset_info(config)
+  num_steps = optim.total_steps(config, info.num_train)
+
+  # ---- model, shapes, and sharded init: leaves are created where they live ----
+  model, tx, schedule = build(config, info)
+  view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
+  init_fn = functools.partial(init_state, config, model, tx, view_shape)
+  abstract = jax.eval_shape(init_fn)
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+
+  # ---- the jitted step: state donated (updated in place), metrics replicated ----
+  step_fn = jax.jit(
+      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+  # ---- restore, or start fresh ----
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    every_steps=config.checkpoint_every,
+                                    keep=config.keep_checkpoints)
+  restored = ckpt.restore(abstract)
+  if restored is None:
+    state = jax.jit(init_fn, out_shardings=state_sharding)()
+    logging.info("starting from scratch: %d steps", num_steps)
+  else:
+    state, _, step = restored
+    logging.info("resumed from the checkpoint at step %d of %d", step, num_steps)
+  start_step = int(jax.device_get(state.step))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = metrics_io.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  meta = {"seed": config.seed, "num_steps": num_steps, "objective": config.objective}
+  eval_results: dict[str, float] = {}
+
+  def run_eval(step):
+    nonlocal eval_results
+    eval_results = evaluate_online(config, model, state, mesh, info.num_classes)
+    writer.write_scalars(step, eval_results)
+    logging.info("step %d: %s", step, eval_results)
+
+  def save(step, force):
+    if force or (step % config.checkpoint_every == 0):
+      raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
+      ckpt.save(step, state, {**meta, "step": step}, force=force)
+
+  # ---- the loop: no host sync except on log, eval and checkpoint steps ----
+  batches = input_pipeline.train_iterator(config, mesh, seed=config.seed, start_step=start_step)
+  step = start_step
+  preempted = False
+  with _StopSignal() as stop:
+    while step < num_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, next(batches))
+      step += 1
+      report(step)
+      if step % config.log_every == 0 or step == num_steps:
+        raise_if_nonfinite(state)
+        writer.write_scalars(step, jax.device_get(metrics))
+      if config.eval_every and step % config.eval_every == 0 and step < num_steps:
+        run_eval(step)
+      if stop.requested:
+        preempted = True
+        save(step, force=True)
+        break
+      save(step, force=step == num_steps)
+  ckpt.wait()
+  if not preempted:
+    run_eval(step)
+  writer.flush()
+  ckpt.close()
+  summary = {"step": step, "num_steps": num_steps, "preempted": preempted,
+             "workdir": workdir, "train_step_compilations": step_fn._cache_size(),  # noqa: SLF001
+             **eval_results}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump(summary, f, indent=2)
+  return summary
