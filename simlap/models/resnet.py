@@ -145,7 +145,7 @@ class ResNet(nn.Module):
 # name -> (stage_sizes, base widths, block, base stem width). Widths are multiplied by `width`.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
     # ~20k parameters: for tests only.
-    "resnet_tiny": ((1, 1), (8, 16), "basic", 8),
+    "resnet_tiny": ((1, 1, 1), (8, 16, 32), "basic", 8),
     # ResNet-14-style CIFAR net (3 stages x 2 basic blocks, 16/32/64), the default Fashion-MNIST
     # backbone: sized so a step on 2 x 256 28x28 views stays near 0.5 s on 2 CPU cores.
     "resnet_small": ((2, 2, 2), (16, 32, 64), "basic", 16),
