@@ -81,9 +81,13 @@ def tiny():
   model = simlap.build_model(_tiny_config(), C)
   x = _images()
   y1, y2 = _labels()
-  init_variables = _init(model, x, y1, y2)
-  out, upd = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
-      init_variables, x, y1, y2)
+
+  @jax.jit  # init and one training step in one compilation
+  def init_and_step(x, y1, y2):
+    variables = model.init({"params": _key(0), "gate": _key(1)}, x, y1, y2, train=False)
+    return variables, *model.apply(variables, x, y1, y2, train=True, mutable=["batch_stats"])
+
+  init_variables, out, upd = init_and_step(x, y1, y2)
   return dict(model=model, x=x, y1=y1, y2=y2, init_variables=init_variables, out=out,
               variables={**init_variables, **upd})
 
@@ -97,9 +101,13 @@ def test_resnet_tiny_runs_deep_stem():
   config.model.stem = "deep"
   net = resnet.build_backbone(config.model)
   x = _images(size=12)
-  variables = jax.jit(functools.partial(net.init, train=False))(_key(0), x)
-  feats, upd = jax.jit(functools.partial(net.apply, train=True, mutable=["batch_stats"]))(
-      variables, x)
+
+  @jax.jit
+  def init_and_run(x):
+    variables = net.init(_key(0), x, train=False)
+    return variables, *net.apply(variables, x, train=True, mutable=["batch_stats"])
+
+  variables, feats, upd = init_and_run(x)
   assert feats.shape == (6, resnet.feature_dim(config.model)) == (6, 32)
   assert feats.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(feats)))
@@ -154,24 +162,28 @@ def test_last_bn_gamma_zero_in_every_block(tiny):
   for b in blocks:
     np.testing.assert_array_equal(params[b]["BatchNorm_1"]["scale"], 0.0)  # last BN of branch
     np.testing.assert_array_equal(params[b]["BatchNorm_0"]["scale"], 1.0)
-  bottleneck = resnet.BottleneckBlock(2, conv=functools.partial(nn.Conv, use_bias=False),
-                                      norm=functools.partial(nn.BatchNorm,
-                                                             use_running_average=True))
-  params = bottleneck.init(_key(0), jnp.ones((1, 4, 4, 8)))["params"]
-  np.testing.assert_array_equal(params["BatchNorm_2"]["scale"], 0.0)
-  np.testing.assert_array_equal(params["BatchNorm_1"]["scale"], 1.0)
+  # The bottleneck block's last BN is checked in test_block_is_identity_at_init.
 
 
-@pytest.mark.parametrize("block_cls,features", [(resnet.BasicBlock, 4),
-                                                 (resnet.BottleneckBlock, 1)])
-def test_block_is_identity_at_init(block_cls, features):
+@pytest.mark.parametrize("block_cls,features,last_bn", [(resnet.BasicBlock, 4, "BatchNorm_1"),
+                                                         (resnet.BottleneckBlock, 1, "BatchNorm_2")])
+def test_block_is_identity_at_init(block_cls, features, last_bn):
   conv = functools.partial(nn.Conv, use_bias=False)
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
   block = block_cls(features, conv=conv, norm=norm)
   x = jax.random.normal(_key(0), (2, 5, 5, 4))
-  variables = block.init(_key(1), x)
+
+  @jax.jit
+  def init_and_run(x):
+    variables = block.init(_key(1), x)
+    return variables, block.apply(variables, x)
+
+  variables, y = init_and_run(x)
+  assert "proj_conv" not in variables["params"]  # identity shortcut
+  np.testing.assert_array_equal(variables["params"][last_bn]["scale"], 0.0)
+  np.testing.assert_array_equal(variables["params"]["BatchNorm_0"]["scale"], 1.0)
   # Zero last-BN gamma (and beta): the residual branch is 0, the identity shortcut passes x.
-  np.testing.assert_allclose(block.apply(variables, x), jax.nn.relu(x), atol=1e-6)
+  np.testing.assert_allclose(y, jax.nn.relu(x), atol=1e-6)
 
 
 def test_bfloat16_params_float32_outputs_close(tiny):
