@@ -11,7 +11,7 @@ IMAGE = RNG.randint(0, 256, (40, 30, 3)).astype(np.uint8)
 
 
 def _view(**changes):
-  v = default.base_config().augment.view1.to_dict()
+  v = default.get_config().augment.view1.to_dict()
   v.update(jitter_prob=1.0, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
            grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.2)
   v.update(changes)
@@ -57,17 +57,38 @@ def test_eval_view_is_the_center_square():
   np.testing.assert_allclose(batch, IMAGE[None, 5:33, :28] / 255.0, atol=1e-6)
 
 
-def test_colour_ops():
+def _second(x, **params):
+  """second_stage on a batch of one float image with the given parameters."""
+  view = _view(jitter_prob=1.0, grayscale_prob=0.5, blur_prob=0.5, solarize_prob=0.5)
+  p = augment.sample_params(_seed(0, 0), view, x.shape[-1])
+  p.update(jitter=False, grayscale=False, blur=False, solarize=False, image=x)
+  p.update(params)
+  return augment.second_stage({k: tf.convert_to_tensor(v)[None] for k, v in p.items()},
+                              view)[0].numpy()
+
+
+def test_colour_and_blur_ops():
   x = tf.constant(IMAGE / 255.0, tf.float32)
-  g = augment.grayscale(x).numpy()
-  assert g.shape == (40, 30, 3) and np.allclose(g[..., 0], g[..., 2])
-  s = augment.solarize(x).numpy()
-  np.testing.assert_allclose(s, np.where(IMAGE / 255.0 < 0.5, IMAGE / 255.0, 1 - IMAGE / 255.0),
-                             atol=1e-6)
-  blurred = augment.gaussian_blur(x, _seed(0, 1)).numpy()
-  assert blurred[5:-5, 5:-5].std() < x.numpy()[5:-5, 5:-5].std()
-  one = augment.color_jitter(x[..., :1], _seed(0, 2), brightness=0.4, contrast=0.4,
-                             saturation=0.4, hue=0.1)
+  np.testing.assert_allclose(_second(x), x, atol=1e-6)  # everything off: identity
+  g = _second(x, grayscale=True)
+  np.testing.assert_allclose(g[..., 0], g[..., 2], atol=1e-6)
+  np.testing.assert_allclose(g[..., 0], tf.image.rgb_to_grayscale(x)[..., 0], atol=1e-3)
+  np.testing.assert_allclose(_second(x, solarize=True), np.minimum(x, 1 - x), atol=1e-6)
+  blurred = _second(x, blur=True, sigma=1.5)
+  assert blurred[5:-5, 5:-5].std() < 0.5 * x.numpy()[5:-5, 5:-5].std()
+  # Jitter: brightness alone scales; hue 0 and factors 1 are the identity; hue keeps grays.
+  ones = [1.0, 1.0, 1.0, 0.0]
+  np.testing.assert_allclose(_second(x, jitter=True, factors=[0.5, 1, 1, 0.0]), x * 0.5,
+                             atol=1e-5)
+  np.testing.assert_allclose(_second(x, jitter=True, factors=ones), x, atol=1e-5)
+  gray = tf.tile(x[..., :1], [1, 1, 3])
+  np.testing.assert_allclose(_second(gray, jitter=True, factors=[1, 1, 1, 0.3]), gray,
+                             atol=1e-4)
+  # Saturation 0 is the luma image; contrast 0 the mean luma.
+  np.testing.assert_allclose(_second(x, jitter=True, factors=[1, 1, 0, 0.0]), g, atol=1e-5)
+  flat = _second(x, jitter=True, factors=[1, 0, 1, 0.0])
+  np.testing.assert_allclose(flat, np.full_like(flat, g.mean()), atol=1e-4)
+  one = _second(x[..., :1], jitter=True, factors=[1.2, 0.8, 1, 0.0], blur=True)
   assert one.shape == (40, 30, 1)
 
 

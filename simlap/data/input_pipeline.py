@@ -323,11 +323,17 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex_seed, 2))
     image = ex.pop("image")
     for name, s, v in (("view1", s1, views[0]), ("view2", s2, views[1])):
-      ex[name] = augment.train_view(image, s, v, size=d.image_size, channels=d.channels)
+      ex[name] = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
     return ex
+
+  def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
+    for name, v in (("view1", views[0]), ("view2", views[1])):
+      batch[name] = augment.second_stage(batch[name], v)
+    return batch
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
+  ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
