@@ -61,7 +61,8 @@ def _second(x, **params):
   """second_stage on a batch of one float image with the given parameters."""
   view = _view(jitter_prob=1.0, grayscale_prob=0.5, blur_prob=0.5, solarize_prob=0.5)
   p = augment.sample_params(_seed(0, 0), view, x.shape[-1])
-  p.update(jitter=False, grayscale=False, blur=False, solarize=False, image=x)
+  p.update(jitter=False, grayscale=False, blur=False, solarize=False, image=x,
+           mean=tf.reduce_mean(x, axis=[0, 1]))
   p.update(params)
   return augment.second_stage({k: tf.convert_to_tensor(v)[None] for k, v in p.items()},
                               view)[0].numpy()

@@ -323,14 +323,14 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
 def second_stage(batch: Mapping[str, tf.Tensor], view: Mapping[str, Any]) -> tf.Tensor:
   """Colour jitter -> grayscale -> blur -> solarize on float (B, H, W, C) `batch["image"]`.
 
-  `batch` also holds the batched `sample_params` of each image. Ops with probability 0 in
+  `batch` also holds each image's `sample_params` and its mean colour `mean` (B, C). Ops with probability 0 in
   `view` are not built at all. Returns float32 (B, H, W, C) in [0, 1].
   """
   x = batch["image"]
   jitter, gray = view["jitter_prob"] > 0, view["grayscale_prob"] > 0
   if jitter or (gray and x.shape[-1] == 3):
     shape, c = tf.shape(x), x.shape[-1]
-    m, b = _colour_map(tf.reduce_mean(x, axis=[1, 2]), batch, c, jitter, gray)
+    m, b = _colour_map(batch["mean"], batch, c, jitter, gray)
     x = tf.reshape(tf.clip_by_value(tf.reshape(x, [shape[0], -1, c]) @ m + b[:, None], 0.0, 1.0),
                    shape)
   if view["blur_prob"] > 0:
@@ -352,7 +352,7 @@ def first_stage(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, s
     view: one of config.augment.view1 / view2.
     size: output side. channels: C.
   Returns:
-    {"image": float32 (size, size, C) in [0, 1], **sample_params(...)}.
+    {"image": float32 (size, size, C) in [0, 1], "mean": (C,), **sample_params(...)}.
   """
   s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
   window = random_crop_window(s[0], _image_hw(image), tuple(view["crop_scale"]),
@@ -364,7 +364,9 @@ def first_stage(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, s
   if view["randaugment_layers"] > 0:
     x = randaugment(x, s[2], layers=view["randaugment_layers"],
                     magnitude=view["randaugment_magnitude"])
-  return {"image": x, **sample_params(s[3], view, channels)}
+  # The mean colour (for contrast) costs little here, with the image still in cache.
+  return {"image": x, "mean": tf.reduce_mean(x, axis=[0, 1]),
+          **sample_params(s[3], view, channels)}
 
 
 def train_view(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, size: int,

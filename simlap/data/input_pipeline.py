@@ -43,7 +43,7 @@ tf.config.set_visible_devices([], "GPU")
 _IN_MEMORY_MAX_BYTES = 1 << 30  # larger splits are streamed (see module docstring)
 _FOREVER = 2**62  # end of the infinite step / position ranges
 # Tags that keep the independent random streams (order, class draws, views) apart.
-_ORDER, _CLASSES, _VIEWS = 1, 2, 3
+_ORDER, _CLASSES, _MEMBERS, _VIEWS = 1, 2, 3, 4
 ConfigDict = ml_collections.ConfigDict
 
 
@@ -124,13 +124,20 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str,
                      f"({bad.size} such labels); check config.dataset.num_classes")
 
 
+def _validated(config: ConfigDict) -> tuple[tfds.core.DatasetBuilder, int, tuple[str, ...]]:
+  """(prepared builder, num_classes, class names), after checking features against config."""
+  builder = _builder(config)
+  num_classes, names = _label_info(config, builder)
+  d = config.dataset
+  _check_image_shape(config, tuple(builder.info.features[d.image_key].shape), repr(d.name))
+  return builder, num_classes, names
+
+
 def get_dataset_info(config: ConfigDict) -> DatasetInfo:
   """Prepares the dataset if it is the embedded one, validates the config against it."""
-  builder = _builder(config)
+  builder, num_classes, names = _validated(config)
   d = config.dataset
-  num_classes, names = _label_info(config, builder)
   image_shape = tuple(builder.info.features[d.image_key].shape)
-  _check_image_shape(config, image_shape, f"dataset {d.name!r}")
   return DatasetInfo(
       num_classes=num_classes, class_names=names,
       num_train=_num_examples(builder, d.train_split),
@@ -152,6 +159,21 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
   if not 0 <= pi < pc:
     raise ValueError(f"process_index={pi} not in [0, process_count={pc})")
   return pi, pc
+
+
+def _rows_per_process(batch: int, mesh: Mesh | None, pc: int, name: str,
+                      repeats: int = 1) -> int:
+  """Rows each process contributes; raises unless they split over its devices and repeats."""
+  if mesh is not None:
+    sharding.check_batch_divisible(batch, mesh)
+  # Simulated processes (tests) keep every device local: their rows split over all of them.
+  devices = 1 if mesh is None else sharding.num_batch_shards(mesh) // (
+      jax.process_count() if pc == jax.process_count() else 1)
+  local = batch // pc
+  if batch % pc or local % devices or local % repeats:
+    raise ValueError(f"{name}={batch} does not split into {pc} process(es) x {devices} "
+                     f"device(s) with repeats={repeats}")
+  return local
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -215,7 +237,7 @@ def _class_balanced_indices(labels: np.ndarray, config: ConfigDict, seed: int, u
         tf.stack([0, 0, step]), max_index=tf.constant(c - 1, tf.int64), rounds=4)
     cls = tf.repeat(classes, per_class)
     keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
-                     tf.fill([unique], tf.constant(_CLASSES, tf.int64)), step * c + cls], axis=1)
+                     tf.fill([unique], tf.constant(_MEMBERS, tf.int64)), step * c + cls], axis=1)
     j = tf.tile(tf.range(per_class, dtype=tf.int64), [p])
     k_idx = tf.raw_ops.RandomIndexShuffle(index=j, seed=keys, max_index=tf.gather(counts, cls) - 1,
                                           rounds=4)
@@ -275,24 +297,18 @@ def _in_memory(builder, config: ConfigDict) -> bool:
 
 def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
                         process_index: int | None = None, process_count: int | None = None,
-                        batch_multiple: int = 1, with_ids: bool = False) -> tf.data.Dataset:
+                        with_ids: bool = False) -> tf.data.Dataset:
   """This process's training rows: a tf.data.Dataset of dicts of local batches.
 
   Batches hold `config.batch_size / process_count` rows: `view1`, `view2` float32
   (b, size, size, C) in [0, 1], `label` int32 (b,), the extra labels int32 (b,), and with
-  `with_ids` the TFDS example id `tfds_id` (string, for tests). `batch_multiple` is the number
-  of local devices the rows must split over (checked by `train_iterator`).
+  `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in global-batch order:
+  process p holds rows [p * b, (p + 1) * b).
   """
   d = config.dataset
   pi, pc = _processes(process_index, process_count)
-  builder = _builder(config)
-  num_classes, _ = _label_info(config, builder)
-  _check_image_shape(config, tuple(builder.info.features[d.image_key].shape), d.name)
-  local = config.batch_size // pc
-  if config.batch_size % pc or local % d.repeats or local % batch_multiple:
-    raise ValueError(f"batch_size={config.batch_size} over {pc} process(es) gives {local} rows "
-                     f"each, not a multiple of repeats={d.repeats} and of {batch_multiple} "
-                     "local devices")
+  builder, num_classes, _ = _validated(config)
+  local = _rows_per_process(config.batch_size, None, pc, "batch_size", d.repeats)
   unique = local // d.repeats
   split = tfds.split_for_jax_process(d.train_split, process_index=pi, process_count=pc)
 
@@ -336,7 +352,6 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
   options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -371,12 +386,17 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
   (`process_count` != jax.process_count(), tests) arrays hold this process's rows only.
   """
   _, pc = _processes(process_index, process_count)
-  sharding.check_batch_divisible(config.batch_size, mesh)
-  local_devices = sharding.num_batch_shards(mesh) // jax.process_count()
+  _rows_per_process(config.batch_size, mesh, pc, "batch_size", config.dataset.repeats)
   ds = local_train_dataset(config, seed=seed, start_step=start_step, process_index=process_index,
-                           process_count=process_count, batch_multiple=local_devices
-                           if pc == jax.process_count() else sharding.num_batch_shards(mesh))
-  return _device_batches(ds.as_numpy_iterator(), mesh, config.dataset.prefetch)
+                           process_count=process_count)
+  num_classes = _validated(config)[1]
+
+  def checked():  # in-memory splits were checked whole; streamed ones are checked per batch
+    for batch in ds.as_numpy_iterator():
+      check_labels(batch["label"], num_classes, f"{config.dataset.name} train batch")
+      yield batch
+
+  return _device_batches(checked(), mesh, config.dataset.prefetch)
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -387,10 +407,7 @@ def num_eval_batches(config: ConfigDict, split: str | None = None, *,
   _, pc = _processes(0, process_count)
   builder = _builder(config)
   split = split or config.dataset.eval_split
-  local = config.eval_batch_size // pc
-  if config.eval_batch_size % pc or not local:
-    raise ValueError(f"eval_batch_size={config.eval_batch_size} does not split evenly over "
-                     f"{pc} process(es)")
+  local = _rows_per_process(config.eval_batch_size, None, pc, "eval_batch_size")
   largest = max(_num_examples(builder, tfds.split_for_jax_process(
       split, process_index=i, process_count=pc)) for i in range(pc))
   return math.ceil(largest / local)
@@ -410,16 +427,9 @@ class EvalIterator:
     self._mesh, self._prefetch = mesh, d.prefetch
     self._pi, self._pc = _processes(process_index, process_count)
     self._split = split or d.eval_split
-    self._builder = _builder(config)
-    self._num_classes, _ = _label_info(config, self._builder)
-    _check_image_shape(config, tuple(self._builder.info.features[d.image_key].shape), d.name)
-    sharding.check_batch_divisible(config.eval_batch_size, mesh)
+    self._builder, self._num_classes, _ = _validated(config)
+    self._local = _rows_per_process(config.eval_batch_size, mesh, self._pc, "eval_batch_size")
     self._num_batches = num_eval_batches(config, self._split, process_count=self._pc)
-    self._local = config.eval_batch_size // self._pc
-    if self._pc != jax.process_count() and self._local % sharding.num_batch_shards(mesh):
-      raise ValueError(f"eval_batch_size={config.eval_batch_size}: {self._local} rows per "
-                       f"simulated process do not split over {sharding.num_batch_shards(mesh)} "
-                       "devices")
     self._config = config
 
   def __len__(self) -> int:
