@@ -13,7 +13,6 @@ import gzip
 import os
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 NAME = "fashion_mnist_local"
