@@ -1,122 +1,23 @@
 """The embedded main job: SimLAP on the offline Fashion-MNIST (Debian) in ~10 min on 2 CPU cores.
 
-Every other config starts from `base_config()` here and overrides what its recipe changes, so the
-schema lives in one place. Derived values (LR scaling, step counts) are computed in code.
+`--config=configs/default.py:METHOD` switches to a baseline (see simlap.config_schema.METHODS).
 """
 import ml_collections
 
-
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  # Mesh axes: ("data", -1) puts every device on the batch axis.
-  c.mesh = [("data", -1)]
-
-  # ---- data (simlap/data) ----
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="fashion_mnist_local",  # or any TFDS name: cifar10, cifar100, imagenet2012, ...
-      data_dir=ml_collections.FieldReference(None, field_type=str),  # TFDS data dir
-      manual_dir=ml_collections.FieldReference(None, field_type=str),  # imagenet2012 tars
-      # Fashion-MNIST IDX .gz dir; None -> $SIMLAP_FASHION_MNIST_DIR or Debian's location.
-      source_dir=ml_collections.FieldReference(None, field_type=str),
-      download=False,  # never touch the network unless the user asks
-      train_split="train",
-      eval_split="test",
-      image_key="image",
-      label_key="label",
-      extra_label_keys=(),  # e.g. ("coarse_label",) for cifar100
-      num_classes=10,
-      image_size=28,  # side of the augmented views fed to the model
-      channels=1,
-      shuffle_buffer=20_000,
-      repeats=1,  # repeated augmentation: each image this many times per batch
-      classes_per_batch=0,  # class-balanced P x K sampler; 0 = off
-      samples_per_class=0,
-      prefetch=2,  # device batches prepared ahead of the step
-      # Read the train split into memory (exact, free resume) or stream it from disk;
-      # None = in memory when the prepared dataset is at most 1 GiB.
-      in_memory=ml_collections.FieldReference(None, field_type=bool),
-  ))
-  view = dict(
-      crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-      jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-      grayscale_prob=0.2, blur_prob=0.0, solarize_prob=0.0,
-      randaugment_layers=0, randaugment_magnitude=9,
-  )
-  c.augment = ml_collections.ConfigDict(dict(
-      view1=dict(view), view2=dict(view),
-      eval_crop_fraction=1.0,  # ImageNet: 0.875 (resize to size/0.875, center crop)
-  ))
-
-  # ---- model (simlap/models) ----
-  c.model = ml_collections.ConfigDict(dict(
-      backbone="resnet18",  # resnet_tiny | resnet18 | resnet34 | resnet50
-      stem="cifar",  # imagenet | cifar | deep
-      width=1.0,  # multiplier on the 64 base filters
-      bn_momentum=0.9,  # 0.99 lags on short runs
-      dtype="float32",  # compute dtype; parameters stay float32
-      projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
-      projector_dim=256,  # D, the embedding (and gate) dimension
-      probe_stop_gradient=True,  # online linear probe on stop-gradient features
-  ))
-  c.gate = ml_collections.ConfigDict(dict(
-      kind="sigmoid",  # sigmoid | open | gumbel | stochastic
-      fuse="mean",  # mean | product
-      embed_dim=512,
-      hidden_dim=1024,
-      tau=1.0,  # gumbel temperature
-      penalty=0.0,  # gamma, weight of the gate's Bernoulli entropy
-  ))
-
-  # ---- objective (simlap/losses.py) ----
-  c.objective = "simlap"  # simlap | simclr | supcon | ce
-  c.loss = ml_collections.ConfigDict(dict(
-      pair_kind="arbitrary",  # arbitrary | identical | distinct
-      variant="cosine",  # cosine | weighted
-      reduction="anchor",  # anchor | pair
-      symmetric=True,  # 1/2 [L(z1, z2) + L(z2, z1)] with one shared permutation
-      temperature=0.1,
-      learn_scale=False,  # learn log(1/T), initialised at log(1/temperature)
-      chunk_size=0,  # anchor rows per chunk in the loss; 0 = no chunking
-  ))
-
-  # ---- optimisation ----
-  c.batch_size = 256  # global, over all devices and processes
-  c.eval_batch_size = 512
-  c.num_epochs = 10.0
-  c.num_steps = 0  # > 0 overrides num_epochs
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw",  # adamw | adam_l2 | sgd | lars
-      lr=1e-3,
-      lr_scaling="none",  # none | linear (lr * batch / 256)
-      weight_decay=1e-4,
-      momentum=0.9,
-      warmup_epochs=1.0,
-      schedule="cosine",  # cosine | constant
-      probe_lr=1e-3,  # the online probe's own optimizer
-  ))
-
-  # ---- loop ----
-  c.log_every = 50
-  c.eval_every = 0  # 0 = only at the end
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  c.knn_k = 20
-  c.knn_temperature = 0.07
-  return c
+from simlap import config_schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Fashion-MNIST SimLAP sized for ~10 minutes on 2 CPU cores. `arg` is unused."""
-  del arg
-  c = base_config()
+  """Fashion-MNIST, a small ResNet, 4 epochs, kNN and online-probe evaluation at the end."""
+  c = config_schema.base_config()
   c.model.backbone = "resnet_small"
   c.model.projector_hidden = (512,)
   c.model.projector_dim = 128
   c.batch_size = 256
   c.num_epochs = 4.0
-  c.augment.view1.jitter_prob = 0.0  # grayscale: colour jitter reduces to brightness/contrast
+  # Grayscale input: colour jitter would reduce to brightness/contrast; crops do the work.
+  c.augment.view1.jitter_prob = 0.0
   c.augment.view2.jitter_prob = 0.0
   c.augment.view1.crop_scale = (0.3, 1.0)
   c.augment.view2.crop_scale = (0.3, 1.0)
-  return c
+  return config_schema.apply_method(c, arg or "simlap")

@@ -12,6 +12,7 @@ Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pu
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -114,7 +115,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
     return loss + probe_ce, (loss, metrics, updates["batch_stats"])
 
   grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
@@ -215,9 +216,40 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name} must be positive, got {config[name]}")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config`, resuming from `workdir` if it holds checkpoints; returns a summary."""
-  validate_config(config)
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What a run builds once: the model, the jitted step and the state's layout on the mesh."""
+  model: Any
+  step_fn: Any  # (state, batch) -> (state, metrics), jitted, state donated
+  init_fn: Any  # () -> TrainState
+  state_sharding: Any
+  abstract_state: Any  # ShapeDtypeStructs with shardings, for restoring
+  num_steps: int
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh, info: input_pipeline.DatasetInfo
+                 ) -> Trainer:
+  """Builds the model and compiles nothing yet; shapes come from `jax.eval_shape`."""
+  model, tx, schedule = build(config, info)
+  view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
+  init_fn = functools.partial(init_state, config, model, tx, view_shape)
+  abstract = jax.eval_shape(init_fn)
+  # Parameters and optimizer state are replicated; only the batch is split over devices.
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, state_sharding)
+  step_fn = jax.jit(
+      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=0)
+  return Trainer(model=model, step_fn=step_fn,
+                 init_fn=jax.jit(init_fn, out_shardings=state_sharding),
+                 state_sharding=state_sharding, abstract_state=abstract,
+                 num_steps=optim.total_steps(config, info.num_train))
+
+
+def _check_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -226,36 +258,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.remove(probe)
   except OSError as e:
     raise ValueError(f"workdir {workdir!r} is not writable: {e}") from e
+  return workdir
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_at: int | None = None) -> dict[str, Any]:
+  """Trains `config`, resuming from `workdir` if it holds checkpoints; returns a summary.
+
+  `stop_at` ends this job after that step with a checkpoint, as a preemption would, without
+  changing the schedule (time-boxed jobs; resume tests).
+  """
+  validate_config(config)
+  workdir = _check_workdir(workdir)
 
   # ---- mesh and data: every process reads only its slice; batches are global arrays ----
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh)
   info = input_pipeline.get_dataset_info(config)
-  num_steps = optim.total_steps(config, info.num_train)
 
-  # ---- model, shapes, and sharded init: leaves are created where they live ----
-  model, tx, schedule = build(config, info)
-  view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
-  init_fn = functools.partial(init_state, config, model, tx, view_shape)
-  abstract = jax.eval_shape(init_fn)
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_sharding)
-
-  # ---- the jitted step: state donated (updated in place), metrics replicated ----
-  step_fn = jax.jit(
-      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)),
-      donate_argnums=0)
+  # ---- model, shapes, sharded init and the jitted, donated step ----
+  trainer = make_trainer(config, mesh, info)
+  model, step_fn, num_steps = trainer.model, trainer.step_fn, trainer.num_steps
 
   # ---- restore, or start fresh ----
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint_every,
                                     keep=config.keep_checkpoints)
-  restored = ckpt.restore(abstract)
+  restored = ckpt.restore(trainer.abstract_state)
   if restored is None:
-    state = jax.jit(init_fn, out_shardings=state_sharding)()
+    state = trainer.init_fn()
     logging.info("starting from scratch: %d steps", num_steps)
   else:
     state, _, step = restored
@@ -299,13 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, jax.device_get(metrics))
       if config.eval_every and step % config.eval_every == 0 and step < num_steps:
         run_eval(step)
-      if stop.requested:
-        preempted = True
+      if stop.requested or step == stop_at:
+        preempted = step < num_steps
         save(step, force=True)
         break
       save(step, force=step == num_steps)
   ckpt.wait()
-  if not preempted:
+  if not preempted and config.eval_at_end:
     run_eval(step)
   writer.flush()
   ckpt.close()
