@@ -14,8 +14,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Many tests build the same tiny model: identical init/step programs compile once per session.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="simlap-jax-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_configure(config):
