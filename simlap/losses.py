@@ -407,9 +407,13 @@ def nt_xent(anchors: Array, keys: Array, *, scale: float | Array = 10.0,
 # ------------------------------------------------------------------------------------------------
 # Diagnostics for the trainer's logs.
 # ------------------------------------------------------------------------------------------------
-def bernoulli_entropy(gates: Array) -> Array:
-  """Elementwise entropy (nats) of Bernoulli(g); 0 at g in {0, 1}, log 2 at g = 0.5."""
-  g = jnp.clip(gates.astype(jnp.float32), 1e-6, 1.0 - 1e-6)
+def bernoulli_entropy(gates: Array, *, eps: float = 1e-6) -> Array:
+  """Elementwise entropy (nats) of Bernoulli(g); 0 at g in {0, 1}, log 2 at g = 0.5.
+
+  g is clipped to [eps, 1 - eps] so the logs stay finite; gates already that close to 0 or 1
+  get zero gradient from the clip (they are binary anyway).
+  """
+  g = jnp.clip(jnp.asarray(gates, jnp.float32), eps, 1.0 - eps)
   return -(g * jnp.log(g) + (1.0 - g) * jnp.log1p(-g))
 
 

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from simlap import losses
+from simlap.models import gates as gates_lib
 
 OBJECTIVES = ("simlap", "simclr", "supcon", "ce")
 
@@ -75,7 +76,7 @@ def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.A
   metrics = losses.subspace_diagnostics(z1, z2, gates, labels, pair_labels, labels,
                                         variant=config.loss.variant)
   if config.gate.penalty:
-    penalty = jnp.mean(losses.bernoulli_entropy(gates))
+    penalty = gates_lib.gate_penalty(gates)
     metrics["gate_penalty"] = penalty
     loss = loss + config.gate.penalty * penalty
   return loss, metrics

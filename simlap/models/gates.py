@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simlap import losses
+
 GATE_KINDS = ("sigmoid", "open", "gumbel", "stochastic")
 FUSES = ("mean", "product")
 
@@ -126,15 +128,6 @@ class GateTable(nn.Module):
     return self(labels, pair_labels, train=False)
 
 
-def bernoulli_entropy(gates: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
-  """Elementwise entropy (nats) of Bernoulli(g); g clipped to [eps, 1 - eps] so log is finite.
-
-  Gates already within eps of 0 or 1 get zero gradient from the clip: they are binary anyway.
-  """
-  g = jnp.clip(jnp.asarray(gates, jnp.float32), eps, 1.0 - eps)
-  return -(g * jnp.log(g) + (1.0 - g) * jnp.log1p(-g))
-
-
 def gate_penalty(gates: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
   """Mean Bernoulli entropy of the gates, a scalar in [0, log 2] nats.
 
@@ -148,7 +141,7 @@ def gate_penalty(gates: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
   Returns:
     () float32.
   """
-  return jnp.mean(bernoulli_entropy(gates, eps))
+  return jnp.mean(losses.bernoulli_entropy(gates, eps=eps))
 
 
 def subspace_size(gates: jnp.ndarray) -> jnp.ndarray:
