@@ -18,6 +18,7 @@ Everything reduces in float32 with HIGHEST matmul precision (TPUs default to bf1
 from collections.abc import Sequence
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -345,6 +346,53 @@ def format_mean_std(values: Sequence[float], *, scale: float = 100.0, digits: in
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI: `python -m simlap.evaluate --workdir=W [--step=S]` (checkpoint loading, feature
-# extraction, results.json / report.md) is added below this line by the wiring change.
+# CLI: `python -m simlap.evaluate --workdir=W [--step=S]`. The work (checkpoint restore, feature
+# extraction, results.json / report.md / PNGs) is in simlap.checkpoint_eval; imported lazily
+# because it pulls in TensorFlow and the trainer, which the evaluators above do not need.
 # ----------------------------------------------------------------------------------------------
+def define_flags(flag_values=None) -> None:
+  """Defines the CLI flags on `flag_values` (default absl's global FLAGS); idempotent.
+
+  Flags are not defined at import: simlap.train imports this module, and simlap.main defines
+  its own --workdir. Tests pass a fresh `flags.FlagValues()`.
+  """
+  from absl import flags  # noqa: PLC0415
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if "workdir" not in fv:
+    flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).",
+                        flag_values=fv)
+  if "step" not in fv:
+    flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.", flag_values=fv)
+  if "plots" not in fv:
+    flags.DEFINE_bool("plots", True, "Write the analysis PNGs.", flag_values=fv)
+  if "linear_epochs" not in fv:
+    flags.DEFINE_integer("linear_epochs", 30, "Linear-probe epochs (the fixed protocol).",
+                         flag_values=fv)
+
+
+def main(argv: Sequence[str], flag_values=None) -> dict[str, Any]:
+  """Evaluates --workdir and prints where the results went; returns the results dict."""
+  from absl import app, flags  # noqa: PLC0415
+  from simlap import checkpoint_eval  # noqa: PLC0415
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not fv.workdir:
+    raise app.UsageError("--workdir is required")
+  res = checkpoint_eval.evaluate_workdir(fv.workdir, fv.step, plots=fv.plots,
+                                         linear={"epochs": fv.linear_epochs})
+  if jax.process_index() == 0:
+    s = res["summary"]
+    print(f"step {res['step']} ({res['method']}): kNN@20 {100 * s['knn_20']:.2f}  linear "
+          f"{100 * s['linear']:.2f}  5-shot {100 * s['few_shot_5']:.2f}  eff. rank (proj) "
+          f"{s['effective_rank_projector']:.1f}")
+    print(f"results: {os.path.join(res['workdir'], 'eval', 'results.json')}")
+  return res
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+  from absl import app  # noqa: PLC0415
+  define_flags()
+  app.run(main)

@@ -148,24 +148,33 @@ def raise_if_nonfinite(state: TrainState) -> None:
 # ------------------------------------------------------------------------------------------------
 # Evaluation during training: online probe and kNN on frozen backbone features.
 # ------------------------------------------------------------------------------------------------
-def extract_features(config, model, state, mesh, split: str) -> dict[str, np.ndarray]:
-  """Backbone features, probe predictions, labels and mask for every example of `split`."""
+def extract_features(config, model, state, mesh, split: str, *,
+                     embeddings: bool = False) -> dict[str, np.ndarray]:
+  """Frozen features of every example of `split`, padding rows included (see "mask").
+
+  Returns host arrays over the padded split (N_pad rows): "features" (N_pad, F) pooled
+  backbone features, "predictions" (N_pad,) online-probe argmax, "labels" (N_pad,), "mask"
+  (N_pad,) bool (True = real example; each appears exactly once), with `embeddings` also
+  "embeddings" (N_pad, D) projector outputs, and any extra label keys of the dataset (e.g.
+  "coarse_label") under their own names.
+  """
   @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
   def features_fn(params, batch_stats, images):
     variables = {"params": params["model"], "batch_stats": batch_stats}
     out = model.apply(variables, images, train=False)
-    return out["features"], jnp.argmax(out["probe_logits"], axis=-1)
+    res = {"features": out["features"], "predictions": jnp.argmax(out["probe_logits"], axis=-1)}
+    if embeddings:  # otherwise XLA drops the projector: online eval pays nothing for it
+      res["embeddings"] = out["embeddings"]
+    return res
 
-  feats, preds, labels, masks = [], [], [], []
+  cols: dict[str, list[jax.Array]] = {}
   for batch in input_pipeline.eval_iterator(config, mesh, split):
-    f, p = features_fn(state.params, state.batch_stats, batch["image"])
-    feats.append(f)
-    preds.append(p)
-    labels.append(batch["label"])
-    masks.append(batch["mask"])
+    out = features_fn(state.params, state.batch_stats, batch["image"])
+    out.update({"labels" if k == "label" else k: v for k, v in batch.items() if k != "image"})
+    for name, value in out.items():
+      cols.setdefault(name, []).append(value)
   gather = jax.jit(lambda *xs: jnp.concatenate(xs), out_shardings=sharding.replicated(mesh))
-  return {name: np.asarray(gather(*xs)) for name, xs in
-          [("features", feats), ("predictions", preds), ("labels", labels), ("mask", masks)]}
+  return {name: np.asarray(gather(*xs)) for name, xs in cols.items()}
 
 
 def evaluate_online(config, model, state, mesh, num_classes) -> dict[str, float]:

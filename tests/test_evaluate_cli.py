@@ -1,0 +1,84 @@
+"""`python -m simlap.evaluate` on a tiny trained checkpoint: results.json keys, report, PNGs."""
+import json
+import os
+
+import pytest
+from absl import flags
+
+from simlap import checkpoint_eval
+from simlap import evaluate
+from simlap import train
+from test_train import tiny_config
+
+PNGS = ("spectrum.png", "intra_inter_backbone.png", "intra_inter_projector.png",
+        "intra_inter_projector_gated.png", "intra_inter_projector_pair_gated.png",
+        "class_mean_similarity_backbone.png", "class_mean_similarity_projector.png",
+        "gate_histogram.png", "gate_similarity.png", "pair_sizes.png")
+
+
+def run_cli(argv):
+  """The CLI in-process on its own FlagValues (absl's global FLAGS stays untouched)."""
+  fv = flags.FlagValues()
+  evaluate.define_flags(fv)
+  fv(["simlap.evaluate", *argv])
+  return evaluate.main(["simlap.evaluate"], fv)
+
+
+@pytest.fixture(scope="module")
+def workdir(fmnist_data_dir, tmp_path_factory):
+  # The same tiny run as test_compare's simlap seed 0: the compilation cache is shared.
+  config = tiny_config(fmnist_data_dir, **{"num_steps": 4, "checkpoint_every": 2})
+  path = str(tmp_path_factory.mktemp("evaluate_cli") / "run")
+  train.train_and_evaluate(config, path)
+  return path, config
+
+
+def test_load_config_round_trip(workdir):
+  path, config = workdir
+  loaded = checkpoint_eval.load_config(path)
+  assert loaded.to_dict() == config.to_dict()
+  assert isinstance(loaded.model.projector_hidden, tuple)
+
+
+def test_cli_writes_results_report_and_pngs(workdir, capsys):
+  path, _ = workdir
+  res = run_cli([f"--workdir={path}", "--linear_epochs=3"])
+  assert "kNN@20" in capsys.readouterr().out
+  out = os.path.join(path, "eval")
+  with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(res))
+  assert tuple(saved) == checkpoint_eval.RESULTS_KEYS
+  assert saved["step"] == 4 and saved["method"] == "simlap"
+  assert set(saved["summary"]) == set(checkpoint_eval.SUMMARY_KEYS)
+  assert set(saved["knn"]) == {"backbone", "projector"}
+  assert set(saved["knn"]["backbone"]) == {"10", "20", "50"}
+  assert saved["protocol"]["knn"]["temperature"] == 0.07
+  assert saved["linear_probe"]["hparams"]["epochs"] == 3
+  few = saved["few_shot"]
+  assert few["lam"] == 1e-3 and few["seeds"] == [0, 1, 2]
+  assert set(few["shots"]) == {"1", "5", "10", "25"}
+  assert all(len(v["per_seed"]) == 3 for v in few["shots"].values())
+  # Every example once: the 2048 / 512 slices, not the padded eval batches.
+  assert (saved["dataset"]["num_train"], saved["dataset"]["num_test"]) == (2048, 512)
+  ana = saved["analysis"]
+  assert ana["groups"] == [[0, 2, 4, 6], [5, 7, 9]]
+  assert ana["gates"]["dim"] == 16 and ana["pair_sizes"]["num_within"] == 18
+  assert ana["class_relationships"]["gate"] is not None
+  assert {"backbone", "projector", "projector_gated", "projector_pair_gated"} <= set(
+      ana["similarity"])
+  for key in ("knn_20", "linear", "few_shot_5", "effective_rank_projector",
+              "group_recovery_gate", "group_recovery_class_mean_projector"):
+    assert saved["summary"][key] is not None, key
+  for png in PNGS:
+    assert os.path.getsize(os.path.join(out, png)) > 0, png
+  report = open(os.path.join(out, "report.md"), encoding="utf-8").read()
+  assert "kNN k=20" in report and "## Gates" in report and "spectrum.png" in report
+
+
+def test_cli_step_flag_restores_that_checkpoint(workdir, tmp_path):
+  path, _ = workdir
+  res = checkpoint_eval.evaluate_workdir(path, step=2, plots=False, shots=(1,), seeds=(0,),
+                                         linear={"epochs": 1}, out_dir=str(tmp_path))
+  assert res["step"] == 2 and res["analysis"]["plots"] == []
+  assert os.path.exists(tmp_path / "results.json")
