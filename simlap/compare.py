@@ -4,11 +4,11 @@
         --seeds=0,1,2 --workdir=runs/compare [--config.model.backbone=resnet_tiny ...]
 
 Every run is `apply_method(config, method)` with `config.seed = k`, so methods differ only in
-the objective and gate (same backbone, budget, augmentation, probe). Runs go sequentially into
-W/<method>/seed<k>. Resumable: a run whose summary.json says step == num_steps and whose
-eval/results.json is for that step is skipped; an interrupted run resumes from its checkpoint
-(the trainer does that); a finished but unevaluated run is only evaluated. A run directory
-trained with a different config is an error, never silently mixed into the table.
+the objective and gate (same backbone, budget, augmentation, probe). Runs go sequentially,
+seed-major, into W/<method>/seed<k>. Resumable: a run whose summary.json says step ==
+num_steps and whose eval/results.json is for that step is skipped; an interrupted run resumes
+from its checkpoint (the trainer does that); a finished but unevaluated run is only evaluated.
+A run directory trained with a different config is an error, never silently mixed in.
 
 Output: W/comparison.md (one table, mean ± std over seeds, with the budget and the exact
 command in its header) and W/comparison.json (per-run headline numbers and the aggregates).
@@ -121,7 +121,8 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t_start = time.time()
-  grid = [(m, int(s)) for m in methods for s in seeds]
+  # Seed-major: an interrupted grid has every method at the first seeds, not half the methods.
+  grid = [(m, int(s)) for s in seeds for m in methods]
   for m, s in grid:  # fail before hours of training, not after
     _check_same_config(run_config(config, m, s), run_dir(workdir, m, s))
   per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

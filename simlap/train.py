@@ -12,12 +12,15 @@ Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pu
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -36,6 +39,8 @@ from simlap import objectives
 from simlap import optim
 from simlap import sharding
 from simlap.data import input_pipeline
+from simlap.models import gates as gates_lib
+from simlap.models import resnet
 from simlap.models import simlap as simlap_model
 
 # Codes for TrainState.nonfinite: which quantity first went NaN/Inf.
@@ -136,13 +141,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
 
 
 def raise_if_nonfinite(state: TrainState) -> None:
-  """Host check (one scalar fetch): stop the run, naming the step and the metric."""
+  """Host check (one scalar fetch): stop the run, naming the step and the metric.
+
+  Steps are numbered as in metrics.jsonl and checkpoints (step s = the state after s updates),
+  so "at step s" is the metrics row whose loss is null, and s - 1 the last good state.
+  """
   code = int(jax.device_get(state.nonfinite))
   if code:
-    step = int(jax.device_get(state.nonfinite_step))
+    step = int(jax.device_get(state.nonfinite_step)) + 1
     raise FloatingPointError(
-        f"non-finite {_NONFINITE_NAMES[code]} at step {step}; the update was not applied and no "
-        "checkpoint after it was written. Lower the learning rate or check the data.")
+        f"non-finite {_NONFINITE_NAMES[code]} at step {step}; that update was not applied and no "
+        f"checkpoint after step {step - 1} was written. Lower the learning rate or check the "
+        "data.")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,9 +227,35 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+@contextlib.contextmanager
+def _finish_writes_on_error(ckpt: checkpointing.Checkpointer, writer) -> Iterator[None]:
+  """On an error in the loop (NaN, bad data), finishes pending checkpoint writes and flushes
+  the metrics before the error propagates: the last good checkpoint must be complete on disk,
+  not a half-written directory that the exiting process abandons."""
+  try:
+    yield
+  except BaseException:
+    ckpt.wait()
+    writer.flush()
+    raise
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails in milliseconds, naming the bad value, before any data is read or prepared.
+
+  Names are checked here although the model and optimizer check them too: those run after
+  dataset preparation, which can take hours (ImageNet), so a typo would surface late.
+  """
   objectives.validate(config)
   optim.peak_learning_rate(config)
+  for name, value, choices in [
+      ("model.backbone", config.model.backbone, tuple(sorted(resnet.VARIANTS))),
+      ("gate.kind", config.gate.get("kind", "sigmoid"), gates_lib.GATE_KINDS),
+      ("gate.fuse", config.gate.get("fuse", "mean"), gates_lib.FUSES),
+      ("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)]:
+    if value not in choices:
+      raise ValueError(f"{name}={value!r} is not one of {choices}")
+  resnet.parse_dtype(config.model.get("dtype", "float32"))
   for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
     if not config[name] > 0:
       raise ValueError(f"{name} must be positive, got {config[name]}")
@@ -324,19 +360,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
       ckpt.save(step, state, {**meta, "step": step}, force=force)
 
-  # ---- the loop: no host sync except on log, eval and checkpoint steps ----
+  # ---- the loop: no host transfer except on log, eval and checkpoint steps ----
   batches = input_pipeline.train_iterator(config, mesh, seed=config.seed, start_step=start_step)
   step = start_step
   preempted = False
-  with _StopSignal() as stop:
+  in_flight = collections.deque()
+  with _StopSignal() as stop, _finish_writes_on_error(ckpt, writer):
     while step < num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, next(batches))
       step += 1
+      # Let dispatch run at most 2 steps ahead of the devices: enough to keep them busy, while
+      # steps/s stays honest and SIGTERM stops within one step (not a queue of hundreds).
+      in_flight.append(metrics["loss"])
+      if len(in_flight) > 2:
+        in_flight.popleft().block_until_ready()
       report(step)
       if step % config.log_every == 0 or step == num_steps:
         raise_if_nonfinite(state)
         writer.write_scalars(step, jax.device_get(metrics))
+        writer.flush()  # a killed job keeps its metrics up to the last log step
       if config.eval_every and step % config.eval_every == 0 and step < num_steps:
         run_eval(step)
       if stop.requested or step == stop_at:

@@ -1,8 +1,10 @@
 """`python -m simlap.compare` on a 2-method x 2-seed tiny grid: table, resume, skip, guard."""
 import json
 import os
+import shutil
 from unittest import mock
 
+import jax
 import pytest
 from absl import flags
 
@@ -11,6 +13,17 @@ from simlap import compare
 from simlap import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  """XLA optimisations off while these tests run: they are compile-bound on CPU (each method
+  and seed is a new program) and compile about twice as fast; outcomes are not judged on
+  speed or on the last bits."""
+  before = jax.config.jax_disable_most_optimizations
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 def tiny_overrides(data_dir):
@@ -38,17 +51,15 @@ def run(argv):
   return compare.main([argv[0]], fv, sys_argv=argv)
 
 
+def grid_argv(data_dir, workdir):
+  return [f"--config={REPO}/configs/default.py", "--methods=simlap,ce", "--seeds=0,1",
+          f"--workdir={workdir}", "--linear_epochs=2", "--noplots", *tiny_overrides(data_dir)]
+
+
 @pytest.fixture(scope="module")
 def grid(fmnist_data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("compare") / "grid")
-  argv = [f"--config={REPO}/configs/default.py", "--methods=simlap,ce", "--seeds=0,1",
-          f"--workdir={workdir}", "--linear_epochs=2", "--noplots",
-          *tiny_overrides(fmnist_data_dir)]
-  # An interrupted run: simlap seed 1 stopped at step 2, as a preemption would leave it.
-  fv, _ = parse(argv)
-  stopped = train.train_and_evaluate(compare.run_config(fv.config, "simlap", 1),
-                                     compare.run_dir(workdir, "simlap", 1), stop_at=2)
-  assert stopped["preempted"]
+  argv = grid_argv(fmnist_data_dir, workdir)
   with mock.patch.object(train, "train_and_evaluate", wraps=train.train_and_evaluate) as tr:
     first = run(argv)
   return workdir, argv, first, tr.call_count
@@ -63,8 +74,6 @@ def test_grid_trains_every_run_and_writes_the_table(grid):
       assert compare.run_status(rdir) == (True, True)
       summary = json.load(open(os.path.join(rdir, "summary.json"), encoding="utf-8"))
       assert summary["step"] == 4 and summary["num_steps"] == 4
-  # The resumed run continued from its step-2 checkpoint (the trainer logs one more row).
-  assert os.path.isdir(os.path.join(compare.run_dir(workdir, "simlap", 1), "checkpoints", "4"))
   table = open(os.path.join(workdir, "comparison.md"), encoding="utf-8").read()
   assert "python -m simlap.compare --config=" in table and "--seeds=0,1" in table
   assert "4 steps × batch 32" in table and "resnet_tiny" in table
@@ -96,6 +105,23 @@ def test_rerun_skips_finished_runs(grid):
   assert os.path.getmtime(results) == mtime
   # The table is rebuilt from the saved results: the same numbers as the first time.
   assert json.loads(json.dumps(out["methods"])) == json.loads(json.dumps(first["methods"]))
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(grid, capsys):
+  workdir, argv, _, _ = grid
+  rdir = compare.run_dir(workdir, "simlap", 1)
+  # What a preemption after step 2 leaves: checkpoint 2, no final checkpoint, no summary.
+  shutil.rmtree(os.path.join(rdir, "checkpoints", "4"))
+  os.remove(os.path.join(rdir, "summary.json"))
+  assert compare.run_status(rdir) == (False, False)
+  with mock.patch.object(train, "train_and_evaluate", wraps=train.train_and_evaluate) as tr:
+    out = run(argv)
+  assert tr.call_count == 1 and out["runs_trained"] == 1 and out["runs_evaluated"] == 1
+  assert "simlap seed 1: training (resuming)" in capsys.readouterr().out
+  assert compare.run_status(rdir) == (True, True)
+  rows = [json.loads(line) for line in open(os.path.join(rdir, "metrics.jsonl"),
+                                            encoding="utf-8")]
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4, 4]  # steps 3-4 trained again
 
 
 def test_changed_config_is_refused(grid):

@@ -2,18 +2,31 @@
 import json
 import os
 
+import jax
 import pytest
 from absl import flags
 
 from simlap import checkpoint_eval
+from simlap import compare
 from simlap import evaluate
 from simlap import train
-from test_train import tiny_config
+from test_compare import grid_argv, parse
 
 PNGS = ("spectrum.png", "intra_inter_backbone.png", "intra_inter_projector.png",
         "intra_inter_projector_gated.png", "intra_inter_projector_pair_gated.png",
         "class_mean_similarity_backbone.png", "class_mean_similarity_projector.png",
         "gate_histogram.png", "gate_similarity.png", "pair_sizes.png")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+  """XLA optimisations off while these tests run: they are compile-bound on CPU (each method
+  and seed is a new program) and compile about twice as fast; outcomes are not judged on
+  speed or on the last bits."""
+  before = jax.config.jax_disable_most_optimizations
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 def run_cli(argv):
@@ -26,9 +39,11 @@ def run_cli(argv):
 
 @pytest.fixture(scope="module")
 def workdir(fmnist_data_dir, tmp_path_factory):
-  # The same tiny run as test_compare's simlap seed 0: the compilation cache is shared.
-  config = tiny_config(fmnist_data_dir, **{"num_steps": 4, "checkpoint_every": 2})
+  # The config of test_compare's simlap seed 0 run: same programs, so the session's
+  # compilation cache serves them whichever test file runs first.
   path = str(tmp_path_factory.mktemp("evaluate_cli") / "run")
+  fv, _ = parse(grid_argv(fmnist_data_dir, path))
+  config = compare.run_config(fv.config, "simlap", 0)
   train.train_and_evaluate(config, path)
   return path, config
 
@@ -42,7 +57,7 @@ def test_load_config_round_trip(workdir):
 
 def test_cli_writes_results_report_and_pngs(workdir, capsys):
   path, _ = workdir
-  res = run_cli([f"--workdir={path}", "--linear_epochs=3"])
+  res = run_cli([f"--workdir={path}", "--linear_epochs=2"])
   assert "kNN@20" in capsys.readouterr().out
   out = os.path.join(path, "eval")
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
@@ -54,7 +69,7 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
   assert set(saved["knn"]) == {"backbone", "projector"}
   assert set(saved["knn"]["backbone"]) == {"10", "20", "50"}
   assert saved["protocol"]["knn"]["temperature"] == 0.07
-  assert saved["linear_probe"]["hparams"]["epochs"] == 3
+  assert saved["linear_probe"]["hparams"]["epochs"] == 2
   few = saved["few_shot"]
   assert few["lam"] == 1e-3 and few["seeds"] == [0, 1, 2]
   assert set(few["shots"]) == {"1", "5", "10", "25"}
@@ -78,7 +93,7 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
 
 def test_cli_step_flag_restores_that_checkpoint(workdir, tmp_path):
   path, _ = workdir
-  res = checkpoint_eval.evaluate_workdir(path, step=2, plots=False, shots=(1,), seeds=(0,),
-                                         linear={"epochs": 1}, out_dir=str(tmp_path))
+  res = checkpoint_eval.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
+                                         out_dir=str(tmp_path))
   assert res["step"] == 2 and res["analysis"]["plots"] == []
   assert os.path.exists(tmp_path / "results.json")

@@ -57,6 +57,23 @@ def read_idx(path: str, kind: str) -> np.ndarray:
   return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
 
 
+def read_split(source_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images (N, 28, 28) uint8, labels (N,) uint8) of `split`, checked against the format."""
+  images_file, labels_file = (os.path.join(source_dir, f) for f in _FILES[split])
+  images = read_idx(images_file, "images")
+  labels = read_idx(labels_file, "labels")
+  if images.shape[1:] != (28, 28):
+    raise ValueError(f"{images_file}: images are {images.shape[1]}x{images.shape[2]}; "
+                     "Fashion-MNIST images are 28x28")
+  bad = labels[labels >= len(CLASS_NAMES)]
+  if bad.size:
+    raise ValueError(f"{labels_file}: label {int(bad[0])} outside [0, {len(CLASS_NAMES)}) "
+                     f"({bad.size} such labels)")
+  if len(images) != len(labels):
+    raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
+  return images, labels
+
+
 class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST (Zalando, MIT licence) from local IDX files: 60k train / 10k test."""
 
@@ -81,14 +98,12 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the files are local.
     check_source_files(self._source_dir)
-    return {split: self._generate_examples(split) for split in _FILES}
+    # Read and check every split before writing any: a bad file fails here with one message
+    # naming it, not deep inside TFDS's encoder (which prints the whole offending example).
+    arrays = {split: read_split(self._source_dir, split) for split in _FILES}
+    return {split: self._generate_examples(*arrays[split]) for split in _FILES}
 
-  def _generate_examples(self, split):
-    images_file, labels_file = (os.path.join(self._source_dir, f) for f in _FILES[split])
-    images = read_idx(images_file, "images")
-    labels = read_idx(labels_file, "labels")
-    if len(images) != len(labels):
-      raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
+  def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images[..., None], labels.tolist())):
       yield i, {"image": image, "label": label}
 

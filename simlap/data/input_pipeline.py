@@ -65,7 +65,12 @@ def _builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
   d = config.dataset
   if d.name == fashion_mnist.NAME:
     return fashion_mnist.prepare(d.data_dir, d.source_dir)
-  builder = tfds.builder(d.name, data_dir=d.data_dir)
+  try:
+    builder = tfds.builder(d.name, data_dir=d.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    # TFDS's own message lists every registered dataset (thousands of lines); name the value.
+    raise ValueError(f"config.dataset.name={d.name!r} is neither {fashion_mnist.NAME!r} nor a "
+                     "TFDS dataset name (e.g. 'cifar10', 'imagenet2012')") from None
   if not builder.is_prepared():
     if not (d.download or d.manual_dir):
       raise ValueError(
