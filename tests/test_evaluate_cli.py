@@ -23,7 +23,7 @@ def fast_compiles():
   """XLA optimisations off while these tests run: they are compile-bound on CPU (each method
   and seed is a new program) and compile about twice as fast; outcomes are not judged on
   speed or on the last bits."""
-  before = jax.config.jax_disable_most_optimizations
+  before = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", before)
