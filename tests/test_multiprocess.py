@@ -8,16 +8,16 @@ single-process reference here is the same trainer (`train.make_trainer`, same co
 simulated-process mode (`process_index=p, process_count=2`, rows of process p at [p*b, (p+1)*b)).
 
 Nothing may hang: every child runs in its own process group under a deadline and is killed
-with its group when a test ends; a child that dies stops the job within seconds (simlap.main
-exits at once on an error; the coordinator declares a silent peer dead after
---heartbeat_timeout_seconds).
+with its group when a test ends. A child that dies stops the job: after an error simlap.main
+exits at once and its peers' next collective fails (measured: both gone 1.3 s after a SIGINT
+mid-training); a child killed outright is declared dead by the coordinator within
+--heartbeat_timeout_seconds, which aborts the others (measured: 11-15 s at 15).
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -211,7 +211,8 @@ def test_two_processes_match_one(two_process_run):
   # moves the loss by 1e-2 or more.
   np.testing.assert_allclose(got_losses, ref_losses, rtol=1e-5)
 
-  # Final (and intermediate) parameters: the 2-process checkpoints, restored by one process.
+  # Final (and intermediate) parameters: the 2-process checkpoints, restored by one process
+  # the way train_and_evaluate resumes (Checkpointer.restore into the trainer's shardings).
   worst = 0.0
   for step, expected in ref.params.items():
     state, meta, restored_step = _restore(ref.config, ref.trainer, workdir, step)
@@ -236,26 +237,12 @@ def test_only_process_zero_writes_logs(two_process_run):
   steps = [r["step"] for r in metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
            if "loss" in r]
   assert steps == [2, 4, 6, 8]
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json",
-                                         os.path.basename(events[0]), "metrics.jsonl",
-                                         "summary.json"]
+  assert sorted(os.listdir(workdir)) == sorted([  # nothing else, e.g. from process 1
+      "checkpoints", "config.json", os.path.basename(events[0]), "metrics.jsonl",
+      "summary.json"])
   assert "simlap summary" in job.log(0) and "simlap summary" not in job.log(1)
   # Every process took part in the saves; both steps are complete Orbax checkpoints.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-
-
-def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
-  workdir, _, ref = two_process_run
-  config = ref.config
-  resumed = str(tmp_path / "resumed")
-  shutil.copytree(workdir, resumed)
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "8"))  # resume from step 4 of 8
-  summary = train.train_and_evaluate(config, resumed)
-  assert summary["step"] == 8 and not summary["preempted"]
-  rows = metrics_io.read_jsonl(os.path.join(resumed, "metrics.jsonl"))
-  # Two-process rows for 2..8, then this process's rows for 6 and 8 (its own data slices).
-  assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8, 6, 8]
-  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
 @pytest.mark.slow
@@ -263,10 +250,10 @@ def test_killed_process_stops_the_job(fmnist_data_dir, tmp_path, cache_dir, two_
   del two_process_run  # runs after it: process 0 then loads the train step from the cache
   job = start_job(fmnist_data_dir, str(tmp_path / "workdir"), str(tmp_path), cache_dir)
   try:
-    # Both processes built their state and entered the loop: process 0, whose train step comes
-    # from the cache, waits in the step's first collective for process 1 (still compiling it).
+    # Process 0, whose programs come from the cache, has built its state and enters the train
+    # loop (its first step waits on process 1), while process 1 is still compiling.
     started = time.monotonic()
-    while not all("starting from scratch" in job.log(i) for i in range(PROCESSES)):
+    while "starting from scratch" not in job.log(0):
       if any(p.poll() is not None for p in job.procs):
         pytest.fail(f"a process ended before training started\n{job.tails()}")
       if time.monotonic() - started > JOB_TIMEOUT_S:
