@@ -242,6 +242,7 @@ def test_sigterm_saves_current_step_exits_zero_and_resumes(launcher, straight_ru
   proc.send_signal(signal.SIGTERM)
   rc = proc.wait(timeout=60)
   elapsed = time.monotonic() - sent
+  print(f"SIGTERM to exit: {elapsed:.1f} s")
   assert rc == 0, log_tail(proc)
   assert elapsed < 10, f"took {elapsed:.1f} s to stop after SIGTERM"
   with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
