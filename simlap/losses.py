@@ -2,8 +2,8 @@
 
 This module imports only jax and the standard library, so other projects can copy or import it.
 
-Notation (see ../shared/design/method.md, "The loss"): anchors z (B, D) from view 1, keys k (N, D)
-from view 2 over the *global* batch, gates g (B, D) in [0, 1] for each anchor's class pair,
+Notation (see ../shared/design/method.md, "The loss"): anchors z (B, D) of view 1, keys k (N, D)
+of view 2 over the *global* batch, gates g (B, D) in [0, 1] for each anchor's class pair,
 anchor labels y1 (B,), pair labels y2 (B,), key labels yk (N,), scale s = 1 / temperature.
 
   positives  P[b, n] = (yk[n] == y2[b])
