@@ -46,3 +46,14 @@ def fmnist_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   fashion_mnist.prepare(data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """XLA optimisations off for a module that opts in (`pytest.mark.usefixtures`): such tests are
+  compile-bound on CPU (each method and seed is a new program) and compile about twice as fast;
+  their outcomes are not judged on speed or on the last bits."""
+  before = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)

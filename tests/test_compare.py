@@ -4,7 +4,6 @@ import os
 import shutil
 from unittest import mock
 
-import jax
 import pytest
 from absl import flags
 
@@ -15,15 +14,8 @@ from simlap import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA optimisations off while these tests run: they are compile-bound on CPU (each method
-  and seed is a new program) and compile about twice as fast; outcomes are not judged on
-  speed or on the last bits."""
-  before = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+# Compile-bound on CPU: XLA optimisations off for this module (see conftest).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_overrides(data_dir):

@@ -2,7 +2,6 @@
 import json
 import os
 
-import jax
 import pytest
 from absl import flags
 
@@ -18,15 +17,8 @@ PNGS = ("spectrum.png", "intra_inter_backbone.png", "intra_inter_projector.png",
         "gate_histogram.png", "gate_similarity.png", "pair_sizes.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA optimisations off while these tests run: they are compile-bound on CPU (each method
-  and seed is a new program) and compile about twice as fast; outcomes are not judged on
-  speed or on the last bits."""
-  before = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+# Compile-bound on CPU: XLA optimisations off for this module (see conftest).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def run_cli(argv):
