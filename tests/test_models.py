@@ -227,6 +227,31 @@ def test_projector_layernorm_last():
   np.testing.assert_allclose(z.var(-1), 1.0, atol=1e-3)
 
 
+def test_probe_head_standardises_features():
+  """The probe's affine-free BN: training logits ignore the features' scale and offset (so a
+  probe on tiny pooled features learns as fast as on unit-scale ones), and at inference the head
+  is one fixed affine map of the features, i.e. still a linear probe."""
+  head = heads.LinearHead(C)
+  f = jax.random.normal(_key(0), (16, 12))
+
+  @jax.jit
+  def run(f):
+    variables = head.init(_key(1), f)
+    logits, updates = head.apply(variables, f, train=True, mutable=["batch_stats"])
+    return variables, logits, updates["batch_stats"]
+
+  variables, logits, stats = run(f)
+  assert set(variables["params"]) == {"fc"} and "bn" in variables["batch_stats"]
+  for scale, offset in ((0.1, 5.0), (30.0, -2.0)):  # (BN's eps 1e-5 bounds how small)
+    np.testing.assert_allclose(run(scale * f + offset)[1], logits, rtol=1e-3, atol=2e-3)
+  # Inference: logits(a * f1 + (1 - a) * f2) is the same combination of the two logits.
+  infer = jax.jit(lambda x: head.apply({**variables, "batch_stats": stats}, x))
+  f2 = jax.random.normal(_key(2), (16, 12))
+  np.testing.assert_allclose(infer(0.3 * f + 0.7 * f2), 0.3 * infer(f) + 0.7 * infer(f2),
+                             rtol=1e-4, atol=1e-5)
+  assert not np.allclose(infer(f), head.apply(variables, f))  # the running statistics are used
+
+
 # ---------------------------------------------------------------- gates
 
 

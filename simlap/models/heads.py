@@ -47,11 +47,29 @@ class LinearHead(nn.Module):
 
   Used as the online linear probe (on stop-gradient features) and, without the stop-gradient, as
   the classifier of the supervised cross-entropy baseline.
+
+  With `normalize`, an affine-free BatchNorm standardises the features first (MAE's linear-probe
+  head). Pooled ReLU features of a small or young backbone can be ~0.01 in scale; Adam moves
+  weights by ~lr per step, so without it the probe needs thousands of steps just to grow its
+  weights, and online accuracy reports the probe's lag instead of the features' quality. At
+  inference the BN is a fixed affine map, so the head is still linear in the features.
+
+  Attributes:
+    num_classes: C.
+    normalize: standardise features with a BatchNorm without scale or offset.
+    bn_momentum: that BatchNorm's running-average decay.
   """
   num_classes: int
+  normalize: bool = True
+  bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    """(B, F) -> (B, num_classes) float32."""
+  def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    """(B, F) -> (B, num_classes) float32; `train` uses and updates batch statistics."""
+    x = x.astype(jnp.float32)
+    if self.normalize:
+      x = nn.BatchNorm(use_running_average=not train, use_scale=False, use_bias=False,
+                       momentum=self.bn_momentum, epsilon=1e-5, dtype=jnp.float32,
+                       param_dtype=jnp.float32, name="bn")(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="fc")(x.astype(jnp.float32))
+                    name="fc")(x)

@@ -61,7 +61,8 @@ class SimLAPModel(nn.Module):
         "features": features,
         "embeddings": self.projector(features, train=train),
         "probe_logits": self.probe(
-            jax.lax.stop_gradient(features) if self.probe_stop_gradient else features),
+            jax.lax.stop_gradient(features) if self.probe_stop_gradient else features,
+            train=train),
     }
     if labels is not None and pair_labels is not None:
       out["gates"] = self.gate(labels, pair_labels, train=train)
@@ -112,7 +113,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
           hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
           fuse=g.get("fuse", "mean"), tau=float(g.get("tau", 1.0)),
           noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum),
-      probe=heads.LinearHead(int(num_classes)),
+      probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
   )
 
