@@ -28,6 +28,7 @@ from typing import Any
 import ml_collections
 
 from simlap import config_schema
+from simlap import run_config
 
 # (column title, summary key, kind): "pct" shows mean ± std in %, "numN" plain, N decimals.
 COLUMNS = (
@@ -66,23 +67,13 @@ def _read_json(path: str) -> Any:
 
 def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
   """Raises if `rdir` was trained with another config (a grid must not mix budgets)."""
-  saved = _read_json(os.path.join(rdir, "config.json"))
+  saved = run_config.saved_config(rdir)
   if saved is None:
     return
-  now = json.loads(config.to_json_best_effort())
-  diff = sorted(_diff(saved, now))
+  diff = run_config.config_diff(saved, run_config.as_json(config))
   if diff:
     raise ValueError(f"{rdir} was trained with a different config ({', '.join(diff[:8])}); "
                      "use another --workdir, or delete that run to retrain it")
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    return out
-  return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
 def run_status(rdir: str) -> tuple[bool, bool]:

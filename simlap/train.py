@@ -37,6 +37,7 @@ from simlap import losses
 from simlap import metrics_io
 from simlap import objectives
 from simlap import optim
+from simlap import run_config
 from simlap import sharding
 from simlap.data import input_pipeline
 from simlap.models import gates as gates_lib
@@ -315,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validate_config(config)
   workdir = _check_workdir(workdir)
+  run_config.check_resumable(config, workdir)  # before anything is built or restored
 
   # ---- mesh and data: every process reads only its slice; batches are global arrays ----
   mesh = sharding.make_mesh(config.mesh)

@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from simlap import checkpointing
+from simlap import run_config
 from simlap import sharding
 from simlap import train
 from simlap.data import fashion_mnist
@@ -301,6 +302,35 @@ def test_damaged_checkpoints_fall_back_with_warning(launcher, straight_run, fmni
   assert_same_as_straight_run(straight_run, workdir, fmnist_data_dir)
   # Set aside, so steps 12 and 14 could be saved again (else StepAlreadyExistsError).
   assert {"12.damaged", "14.damaged", "12", "14"} <= set(os.listdir(ckpts))
+
+
+def test_resume_with_another_config_is_refused_and_keeps_checkpoints(straight_run,
+                                                                    fmnist_data_dir, tmp_path,
+                                                                    no_network):
+  """Resuming with another model/schedule would mix two runs, or (a different parameter tree)
+  fail inside Orbax and set every checkpoint aside as damaged: refuse first, touch nothing."""
+  workdir = str(tmp_path / "other_config")
+  shutil.copytree(straight_run, workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  before = sorted(os.listdir(ckpts))
+  same = tiny_config(fmnist_data_dir, log_every=1, checkpoint_every=2, keep_checkpoints=3,
+                     num_steps=_STEPS)
+  run_config.check_resumable(same, workdir)  # the run's own config, through config.json
+  watch_only = tiny_config(fmnist_data_dir, log_every=5, checkpoint_every=4, keep_checkpoints=1,
+                           num_steps=_STEPS, eval_at_end=True, mesh=[("data", 2), ("x", -1)])
+  run_config.check_resumable(watch_only, workdir)  # cadence and device layout may change
+
+  other = tiny_config(fmnist_data_dir, log_every=1, checkpoint_every=2, keep_checkpoints=3,
+                      num_steps=_STEPS, batch_size=2 * same.batch_size)
+  start = time.monotonic()
+  with pytest.raises(ValueError) as err:
+    train.train_and_evaluate(other, workdir)
+  message = str(err.value)
+  assert f"batch_size: {same.batch_size} -> {2 * same.batch_size}" in message, message
+  assert "holds checkpoints of a run with a different config" in message and "\n" not in message
+  assert "num_steps" not in message and "log_every" not in message  # only what differs
+  assert time.monotonic() - start < 10 and not no_network
+  assert sorted(os.listdir(ckpts)) == before  # nothing restored, renamed or written
 
 
 def test_checkpoint_with_nan_is_skipped(tmp_path, caplog):
