@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import ml_collections
+import tensorflow as tf  # tf.io.gfile: workdirs may be gs:// URLs
 
 # Dotted config keys a resumed run may change: logging, evaluation, checkpoint cadence, where
 # the data lives, and the device layout (checkpoints restore onto any mesh).
@@ -36,9 +37,9 @@ def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
 def saved_config(workdir: str) -> dict[str, Any] | None:
   """The workdir's config.json as a dict; None when it is missing or unreadable."""
   try:
-    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "r") as f:
       return json.load(f)
-  except (OSError, ValueError):
+  except (OSError, ValueError, tf.errors.OpError):
     return None
 
 
@@ -49,7 +50,8 @@ def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _has_checkpoints(workdir: str) -> bool:
   directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  return tf.io.gfile.isdir(directory) and any(
+      name.rstrip("/").isdigit() for name in tf.io.gfile.listdir(directory))
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:

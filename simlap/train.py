@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 from clu import periodic_actions
+import tensorflow as tf
 
 from simlap import checkpointing
 from simlap import evaluate
@@ -296,14 +297,22 @@ def make_trainer(config: ml_collections.ConfigDict, mesh, info: input_pipeline.D
 
 
 def _check_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(workdir)
+  """Creates `workdir` and proves it writable; local paths become absolute, URLs stay as given.
+
+  URLs (gs://bucket/run) go through tf.io.gfile here and in metrics_io, and through Orbax's own
+  file layer for checkpoints; os.path.abspath would turn one into a local "gs:/bucket/run".
+  """
+  if not metrics_io.is_remote(workdir):
+    workdir = os.path.abspath(workdir)
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-    open(probe, "w").close()
-    os.remove(probe)
-  except OSError as e:
-    raise ValueError(f"workdir {workdir!r} is not writable: {e}") from e
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"workdir {workdir!r} is not writable: {reason}") from e
   return workdir
 
 
@@ -340,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("resumed from the checkpoint at step %d of %d", step, num_steps)
   start_step = int(jax.device_get(state.step))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
   writer = metrics_io.create_writer(workdir)
@@ -398,6 +407,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "workdir": workdir, "train_step_compilations": step_fn._cache_size(),  # noqa: SLF001
              **eval_results}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary
