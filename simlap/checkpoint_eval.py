@@ -199,6 +199,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     The results dict (exactly `RESULTS_KEYS`), as written to results.json (NaN -> null).
   """
   t0 = time.time()
+  if "://" in workdir:  # abspath would quietly make gs://b/run a local "gs:/b/run"
+    raise ValueError(f"evaluation reads config.json and writes eval/ with local file I/O; copy "
+                     f"or mount {workdir!r} locally first (gsutil -m cp -r, or gcsfuse)")
   workdir = os.path.abspath(workdir)
   out_dir = out_dir or os.path.join(workdir, "eval")
   config = load_config(workdir)

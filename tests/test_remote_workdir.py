@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from configs import default as default_config
+from simlap import checkpoint_eval
 from simlap import metrics_io
 from simlap import run_config
 from simlap import train
@@ -53,3 +54,9 @@ def test_resume_check_reads_a_url_workdir(url):
   other.model.projector_dim = 64
   with pytest.raises(ValueError, match=r"model\.projector_dim: 128 -> 64"):
     run_config.check_resumable(other, url)
+
+
+def test_evaluation_refuses_a_url_workdir_instead_of_writing_locally(url):
+  with pytest.raises(ValueError, match="copy or mount 'ram://"):
+    checkpoint_eval.evaluate_workdir(url)
+  assert not os.path.exists("ram:")
