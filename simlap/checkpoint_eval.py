@@ -30,6 +30,7 @@ from simlap import analysis
 from simlap import checkpointing
 from simlap import config_schema
 from simlap import evaluate
+from simlap import metrics_io
 from simlap import sharding
 from simlap import train
 from simlap.data import input_pipeline
@@ -199,7 +200,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     The results dict (exactly `RESULTS_KEYS`), as written to results.json (NaN -> null).
   """
   t0 = time.time()
-  if "://" in workdir:  # abspath would quietly make gs://b/run a local "gs:/b/run"
+  if metrics_io.is_remote(workdir):  # abspath would make gs://b/run a local "gs:/b/run"
     raise ValueError(f"evaluation reads config.json and writes eval/ with local file I/O; copy "
                      f"or mount {workdir!r} locally first (gsutil -m cp -r, or gcsfuse)")
   workdir = os.path.abspath(workdir)
