@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 
 from simlap import config_schema
-from simlap import run_config
+from simlap import run_config as run_config_lib
 
 # (column title, summary key, kind): "pct" shows mean ± std in %, "numN" plain, N decimals.
 COLUMNS = (
@@ -67,10 +67,10 @@ def _read_json(path: str) -> Any:
 
 def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
   """Raises if `rdir` was trained with another config (a grid must not mix budgets)."""
-  saved = run_config.saved_config(rdir)
+  saved = run_config_lib.saved_config(rdir)
   if saved is None:
     return
-  diff = run_config.config_diff(saved, run_config.as_json(config))
+  diff = run_config_lib.config_diff(saved, run_config_lib.as_json(config))
   if diff:
     raise ValueError(f"{rdir} was trained with a different config ({', '.join(diff[:8])}); "
                      "use another --workdir, or delete that run to retrain it")
