@@ -57,14 +57,6 @@ def run_config(config: ml_collections.ConfigDict, method: str,
   return c
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
   """Raises if `rdir` was trained with another config (a grid must not mix budgets)."""
   saved = run_config_lib.saved_config(rdir)
@@ -78,10 +70,10 @@ def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
 
 def run_status(rdir: str) -> tuple[bool, bool]:
   """(trained, evaluated): summary.json at its last step; eval/results.json for that step."""
-  summary = _read_json(os.path.join(rdir, "summary.json"))
+  summary = run_config_lib.read_json(os.path.join(rdir, "summary.json"))
   trained = bool(summary) and summary.get("step") == summary.get("num_steps") and not summary.get(
       "preempted", False)
-  results = _read_json(os.path.join(rdir, "eval", "results.json"))
+  results = run_config_lib.read_json(os.path.join(rdir, "eval", "results.json"))
   evaluated = trained and bool(results) and results.get("step") == summary.get("step")
   return trained, evaluated
 
@@ -134,7 +126,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
                            "same command to resume")
       log(f"{tag}: trained {summary['step']} steps in {time.time() - t:.0f} s")
     if evaluated:
-      res = _read_json(os.path.join(rdir, "eval", "results.json"))
+      res = run_config_lib.read_json(os.path.join(rdir, "eval", "results.json"))
       log(f"{tag}: done earlier, skipped")
     else:
       t = time.time()

@@ -34,13 +34,18 @@ def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
   return [] if saved == now else [f"{prefix[:-1]}: {saved!r} -> {now!r}"]
 
 
-def saved_config(workdir: str) -> dict[str, Any] | None:
-  """The workdir's config.json as a dict; None when it is missing or unreadable."""
+def read_json(path: str) -> Any:
+  """The JSON file at `path` (local or a URL); None when it is missing or unreadable."""
   try:
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "r") as f:
+    with tf.io.gfile.GFile(path, "r") as f:
       return json.load(f)
   except (OSError, ValueError, tf.errors.OpError):
     return None
+
+
+def saved_config(workdir: str) -> dict[str, Any] | None:
+  """The workdir's config.json as a dict; None when it is missing or unreadable."""
+  return read_json(os.path.join(workdir, "config.json"))
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
