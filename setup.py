@@ -4,9 +4,10 @@ The core install is only what `simlap.losses` needs (jax, numpy), so another JAX
 `pip install simlap` and import the loss without pulling TensorFlow. `simlap[train]` carries the
 pinned training stack; `simlap[test]` the test tools.
 """
+from __future__ import annotations
 import setuptools
 
-# The pinned set measured to work together on Python 3.11 (see ../shared/design/architecture.md).
+# The pinned set measured to work together on Python 3.11 (fresh Debian 12, 2 cores).
 TRAIN_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",

@@ -15,6 +15,7 @@ Measured on the 2-core dev box shared with other jobs (load average ~3-5), batch
   (a) ~340-395 views/s wall, ~340-400 views per CPU-second (per-image HSV jitter before the
       two-stage rewrite: ~270 per CPU-second); (b) ~7-14k views/s, ~8-9k per CPU-second.
 """
+from __future__ import annotations
 import argparse
 import os
 import sys
@@ -31,7 +32,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 
 from configs import default  # noqa: E402
 from simlap.data import fashion_mnist  # noqa: E402
-from simlap.data import input_pipeline  # noqa: E402
+from simlap.data import train_stream  # noqa: E402
 
 
 class SyntheticJpegs(tfds.core.GeneratorBasedBuilder):
@@ -78,7 +79,7 @@ def _views_per_second(config, seconds: float) -> tuple[float, float]:
   The second number is the per-core throughput even on a machine shared with other jobs,
   where wall-clock rates understate what a dedicated core does.
   """
-  ds = input_pipeline.local_train_dataset(config, seed=0, process_index=0, process_count=1)
+  ds = train_stream.local_train_dataset(config, seed=0, process_index=0, process_count=1)
   it = ds.as_numpy_iterator()
   for _ in range(3):
     next(it)

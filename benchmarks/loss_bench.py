@@ -12,6 +12,7 @@ and prints the median step time and XLA's temporary-buffer size from the compile
 analysis, each with its ratio to (d). A form whose temporaries would not fit in half of this
 machine's memory is compiled for its memory analysis but not run.
 """
+from __future__ import annotations
 import argparse
 import os
 import platform

@@ -9,6 +9,7 @@ model + loss + optimizer cost alone. Views/s counts both augmented views of ever
 MFU = XLA's FLOP count of the compiled step / step time / the device's peak (bf16 dense peak
 for bf16, fp32 otherwise; listed below for common accelerators, none for CPU).
 """
+from __future__ import annotations
 import os
 import platform
 import statistics
@@ -24,7 +25,7 @@ import jax  # noqa: E402
 
 from simlap import sharding  # noqa: E402
 from simlap import train  # noqa: E402
-from simlap.data import input_pipeline  # noqa: E402
+from simlap.data import datasets  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (images); 0 = the config's.")
@@ -58,7 +59,7 @@ def main(argv):
   sharding.check_batch_divisible(config.batch_size, mesh)
   d = config.dataset
   # Shapes only: the benchmark needs no dataset on disk.
-  info = input_pipeline.DatasetInfo(
+  info = datasets.DatasetInfo(
       num_classes=d.num_classes, class_names=tuple(str(i) for i in range(d.num_classes)),
       num_train=max(config.batch_size * 1000, 1), num_eval=0,
       image_shape=(d.image_size, d.image_size, d.channels), extra_label_keys=())

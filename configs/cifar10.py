@@ -5,6 +5,7 @@ L2 5e-4, 2 of 50 epochs warmup, batch 256, crops of scale (0.7, 1), RandAugment 
 augmentation x3, fixed scale 10, online linear probe on stop-gradient features.
 (The authors' run used output stride 8; simlap's ResNet keeps the standard strides.)
 """
+from __future__ import annotations
 import ml_collections
 
 from simlap import config_schema

@@ -2,6 +2,7 @@
 
 `--config=configs/default.py:METHOD` switches to a baseline (see simlap.config_schema.METHODS).
 """
+from __future__ import annotations
 import ml_collections
 
 from simlap import config_schema

@@ -3,6 +3,7 @@
 `--config=configs/fashion_mnist.py:ce` (or any name in simlap.config_schema.METHODS) switches the
 objective and nothing else.
 """
+from __future__ import annotations
 import ml_collections
 
 from simlap import config_schema

@@ -9,6 +9,7 @@ parameters, norms, gates and loss.
 `tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
 (see README, "Datasets").
 """
+from __future__ import annotations
 import ml_collections
 
 from simlap import config_schema

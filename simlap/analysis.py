@@ -1,32 +1,30 @@
 """Analyses of a trained model as numbers (pictures in `simlap.plots`, from the same data).
 
-Answers the paper's open questions (../shared/design/method.md, "Analyses"):
+Answers the paper's open questions (docs/method.md, "Analyses"):
   gates        are they binary switches or a smooth scaling?  `gate_statistics`
   pair sizes   do similar class pairs get larger subspaces?    `pair_size_by_group`
   relations    do gate similarities recover known class groups better than class-mean
                embeddings?                                     `group_recovery`
-  collapse     how many dimensions are used?                   `effective_rank`
-  separation   intra- vs inter-class cosine, as an AUROC       `intra_inter_similarity`
+  collapse     how many dimensions are used?                   `geometry.effective_rank`
+  separation   intra- vs inter-class cosine, as an AUROC       `geometry.intra_inter_similarity`
 and `analyze` gathers all of them into one JSON-serialisable dict (+ optional PNGs).
 
 Host-side numpy on small objects (C x C, D x D, sampled pairs): pass numpy arrays or fully
 addressable jax.Arrays. matplotlib is imported only when `analyze` is asked for PNGs.
 """
+from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import math
 from typing import Any
 
 import numpy as np
 
+from simlap import geometry
+
+_mean, _auroc = geometry.finite_mean, geometry.auroc
+
 ArrayLike = Any  # np.ndarray | jax.Array
 Groups = Sequence[Sequence[int]]
-
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
-# tops {T-shirt/top, Pullover, Coat, Shirt}, footwear {Sandal, Sneaker, Ankle boot};
-# Trouser (1), Dress (3) and Bag (8) belong to no group.
-FASHION_MNIST_GROUPS = ((0, 2, 4, 6), (5, 7, 9))
-
 
 def coarse_groups(fine_labels: ArrayLike, coarse_labels: ArrayLike) -> list[list[int]]:
   """Groups of fine classes sharing a coarse label (e.g. CIFAR-100's 20 superclasses).
@@ -111,7 +109,7 @@ def pair_size_by_group(pair_sizes: ArrayLike, groups: Groups) -> dict[str, Any]:
       "within_mean": _mean(s[same]), "across_mean": _mean(s[across]),
       "identical_mean": float(np.diag(s).mean()),
       "num_within": int(same.sum()), "num_across": int(across.sum()),
-      "within_vs_across_auroc": auroc(s[same], s[across]),
+      "within_vs_across_auroc": _auroc(s[same], s[across]),
   }
 
 
@@ -120,8 +118,7 @@ def pair_size_by_group(pair_sizes: ArrayLike, groups: Groups) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 def cosine_similarity_matrix(x: ArrayLike) -> np.ndarray:
   """(C, D) rows -> (C, C) cosine similarities; all-zero rows give 0, never NaN."""
-  x = np.asarray(x, np.float64)
-  x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  x = geometry.unit_rows(np.asarray(x, np.float64))
   return x @ x.T
 
 
@@ -136,8 +133,7 @@ def class_mean_similarity(embeddings: ArrayLike, labels: ArrayLike,
     (C, C); a class without examples has a zero mean and similarity 0 to everything.
   """
   # float32 rows, float64 sums: N x D is never copied to float64 (np.add.at is also slow).
-  e = np.asarray(embeddings, np.float32)
-  e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  e = geometry.unit_rows(np.asarray(embeddings, np.float32))
   labels = np.asarray(labels)
   means = np.zeros((num_classes, e.shape[1]))
   for c in range(num_classes):
@@ -190,148 +186,8 @@ def group_recovery(similarity: ArrayLike, groups: Groups, k: int | None = None
   off = ~np.eye(c, dtype=bool)
   return {
       "precision": _mean(prec), "chance": _mean(chance), "k": k, "classes": classes,
-      "per_class": prec, "within_vs_across_auroc": auroc(s[same], s[off & ~same]),
+      "per_class": prec, "within_vs_across_auroc": _auroc(s[same], s[off & ~same]),
   }
-
-
-# ----------------------------------------------------------------------------------------------
-# Dimensional collapse
-# ----------------------------------------------------------------------------------------------
-def covariance_spectrum(features: ArrayLike, *, chunk: int = 8192) -> np.ndarray:
-  """Singular values of the centred embedding covariance, descending.
-
-  Args:
-    features: (N, D).
-    chunk: rows per float32 product; the D x D sum accumulates in float64, so N x D is
-      never copied to float64 (60k x 2048 would be 1 GB).
-
-  Returns:
-    (D,) float64, >= 0 (covariance is PSD: its singular values are its eigenvalues).
-  """
-  x = np.asarray(features)
-  n = x.shape[0]
-  mean = x.mean(0, dtype=np.float64).astype(np.float32)
-  cov = np.zeros((x.shape[1],) * 2)
-  for start in range(0, n, chunk):
-    xc = x[start:start + chunk].astype(np.float32) - mean
-    cov += xc.T @ xc
-  cov /= max(n - 1, 1)
-  return np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)
-
-
-def effective_rank_from_spectrum(spectrum: ArrayLike) -> float:
-  """exp(H(p)), p = σ / Σσ (Roy & Vetterli 2007): 1 for rank one, D for a flat spectrum."""
-  s = np.asarray(spectrum, np.float64)
-  if s.sum() <= 0:
-    return 0.0  # all features identical: nothing spans any direction
-  p = s[s > 0] / s.sum()
-  return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def effective_rank(features: ArrayLike) -> float:
-  """Effective rank of the centred covariance of (N, D) features; see above."""
-  return effective_rank_from_spectrum(covariance_spectrum(features))
-
-
-# ----------------------------------------------------------------------------------------------
-# Intra- vs inter-class similarity
-# ----------------------------------------------------------------------------------------------
-def auroc(pos: ArrayLike, neg: ArrayLike) -> float:
-  """P(pos > neg) + ½ P(pos = neg) (Mann-Whitney U with mid-ranks); NaN if either is empty."""
-  pos, neg = np.ravel(np.asarray(pos, np.float64)), np.ravel(np.asarray(neg, np.float64))
-  if not pos.size or not neg.size:
-    return math.nan
-  allv = np.concatenate([pos, neg])
-  _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-  midrank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each value
-  u = midrank[inv[:pos.size]].sum() - pos.size * (pos.size + 1) / 2.0
-  return float(u / (pos.size * neg.size))
-
-
-def sample_pairs(labels: ArrayLike, num_pairs: int, seed: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Uniform random same-class and different-class pairs of distinct examples.
-
-  Returns:
-    (intra, inter), each (num_pairs, 2) int64 indices into labels; intra anchors are uniform
-    over examples whose class has >= 2 members and the partner uniform over its other class
-    members; inter anchors are uniform and the partner uniform over other classes' examples.
-    Either is (0, 2) when no such pair exists.
-  """
-  labels = np.asarray(labels)
-  n = labels.shape[0]
-  rng = np.random.default_rng(seed)
-  order = np.argsort(labels, kind="stable")
-  _, cls, counts = np.unique(labels, return_inverse=True, return_counts=True)
-  starts = np.cumsum(counts) - counts
-  pos_in_class = np.empty(n, np.int64)
-  pos_in_class[order] = np.arange(n) - starts[cls[order]]
-  intra = inter = np.zeros((0, 2), np.int64)
-  eligible = np.flatnonzero(counts[cls] >= 2)
-  if eligible.size:
-    i = rng.choice(eligible, num_pairs)
-    off = rng.integers(0, counts[cls[i]] - 1)
-    off += off >= pos_in_class[i]  # skip the anchor itself
-    intra = np.stack([i, order[starts[cls[i]] + off]], 1)
-  if counts.size >= 2:
-    i = rng.integers(0, n, num_pairs)
-    r = rng.integers(0, n - counts[cls[i]])
-    r += (r >= starts[cls[i]]) * counts[cls[i]]  # skip the anchor's class block
-    inter = np.stack([i, order[r]], 1)
-  return intra, inter
-
-
-def _pair_cosine(z: np.ndarray, pairs: np.ndarray, gate: np.ndarray | None) -> np.ndarray:
-  a, b = z[pairs[:, 0]], z[pairs[:, 1]]
-  if gate is not None:
-    a, b = a * gate, b * gate
-  den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-  return (a * b).sum(1) / np.maximum(den, 1e-12)
-
-
-def intra_inter_similarity(features: ArrayLike, labels: ArrayLike, *,
-                           gates: ArrayLike | None = None, num_pairs: int = 20000,
-                           seed: int = 0, bins: int = 50) -> dict[str, Any]:
-  """Cosine similarity of same-class vs different-class pairs, as AUROC and histograms.
-
-  Args:
-    features: (N, D); labels: (N,) ints.
-    gates: None (full space); (C, D) class gates — a pair (i, j) is compared in the anchor's
-      class subspace, cos(g(y_i) ⊙ z_i, g(y_i) ⊙ z_j) (the "cosine" logit of the loss); or
-      (C, C, D) pair gates — cos(g(y_i, y_j) ⊙ z_i, g(y_i, y_j) ⊙ z_j).
-    num_pairs: sampled pairs of each kind (seeded), so the cost is O(num_pairs * D).
-    seed: pair sampling seed.
-    bins: histogram bins over [-1, 1].
-
-  Returns:
-    {"auroc": P(intra > inter), "intra_mean", "intra_std", "inter_mean", "inter_std",
-     "num_pairs", "hist_edges", "intra_hist", "inter_hist"}.
-  """
-  z = np.asarray(features, np.float32)
-  labels = np.asarray(labels).astype(np.int64)
-  sims = []
-  for pairs in sample_pairs(labels, num_pairs, seed):
-    gate = None
-    if gates is not None:
-      g = np.asarray(gates, np.float32)
-      ya, yb = labels[pairs[:, 0]], labels[pairs[:, 1]]
-      gate = g[ya] if g.ndim == 2 else g[ya, yb]
-    sims.append(_pair_cosine(z, pairs, gate))
-  intra, inter = sims
-  edges = np.linspace(-1.0, 1.0, bins + 1)
-  return {
-      "auroc": auroc(intra, inter),
-      "intra_mean": _mean(intra), "intra_std": _mean(intra, np.std),
-      "inter_mean": _mean(inter), "inter_std": _mean(inter, np.std),
-      "num_pairs": int(num_pairs), "hist_edges": edges.tolist(),
-      "intra_hist": np.histogram(np.clip(intra, -1, 1), edges)[0].tolist(),
-      "inter_hist": np.histogram(np.clip(inter, -1, 1), edges)[0].tolist(),
-  }
-
-
-def _mean(v, fn=np.mean) -> float:
-  """fn(v) as a float, NaN (-> null in JSON) for an empty v instead of a numpy warning."""
-  return float(fn(v)) if np.size(v) else math.nan
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,11 +239,13 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
   spectra, mean_sims = {}, {}
   for name in features:
     x = np.asarray(features[name])
-    spectra[name] = covariance_spectrum(x)
+    spectra[name] = geometry.covariance_spectrum(x)
     res["spectrum"][name] = {
-        "dim": int(x.shape[1]), "effective_rank": effective_rank_from_spectrum(spectra[name]),
+        "dim": int(x.shape[1]),
+        "effective_rank": geometry.effective_rank_from_spectrum(spectra[name]),
         "singular_values": spectra[name].tolist()}
-    res["similarity"][name] = intra_inter_similarity(x, labels, num_pairs=num_pairs, seed=seed)
+    res["similarity"][name] = geometry.intra_inter_similarity(x, labels, num_pairs=num_pairs,
+                                                              seed=seed)
     mean_sims[name] = class_mean_similarity(x, labels, num_classes)
 
   gate_sim = None
@@ -399,7 +257,7 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
       if np.shape(features[gated_features])[1] != g.shape[1]:
         raise ValueError(f"gates have D={g.shape[1]} but features[{gated_features!r}] has "
                          f"D={np.shape(features[gated_features])[1]}")
-      res["similarity"][f"{gated_features}_gated"] = intra_inter_similarity(
+      res["similarity"][f"{gated_features}_gated"] = geometry.intra_inter_similarity(
           features[gated_features], labels, gates=g, num_pairs=num_pairs, seed=seed)
 
   if groups is not None:
@@ -411,20 +269,20 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
     res["pair_sizes"] = pair_size_by_group(pair_sizes, groups or ())
 
   if out_dir is not None:
-    from simlap import plots  # lazy: matplotlib only when pictures are asked for
+    from simlap import plots  # noqa: PLC0415 - matplotlib only when pictures are asked for
     res["plots"] = plots.write_analysis_plots(
         out_dir, res, spectra=spectra, class_mean_similarities=mean_sims,
         class_gates=class_gates, gate_similarity=gate_sim, pair_sizes=pair_sizes,
         class_names=class_names)
-  return _jsonable(res)
+  return jsonable(res)
 
 
-def _jsonable(x):
-  """numpy scalars -> Python, non-finite floats -> None (strict JSON has no NaN)."""
+def jsonable(x: Any) -> Any:
+  """`x` ready for strict JSON: numpy scalars -> Python, non-finite floats -> None (no NaN)."""
   if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
+    return {k: jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, np.integer):
     return int(x)
   if isinstance(x, (float, np.floating)):

@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 
 from simlap import config_schema
-from simlap import run_config as run_config_lib
+from simlap import workdir as workdir_lib
 
 # (column title, summary key, kind): "pct" shows mean ± std in %, "numN" plain, N decimals.
 COLUMNS = (
@@ -47,7 +47,7 @@ def run_dir(workdir: str, method: str, seed: int) -> str:
   return os.path.join(workdir, method, f"seed{seed}")
 
 
-def run_config(config: ml_collections.ConfigDict, method: str,
+def method_config(config: ml_collections.ConfigDict, method: str,
                seed: int) -> ml_collections.ConfigDict:
   """A copy of `config` switched to `method` and `seed`; nothing else changes."""
   c = copy.deepcopy(config)
@@ -59,10 +59,10 @@ def run_config(config: ml_collections.ConfigDict, method: str,
 
 def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
   """Raises if `rdir` was trained with another config (a grid must not mix budgets)."""
-  saved = run_config_lib.saved_config(rdir)
+  saved = workdir_lib.saved_config(rdir)
   if saved is None:
     return
-  diff = run_config_lib.config_diff(saved, run_config_lib.as_json(config))
+  diff = workdir_lib.config_diff(saved, workdir_lib.as_json(config))
   if diff:
     raise ValueError(f"{rdir} was trained with a different config ({', '.join(diff[:8])}); "
                      "use another --workdir, or delete that run to retrain it")
@@ -70,10 +70,10 @@ def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
 
 def run_status(rdir: str) -> tuple[bool, bool]:
   """(trained, evaluated): summary.json at its last step; eval/results.json for that step."""
-  summary = run_config_lib.read_json(os.path.join(rdir, "summary.json"))
+  summary = workdir_lib.read_json(os.path.join(rdir, "summary.json"))
   trained = bool(summary) and summary.get("step") == summary.get("num_steps") and not summary.get(
       "preempted", False)
-  results = run_config_lib.read_json(os.path.join(rdir, "eval", "results.json"))
+  results = workdir_lib.read_json(os.path.join(rdir, "eval", "results.json"))
   evaluated = trained and bool(results) and results.get("step") == summary.get("step")
   return trained, evaluated
 
@@ -89,14 +89,14 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     seeds: training seeds; each run gets `config.seed = k`.
     workdir: W; runs in W/<method>/seed<k>, the table in W/comparison.{md,json}.
     command: the command line to print in the table header.
-    eval_kwargs: keyword arguments for `checkpoint_eval.evaluate_workdir`.
+    eval_kwargs: keyword arguments for `eval_workdir.evaluate_workdir`.
     log: progress printer (one line per event).
 
   Returns:
     {"command", "budget", "methods": {method: {"runs": [summary per seed], "mean_std":
      {key: [mean, std]}}}, "runs_trained", "runs_evaluated", "seconds"}.
   """
-  from simlap import checkpoint_eval  # noqa: PLC0415 - heavy (TF, trainer)
+  from simlap import eval_workdir  # noqa: PLC0415 - heavy (TF, trainer): not for --help
   from simlap import train  # noqa: PLC0415
   for m in methods:
     if m not in config_schema.METHODS:
@@ -107,11 +107,11 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
   # Seed-major: an interrupted grid has every method at the first seeds, not half the methods.
   grid = [(m, int(s)) for s in seeds for m in methods]
   for m, s in grid:  # fail before hours of training, not after
-    _check_same_config(run_config(config, m, s), run_dir(workdir, m, s))
+    _check_same_config(method_config(config, m, s), run_dir(workdir, m, s))
   per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
   budget, trained_now, evaluated_now = None, 0, 0
   for i, (method, seed) in enumerate(grid, 1):
-    rdir, cfg = run_dir(workdir, method, seed), run_config(config, method, seed)
+    rdir, cfg = run_dir(workdir, method, seed), method_config(config, method, seed)
     tag = f"[{i}/{len(grid)}] {method} seed {seed}"
     trained, evaluated = run_status(rdir)
     t = time.time()
@@ -126,11 +126,11 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
                            "same command to resume")
       log(f"{tag}: trained {summary['step']} steps in {time.time() - t:.0f} s")
     if evaluated:
-      res = run_config_lib.read_json(os.path.join(rdir, "eval", "results.json"))
+      res = workdir_lib.read_json(os.path.join(rdir, "eval", "results.json"))
       log(f"{tag}: done earlier, skipped")
     else:
       t = time.time()
-      res = checkpoint_eval.evaluate_workdir(rdir, **(eval_kwargs or {}))
+      res = eval_workdir.evaluate_workdir(rdir, **(eval_kwargs or {}))
       evaluated_now += 1
       log(f"{tag}: evaluated in {time.time() - t:.0f} s")
     s = res["summary"]
@@ -157,12 +157,11 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, list[float | None]]:
   """{key: [mean, sample std]} over the runs that have the key (None where none has it)."""
-  from simlap import evaluate  # noqa: PLC0415
-  from simlap.checkpoint_eval import SUMMARY_KEYS  # noqa: PLC0415
+  from simlap import eval_workdir, evaluators  # noqa: PLC0415
   out = {}
-  for key in SUMMARY_KEYS:
+  for key in eval_workdir.SUMMARY_KEYS:
     vals = [r[key] for r in runs if r.get(key) is not None]
-    out[key] = list(evaluate.mean_std(vals)) if vals else [None, None]
+    out[key] = list(evaluators.mean_std(vals)) if vals else [None, None]
   return out
 
 

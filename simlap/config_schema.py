@@ -2,10 +2,19 @@
 
 Config files (configs/*.py) start from `base_config()` and override what their recipe changes;
 `apply_method` turns one config into each method of a fair comparison (same backbone, budget,
-augmentation and evaluation; only the objective and gate differ). Derived values (LR scaling,
-step counts) are computed in code, not here.
+augmentation and evaluation; only the objective and gate differ); `validate` is the one check of
+a whole config, run before any data or model is touched. Derived values (LR scaling, step
+counts) are computed in code, not here.
 """
+from __future__ import annotations
+
 import ml_collections
+
+from simlap import losses
+from simlap import objectives
+from simlap import optim
+from simlap.models import gates
+from simlap.models import resnet
 
 # name -> what it changes. "simlap" is the default SimLAP (arbitrary pairs, sigmoid gate).
 METHODS = {
@@ -139,3 +148,41 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   c.loss.variant = "weighted" if method == "simlap_weighted" else "cosine"
   c.gate.fuse = "product" if method == "simlap_product" else "mean"
   return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails in milliseconds with one message naming the bad field, before any data is read.
+
+  The model, optimizer and loss check their arguments too, but only after dataset preparation,
+  which can take hours (ImageNet): a typo must surface here, first.
+  """
+  o, loss = config.optimizer, config.loss
+  for name, value, choices in [
+      ("objective", config.objective, objectives.OBJECTIVES),
+      ("loss.pair_kind", loss.pair_kind, losses.PAIR_KINDS),
+      ("loss.variant", loss.variant, losses.VARIANTS),
+      ("loss.reduction", loss.reduction, losses.REDUCTIONS),
+      ("model.backbone", config.model.backbone, tuple(sorted(resnet.VARIANTS))),
+      ("model.stem", config.model.stem, resnet.STEMS),
+      ("model.dtype", config.model.dtype, resnet.DTYPES),
+      ("gate.kind", config.gate.kind, gates.GATE_KINDS),
+      ("gate.fuse", config.gate.fuse, gates.FUSES),
+      ("optimizer.name", o.name, optim.OPTIMIZERS),
+      ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
+      ("optimizer.schedule", o.schedule, optim.SCHEDULES)]:
+    if value not in choices:
+      raise ValueError(f"config.{name}={value!r} is not one of {choices}")
+  for name, value in [("batch_size", config.batch_size),
+                      ("eval_batch_size", config.eval_batch_size),
+                      ("log_every", config.log_every),
+                      ("checkpoint_every", config.checkpoint_every),
+                      ("loss.temperature", loss.temperature), ("optimizer.lr", o.lr),
+                      ("optimizer.probe_lr", o.probe_lr)]:
+    if not value > 0:
+      raise ValueError(f"config.{name} must be positive, got {value}")
+  if config.num_steps <= 0 and not config.num_epochs > 0:
+    raise ValueError(f"set config.num_steps > 0 or config.num_epochs > 0 (got "
+                     f"{config.num_steps} and {config.num_epochs})")
+  if config.objective == "ce" and config.model.probe_stop_gradient:
+    raise ValueError("config.objective='ce' trains through the linear head: set "
+                     "config.model.probe_stop_gradient=False")

@@ -2,7 +2,7 @@
 
 This module imports only jax and the standard library, so other projects can copy or import it.
 
-Notation (see ../shared/design/method.md, "The loss"): anchors z (B, D) of view 1, keys k (N, D)
+Notation (docs/method.md, "The loss"): anchors z (B, D) of view 1, keys k (N, D)
 of view 2 over the *global* batch, gates g (B, D) in [0, 1] for each anchor's class pair,
 anchor labels y1 (B,), pair labels y2 (B,), key labels yk (N,), scale s = 1 / temperature.
 
@@ -77,8 +77,13 @@ def _compute_dtype(*xs: Array) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *(x.dtype for x in xs))
 
 
-def _l2_normalize(x: Array) -> Array:
-  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _EPS)
+def l2_normalize(x: Array, eps: float = _EPS) -> Array:
+  """Row-wise L2 normalisation of (..., D), in at least float32; all-zero rows stay zero.
+
+  The one jax L2-normalisation of the project (losses, evaluators and features use it).
+  """
+  x = jnp.asarray(x, _compute_dtype(jnp.asarray(x)))
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
 
 
 def subspace_logits(anchors: Array, keys: Array, gates: Array, *,
@@ -92,8 +97,8 @@ def subspace_logits(anchors: Array, keys: Array, gates: Array, *,
     variant: "cosine": cos(g_b * a_b, g_b * k_n), renormalised inside the subspace;
       "weighted": sum_d g_bd^2 a_hat_bd k_hat_nd after normalising in the full space.
   Returns:
-    (B, N) similarities in at least float32. The cosine form uses two matmuls, numerator (a g^2) k^T and
-    squared key norms (g^2)(k^2)^T, and never builds the (B, N, D) tensor.
+    (B, N) similarities in at least float32. The cosine form uses two matmuls, numerator
+    (a g^2) k^T and squared key norms (g^2)(k^2)^T, and never builds the (B, N, D) tensor.
   """
   _check_pair(anchors, keys, gates)
   _check_choice("variant", variant, VARIANTS)
@@ -101,7 +106,7 @@ def subspace_logits(anchors: Array, keys: Array, gates: Array, *,
   a, k, g = (x.astype(dtype) for x in (anchors, keys, gates))
   g2 = g * g
   if variant == "weighted":
-    return (_l2_normalize(a) * g2) @ _l2_normalize(k).T
+    return (l2_normalize(a) * g2) @ l2_normalize(k).T
   numerator = (a * g2) @ k.T
   anchor_norm2 = jnp.sum(g2 * a * a, axis=-1, keepdims=True)
   key_norm2 = g2 @ (k * k).T
@@ -218,7 +223,7 @@ def _block_loss_and_grads(a, g, y1, y2, k, k_sq, yk, scale, weights_fn, variant)
     inv_key_norm = jax.lax.rsqrt(key_norm2 + _EPS)
     cos = numerator * inv_anchor_norm[:, None] * inv_key_norm
   else:
-    (a_hat, k_hat), normalize_vjp = jax.vjp(lambda u, v: (_l2_normalize(u), _l2_normalize(v)),
+    (a_hat, k_hat), normalize_vjp = jax.vjp(lambda u, v: (l2_normalize(u), l2_normalize(v)),
                                             a, k)
     cos = (a_hat * g2) @ k_hat.T
   logits = scale * cos
@@ -326,7 +331,8 @@ def simlap_loss(anchors: Array, keys: Array, gates: Array, anchor_labels: Array,
     chunk_size: process anchors this many rows at a time (temporaries O(chunk_size * N)); None
       or 0 processes all rows at once.
   Returns:
-    scalar loss, float32 (float64 for float64 inputs). Its gradient is computed in the forward sweep (see module docstring).
+    scalar loss, float32 (float64 for float64 inputs). Its gradient is computed in the forward
+    sweep (see module docstring).
   """
   _validate(anchors, keys, gates, anchor_labels, pair_labels, key_labels, variant, reduction)
   # Cast outside the custom_vjp: its cotangents then match the caller's dtypes automatically.
@@ -364,7 +370,7 @@ def supcon_loss(anchors: Array, keys: Array, anchor_labels: Array, key_labels: A
                      f"{keys.shape[0]}")
   dtype = _compute_dtype(anchors, keys)
   logits = jnp.asarray(scale, dtype) * (
-      _l2_normalize(anchors.astype(dtype)) @ _l2_normalize(keys.astype(dtype)).T)
+      l2_normalize(anchors.astype(dtype)) @ l2_normalize(keys.astype(dtype)).T)
   valid = jnp.ones(logits.shape, bool)
   if exclude_self:
     valid = ~jnp.eye(logits.shape[0], dtype=bool)
@@ -400,7 +406,7 @@ def nt_xent(anchors: Array, keys: Array, *, scale: float | Array = 10.0,
     return supcon_loss(both, both, labels, labels, scale=scale, exclude_self=True)
   dtype = _compute_dtype(anchors, keys)
   logits = jnp.asarray(scale, dtype) * (
-      _l2_normalize(anchors.astype(dtype)) @ _l2_normalize(keys.astype(dtype)).T)
+      l2_normalize(anchors.astype(dtype)) @ l2_normalize(keys.astype(dtype)).T)
   return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
 
 

@@ -13,6 +13,7 @@ connections make their collectives fail too, so the whole job stops within secon
 that hangs or is killed without an error is declared dead by the coordinator after
 --heartbeat_timeout_seconds, which then stops the others.
 """
+from __future__ import annotations
 import json
 import logging
 import os
@@ -115,7 +116,7 @@ def main(argv):
   try:
     if multi_process and jax.devices()[0].platform == "cpu":
       _connect_cpu_collectives()
-    from simlap import train  # pylint: disable=import-outside-toplevel
+    from simlap import train  # noqa: PLC0415
     # (imported here, after distributed init: keeps `--help` instant)
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except BaseException:  # pylint: disable=broad-except

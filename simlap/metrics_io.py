@@ -12,10 +12,7 @@ import numpy as np
 from clu import metric_writers
 import tensorflow as tf
 
-
-def is_remote(path: str) -> bool:
-  """True for URLs such as gs://bucket/run, which need tf.io.gfile instead of local file I/O."""
-  return "://" in path
+from simlap import workdir as workdir_lib
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -29,7 +26,7 @@ class JsonlWriter(metric_writers.MetricWriter):
 
   def __init__(self, path: str):
     self._path = path
-    self._remote = is_remote(path)
+    self._remote = workdir_lib.is_remote(path)
     if self._remote:
       tf.io.gfile.makedirs(os.path.dirname(path))
       self._lines = []

@@ -23,23 +23,6 @@ from simlap.models import gates as gates_lib
 OBJECTIVES = ("simlap", "simclr", "supcon", "ce")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Fails early, naming the bad value, before any data or model is built."""
-  if config.objective not in OBJECTIVES:
-    raise ValueError(f"objective={config.objective!r} is not one of {OBJECTIVES}")
-  loss = config.loss
-  for name, value, choices in [("loss.pair_kind", loss.pair_kind, losses.PAIR_KINDS),
-                               ("loss.variant", loss.variant, losses.VARIANTS),
-                               ("loss.reduction", loss.reduction, losses.REDUCTIONS)]:
-    if value not in choices:
-      raise ValueError(f"{name}={value!r} is not one of {choices}")
-  if not loss.temperature > 0:
-    raise ValueError(f"loss.temperature must be positive, got {loss.temperature}")
-  if config.objective == "ce" and config.model.probe_stop_gradient:
-    raise ValueError("objective='ce' trains through the linear head: set "
-                     "model.probe_stop_gradient=False")
-
-
 def logit_scale(config: ml_collections.ConfigDict, params: dict) -> jax.Array:
   """s = 1 / temperature, or exp(learned log s) when loss.learn_scale."""
   if config.loss.learn_scale:

@@ -13,15 +13,13 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("adamw", "adam_l2", "sgd", "lars")
+LR_SCALINGS = ("none", "linear")
+SCHEDULES = ("cosine", "constant")
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   """config.optimizer.lr, times batch/256 when the recipe scales it (`lr_scaling="linear"`)."""
   o = config.optimizer
-  if o.lr_scaling not in ("none", "linear"):
-    raise ValueError(f"optimizer.lr_scaling={o.lr_scaling!r} is not 'none' or 'linear'")
-  if not o.lr > 0:
-    raise ValueError(f"optimizer.lr must be positive, got {o.lr}")
   return o.lr * (config.batch_size / 256 if o.lr_scaling == "linear" else 1.0)
 
 

@@ -4,6 +4,7 @@ matplotlib is imported inside the functions, with the Agg canvas attached to eac
 directly (no pyplot, no global state, no display), so importing simlap stays cheap and
 plotting works headless and from threads.
 """
+from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import os
 from typing import Any
@@ -14,8 +15,9 @@ ArrayLike = Any
 
 
 def _figure(width: float = 6.0, height: float = 4.0):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
+  # matplotlib only when a picture is drawn: importing simlap stays cheap.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415
   fig = Figure(figsize=(width, height), dpi=100)
   FigureCanvasAgg(fig)
   return fig
@@ -36,7 +38,7 @@ def figure_to_array(fig) -> np.ndarray:
 
 def read_png(path: str) -> np.ndarray:
   """A PNG written by `save_png` as an (H, W, 4) uint8 RGBA array."""
-  from matplotlib import image
+  from matplotlib import image  # noqa: PLC0415
   img = image.imread(path)  # float in [0, 1] for PNGs
   if img.shape[-1] == 3:
     img = np.concatenate([img, np.ones(img.shape[:-1] + (1,), img.dtype)], -1)
@@ -101,7 +103,7 @@ def spectrum_figure(spectra: Mapping[str, ArrayLike],
 
 
 def intra_inter_figure(stats: Mapping[str, Any], *, title: str = ""):
-  """Overlaid intra/inter-class cosine histograms from `analysis.intra_inter_similarity`."""
+  """Overlaid intra/inter-class cosine histograms from `geometry.intra_inter_similarity`."""
   edges = np.asarray(stats["hist_edges"])
   centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
   fig = _figure()

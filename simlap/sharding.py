@@ -5,7 +5,9 @@ future FSDP rule for ViT would shard them over "data" too). Because the train st
 `jax.jit` over global arrays, BatchNorm statistics and the contrastive loss are computed over
 the *global* batch: XLA inserts the all-reduce / all-gather, and gradients through them are exact.
 """
-from collections.abc import Sequence
+from __future__ import annotations
+import collections
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -62,3 +64,24 @@ def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
     raise ValueError(
         f"batch_size={global_batch} does not split evenly over {shards} devices in "
         f"{procs} process(es); choose a multiple of {np.lcm(shards, procs)}")
+
+
+def global_batches(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                   prefetch: int) -> Iterator[dict[str, jax.Array]]:
+  """Global jax.Arrays from local numpy rows, `prefetch` device transfers kept in flight."""
+  sharding_ = batch_sharding(mesh)
+  queue = collections.deque()
+
+  def put(batch):
+    # global_shape=None: JAX infers it from the process count (local rows x processes).
+    return {k: jax.make_array_from_process_local_data(sharding_, v)
+            for k, v in batch.items()}
+
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+

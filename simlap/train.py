@@ -16,7 +16,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
 import signal
@@ -27,23 +26,21 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from clu import periodic_actions
-import tensorflow as tf
 
 from simlap import checkpointing
-from simlap import evaluate
+from simlap import config_schema
+from simlap import features
 from simlap import losses
 from simlap import metrics_io
 from simlap import objectives
 from simlap import optim
-from simlap import run_config
 from simlap import sharding
-from simlap.data import input_pipeline
-from simlap.models import gates as gates_lib
-from simlap.models import resnet
-from simlap.models import simlap as simlap_model
+from simlap import workdir as workdir_lib
+from simlap.data import datasets
+from simlap.data import train_stream
+from simlap.models import model as model_lib
 
 # Codes for TrainState.nonfinite: which quantity first went NaN/Inf.
 _NONFINITE_NAMES = {1: "loss", 2: "gradient norm"}
@@ -65,9 +62,9 @@ class TrainState:
   nonfinite: jax.Array
 
 
-def build(config: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo):
+def build(config: ml_collections.ConfigDict, info: datasets.DatasetInfo):
   """Model, optimizer and LR schedule for `config` on a dataset described by `info`."""
-  model = simlap_model.build_model(config, info.num_classes)
+  model = model_lib.build_model(config, info.num_classes)
   tx, schedule = optim.make_optimizer(config, info.num_train,
                                       separate_probe=config.objective != "ce")
   return model, tx, schedule
@@ -158,51 +155,6 @@ def raise_if_nonfinite(state: TrainState) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Evaluation during training: online probe and kNN on frozen backbone features.
-# ------------------------------------------------------------------------------------------------
-def extract_features(config, model, state, mesh, split: str, *,
-                     embeddings: bool = False) -> dict[str, np.ndarray]:
-  """Frozen features of every example of `split`, padding rows included (see "mask").
-
-  Returns host arrays over the padded split (N_pad rows): "features" (N_pad, F) pooled
-  backbone features, "predictions" (N_pad,) online-probe argmax, "labels" (N_pad,), "mask"
-  (N_pad,) bool (True = real example; each appears exactly once), with `embeddings` also
-  "embeddings" (N_pad, D) projector outputs, and any extra label keys of the dataset (e.g.
-  "coarse_label") under their own names.
-  """
-  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
-  def features_fn(params, batch_stats, images):
-    variables = {"params": params["model"], "batch_stats": batch_stats}
-    out = model.apply(variables, images, train=False)
-    res = {"features": out["features"], "predictions": jnp.argmax(out["probe_logits"], axis=-1)}
-    if embeddings:  # otherwise XLA drops the projector: online eval pays nothing for it
-      res["embeddings"] = out["embeddings"]
-    return res
-
-  cols: dict[str, list[jax.Array]] = {}
-  for batch in input_pipeline.eval_iterator(config, mesh, split):
-    out = features_fn(state.params, state.batch_stats, batch["image"])
-    out.update({"labels" if k == "label" else k: v for k, v in batch.items() if k != "image"})
-    for name, value in out.items():
-      cols.setdefault(name, []).append(value)
-  gather = jax.jit(lambda *xs: jnp.concatenate(xs), out_shardings=sharding.replicated(mesh))
-  return {name: np.asarray(gather(*xs)) for name, xs in cols.items()}
-
-
-def evaluate_online(config, model, state, mesh, num_classes) -> dict[str, float]:
-  """Test accuracy of the online probe and of kNN (k, T from config) on backbone features."""
-  train = extract_features(config, model, state, mesh, config.dataset.train_split)
-  test = extract_features(config, model, state, mesh, config.dataset.eval_split)
-  mask = test["mask"]
-  probe_acc = float(np.mean(test["predictions"][mask] == test["labels"][mask]))
-  knn = evaluate.knn_accuracy(train["features"], train["labels"], test["features"],
-                              test["labels"], num_classes=num_classes, ks=(config.knn_k,),
-                              temperature=config.knn_temperature, train_mask=train["mask"],
-                              test_mask=mask)
-  return {"eval/probe_accuracy": probe_acc, "eval/knn_accuracy": float(knn[config.knn_k])}
-
-
-# ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
 class _StopSignal:
@@ -242,27 +194,6 @@ def _finish_writes_on_error(ckpt: checkpointing.Checkpointer, writer) -> Iterato
     raise
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails in milliseconds, naming the bad value, before any data is read or prepared.
-
-  Names are checked here although the model and optimizer check them too: those run after
-  dataset preparation, which can take hours (ImageNet), so a typo would surface late.
-  """
-  objectives.validate(config)
-  optim.peak_learning_rate(config)
-  for name, value, choices in [
-      ("model.backbone", config.model.backbone, tuple(sorted(resnet.VARIANTS))),
-      ("gate.kind", config.gate.get("kind", "sigmoid"), gates_lib.GATE_KINDS),
-      ("gate.fuse", config.gate.get("fuse", "mean"), gates_lib.FUSES),
-      ("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)]:
-    if value not in choices:
-      raise ValueError(f"{name}={value!r} is not one of {choices}")
-  resnet.parse_dtype(config.model.get("dtype", "float32"))
-  for name in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every"):
-    if not config[name] > 0:
-      raise ValueError(f"{name} must be positive, got {config[name]}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """What a run builds once: the model, the jitted step and the state's layout on the mesh."""
@@ -274,7 +205,7 @@ class Trainer:
   num_steps: int
 
 
-def make_trainer(config: ml_collections.ConfigDict, mesh, info: input_pipeline.DatasetInfo
+def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.DatasetInfo
                  ) -> Trainer:
   """Builds the model and compiles nothing yet; shapes come from `jax.eval_shape`."""
   model, tx, schedule = build(config, info)
@@ -296,26 +227,6 @@ def make_trainer(config: ml_collections.ConfigDict, mesh, info: input_pipeline.D
                  num_steps=optim.total_steps(config, info.num_train))
 
 
-def _check_workdir(workdir: str) -> str:
-  """Creates `workdir` and proves it writable; local paths become absolute, URLs stay as given.
-
-  URLs (gs://bucket/run) go through tf.io.gfile here and in metrics_io, and through Orbax's own
-  file layer for checkpoints; os.path.abspath would turn one into a local "gs:/bucket/run".
-  """
-  if not metrics_io.is_remote(workdir):
-    workdir = os.path.abspath(workdir)
-  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-  try:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("")
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as e:
-    reason = (str(e).splitlines() or [type(e).__name__])[0]
-    raise ValueError(f"workdir {workdir!r} is not writable: {reason}") from e
-  return workdir
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at: int | None = None) -> dict[str, Any]:
   """Trains `config`, resuming from `workdir` if it holds checkpoints; returns a summary.
@@ -323,14 +234,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_at` ends this job after that step with a checkpoint, as a preemption would, without
   changing the schedule (time-boxed jobs; resume tests).
   """
-  validate_config(config)
-  workdir = _check_workdir(workdir)
-  run_config.check_resumable(config, workdir)  # before anything is built or restored
+  config_schema.validate(config)
+  workdir = workdir_lib.prepare(workdir)
+  workdir_lib.check_resumable(config, workdir)  # before anything is built or restored
 
   # ---- mesh and data: every process reads only its slice; batches are global arrays ----
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.batch_size, mesh)
-  info = input_pipeline.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
 
   # ---- model, shapes, sharded init and the jitted, donated step ----
   trainer = make_trainer(config, mesh, info)
@@ -349,8 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("resumed from the checkpoint at step %d of %d", step, num_steps)
   start_step = int(jax.device_get(state.step))
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.write_config(config, workdir)
 
   writer = metrics_io.create_writer(workdir)
   if start_step == 0:
@@ -362,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def run_eval(step):
     nonlocal eval_results
-    eval_results = evaluate_online(config, model, state, mesh, info.num_classes)
+    eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes)
     writer.write_scalars(step, eval_results)
     logging.info("step %d: %s", step, eval_results)
 
@@ -372,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       ckpt.save(step, state, {**meta, "step": step}, force=force)
 
   # ---- the loop: no host transfer except on log, eval and checkpoint steps ----
-  batches = input_pipeline.train_iterator(config, mesh, seed=config.seed, start_step=start_step)
+  batches = train_stream.train_iterator(config, mesh, seed=config.seed, start_step=start_step)
   step = start_step
   preempted = False
   in_flight = collections.deque()
@@ -407,6 +317,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "workdir": workdir, "train_step_compilations": step_fn._cache_size(),  # noqa: SLF001
              **eval_results}
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    workdir_lib.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

@@ -3,6 +3,7 @@
 XLA_FLAGS must be set before JAX initialises its backends, so this runs at import time of the
 conftest, before any test module imports jax.
 """
+from __future__ import annotations
 import os
 
 os.environ["XLA_FLAGS"] = (

@@ -4,6 +4,7 @@ The multi-process tests start `python -m simlap.main` in fresh interpreters; thi
 them exactly the config the in-process trainer tests use (`test_train.tiny_config`), so both
 stay in step. Further changes come as `--config.KEY=VALUE` flags.
 """
+from __future__ import annotations
 import os
 import sys
 

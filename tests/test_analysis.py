@@ -1,4 +1,5 @@
 """Analyses on hand-made and synthetic inputs whose answers are known in advance."""
+from __future__ import annotations
 import itertools
 import json
 import os
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from simlap import analysis
+from simlap import geometry
+from simlap.data import fashion_mnist
 from simlap import plots
 
 
@@ -14,8 +17,8 @@ from simlap import plots
 # Groupings
 # ---------------------------------------------------------------------------------------------
 def test_fashion_mnist_groups():
-  names = analysis.FASHION_MNIST_CLASSES
-  tops, footwear = analysis.FASHION_MNIST_GROUPS
+  names = fashion_mnist.CLASS_NAMES
+  tops, footwear = fashion_mnist.GROUPS
   assert {names[i] for i in footwear} == {"Sandal", "Sneaker", "Ankle boot"}
   assert {names[i] for i in tops} == {"T-shirt/top", "Pullover", "Coat", "Shirt"}
   assert set(range(10)) - set(tops) - set(footwear) == {1, 3, 8}
@@ -76,7 +79,7 @@ def _block_similarity(groups, c):
 
 
 def test_group_recovery_block_diagonal_is_perfect():
-  groups = analysis.FASHION_MNIST_GROUPS
+  groups = fashion_mnist.GROUPS
   r = analysis.group_recovery(_block_similarity(groups, 10), groups)
   assert r["precision"] == 1.0 and r["classes"] == [0, 2, 4, 5, 6, 7, 9]
   assert r["chance"] == pytest.approx((4 * 3 / 9 + 3 * 2 / 9) / 7)
@@ -125,21 +128,21 @@ def test_class_mean_similarity():
 def test_effective_rank_rank_one_and_isotropic():
   rng = np.random.default_rng(2)
   u = rng.normal(size=(1, 32))
-  assert analysis.effective_rank(rng.normal(size=(500, 1)) * u + 3.0) == pytest.approx(1, abs=1e-3)
+  assert geometry.effective_rank(rng.normal(size=(500, 1)) * u + 3.0) == pytest.approx(1, abs=1e-3)
   iso = rng.normal(size=(20000, 16)).astype(np.float32)
-  assert 15.5 < analysis.effective_rank(iso) <= 16.0
+  assert 15.5 < geometry.effective_rank(iso) <= 16.0
   # Four equal directions inside 16 dims -> 4.
   low = rng.normal(size=(20000, 4)) @ np.linalg.qr(rng.normal(size=(16, 4)))[0].T
-  assert analysis.effective_rank(low) == pytest.approx(4.0, abs=0.1)
-  assert analysis.effective_rank(np.ones((10, 4))) == 0.0
+  assert geometry.effective_rank(low) == pytest.approx(4.0, abs=0.1)
+  assert geometry.effective_rank(np.ones((10, 4))) == 0.0
 
 
 def test_covariance_spectrum_matches_numpy_and_is_chunked():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(100, 6)) * np.arange(1, 7) + 5.0
-  s = analysis.covariance_spectrum(x, chunk=7)
+  s = geometry.covariance_spectrum(x, chunk=7)
   np.testing.assert_allclose(s, np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1], rtol=1e-4)
-  assert analysis.effective_rank_from_spectrum([1.0, 1.0, 0.0]) == pytest.approx(2.0)
+  assert geometry.effective_rank_from_spectrum([1.0, 1.0, 0.0]) == pytest.approx(2.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,18 +151,18 @@ def test_covariance_spectrum_matches_numpy_and_is_chunked():
 def test_auroc_known_cases():
   rng = np.random.default_rng(4)
   a, b = rng.normal(size=5000), rng.normal(size=5000)
-  assert analysis.auroc(a, b) == pytest.approx(0.5, abs=0.02)
-  assert analysis.auroc(a + 100, b) == 1.0 and analysis.auroc(a, b + 100) == 0.0
-  assert analysis.auroc([1.0], [1.0]) == 0.5 and analysis.auroc([1, 3], [2]) == 0.5
+  assert geometry.auroc(a, b) == pytest.approx(0.5, abs=0.02)
+  assert geometry.auroc(a + 100, b) == 1.0 and geometry.auroc(a, b + 100) == 0.0
+  assert geometry.auroc([1.0], [1.0]) == 0.5 and geometry.auroc([1, 3], [2]) == 0.5
   pos, neg = rng.integers(0, 4, 30), rng.integers(0, 4, 40)  # many ties
   brute = np.mean([(p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)])
-  assert analysis.auroc(pos, neg) == pytest.approx(brute)
-  assert np.isnan(analysis.auroc([], [1.0]))
+  assert geometry.auroc(pos, neg) == pytest.approx(brute)
+  assert np.isnan(geometry.auroc([], [1.0]))
 
 
 def test_sample_pairs_are_valid_and_seeded():
   labels = np.array([0, 1, 1, 2, 2, 2, 3, 0, 1, 2])
-  intra, inter = analysis.sample_pairs(labels, 2000, seed=0)
+  intra, inter = geometry.sample_pairs(labels, 2000, seed=0)
   assert intra.shape == inter.shape == (2000, 2)
   assert np.all(labels[intra[:, 0]] == labels[intra[:, 1]]) and np.all(intra[:, 0] != intra[:, 1])
   assert np.all(labels[inter[:, 0]] != labels[inter[:, 1]])
@@ -167,9 +170,9 @@ def test_sample_pairs_are_valid_and_seeded():
   # Every valid ordered intra pair is reachable.
   valid = {(i, j) for i in range(10) for j in range(10) if i != j and labels[i] == labels[j]}
   assert set(map(tuple, intra.tolist())) == valid
-  again = analysis.sample_pairs(labels, 2000, seed=0)
+  again = geometry.sample_pairs(labels, 2000, seed=0)
   assert np.array_equal(again[0], intra) and np.array_equal(again[1], inter)
-  assert not np.array_equal(analysis.sample_pairs(labels, 2000, seed=1)[0], intra)
+  assert not np.array_equal(geometry.sample_pairs(labels, 2000, seed=1)[0], intra)
 
 
 def _signal_plus_noise(seed, n=600, c=3, d=10):
@@ -184,14 +187,14 @@ def _signal_plus_noise(seed, n=600, c=3, d=10):
 
 def test_intra_inter_full_space_and_gated():
   x, labels = _signal_plus_noise(5)
-  full = analysis.intra_inter_similarity(x, labels, num_pairs=3000, seed=0)
-  shuffled = analysis.intra_inter_similarity(x, np.random.default_rng(0).permutation(labels),
+  full = geometry.intra_inter_similarity(x, labels, num_pairs=3000, seed=0)
+  shuffled = geometry.intra_inter_similarity(x, np.random.default_rng(0).permutation(labels),
                                              num_pairs=3000, seed=0)
   assert shuffled["auroc"] == pytest.approx(0.5, abs=0.04)
   class_gates = np.zeros((3, 10))
   class_gates[:, :2] = 1.0  # open only the dims that carry the class
-  gated = analysis.intra_inter_similarity(x, labels, gates=class_gates, num_pairs=3000, seed=0)
-  pair_gated = analysis.intra_inter_similarity(
+  gated = geometry.intra_inter_similarity(x, labels, gates=class_gates, num_pairs=3000, seed=0)
+  pair_gated = geometry.intra_inter_similarity(
       x, labels, gates=np.broadcast_to(class_gates[:, None], (3, 3, 10)), num_pairs=3000, seed=0)
   assert 0.55 < full["auroc"] < 0.9 and gated["auroc"] == 1.0 and pair_gated["auroc"] == 1.0
   assert gated["intra_mean"] > 0.99 and gated["inter_mean"] < -0.4
@@ -213,10 +216,10 @@ def test_plots_write_pngs_and_images(tmp_path):
   paths = [
       plots.plot_gate_histogram(rng.random((10, 16)), str(tmp_path / "a" / "gates.png")),
       plots.plot_similarity_heatmap(np.eye(10), str(tmp_path / "sim.png"),
-                                    analysis.FASHION_MNIST_CLASSES),
-      plots.plot_spectrum({"z": analysis.covariance_spectrum(x)}, str(tmp_path / "spec.png"),
+                                    fashion_mnist.CLASS_NAMES),
+      plots.plot_spectrum({"z": geometry.covariance_spectrum(x)}, str(tmp_path / "spec.png"),
                           {"z": 3.0}),
-      plots.plot_intra_inter(analysis.intra_inter_similarity(x, labels, num_pairs=200),
+      plots.plot_intra_inter(geometry.intra_inter_similarity(x, labels, num_pairs=200),
                              str(tmp_path / "ii.png"), title="z"),
   ]
   assert all(_is_png(p) for p in paths)

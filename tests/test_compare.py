@@ -1,4 +1,5 @@
 """`python -m simlap.compare` on a 2-method x 2-seed tiny grid: table, resume, skip, guard."""
+from __future__ import annotations
 import json
 import os
 import shutil
@@ -7,7 +8,7 @@ from unittest import mock
 import pytest
 from absl import flags
 
-from simlap import checkpoint_eval
+from simlap import eval_workdir
 from simlap import compare
 from simlap import train
 
@@ -76,7 +77,7 @@ def test_grid_trains_every_run_and_writes_the_table(grid):
   assert list(data["methods"]) == ["simlap", "ce"]
   simlap, ce = data["methods"]["simlap"], data["methods"]["ce"]
   assert [r["seed"] for r in simlap["runs"]] == [0, 1]
-  assert set(simlap["mean_std"]) == set(checkpoint_eval.SUMMARY_KEYS)
+  assert set(simlap["mean_std"]) == set(eval_workdir.SUMMARY_KEYS)
   assert simlap["mean_std"]["group_recovery_gate"][0] is not None
   # CE has no gate: its gate entries are null, and the table shows a dash.
   assert ce["mean_std"]["group_recovery_gate"] == [None, None]
@@ -90,7 +91,7 @@ def test_rerun_skips_finished_runs(grid):
   results = os.path.join(compare.run_dir(workdir, "ce", 0), "eval", "results.json")
   mtime = os.path.getmtime(results)
   with mock.patch.object(train, "train_and_evaluate") as tr, \
-       mock.patch.object(checkpoint_eval, "evaluate_workdir") as ev:
+       mock.patch.object(eval_workdir, "evaluate_workdir") as ev:
     out = run(argv)
   assert tr.call_count == 0 and ev.call_count == 0
   assert out["runs_trained"] == 0 and out["runs_evaluated"] == 0

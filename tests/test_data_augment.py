@@ -1,4 +1,5 @@
 """Augmentation ops: stateless determinism, ranges, JPEG decode-and-crop, eval crop, 1 channel."""
+from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf

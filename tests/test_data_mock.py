@@ -3,6 +3,7 @@
 `tfds.testing.mock_data` fakes examples from the builders' feature specs, offline; its
 download_and_prepare is a no-op, so these configs set download=True (nothing is fetched).
 """
+from __future__ import annotations
 import jax
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from simlap import sharding
-from simlap.data import input_pipeline as ip
+from simlap.data import datasets as ip
 
 NUM_EXAMPLES = 48  # every mocked split; batch 16 -> an epoch is 3 steps
 

@@ -2,6 +2,7 @@
 
 Splits are sliced to a few dozen examples so every iterator builds in well under a second.
 """
+from __future__ import annotations
 import os
 
 import jax
@@ -12,7 +13,7 @@ import tensorflow_datasets as tfds
 from configs import default
 from simlap import sharding
 from simlap.data import fashion_mnist
-from simlap.data import input_pipeline as ip
+from simlap.data import datasets as ip
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """`python -m simlap.evaluate` on a tiny trained checkpoint: results.json keys, report, PNGs."""
+from __future__ import annotations
 import json
 import os
 
 import pytest
+import tensorflow as tf
 from absl import flags
 
-from simlap import checkpoint_eval
+from simlap import eval_workdir
+from simlap import workdir as workdir_lib
 from simlap import compare
 from simlap import evaluate
 from simlap import train
@@ -35,14 +38,14 @@ def workdir(fmnist_data_dir, tmp_path_factory):
   # compilation cache serves them whichever test file runs first.
   path = str(tmp_path_factory.mktemp("evaluate_cli") / "run")
   fv, _ = parse(grid_argv(fmnist_data_dir, path))
-  config = compare.run_config(fv.config, "simlap", 0)
+  config = compare.method_config(fv.config, "simlap", 0)
   train.train_and_evaluate(config, path)
   return path, config
 
 
 def test_load_config_round_trip(workdir):
   path, config = workdir
-  loaded = checkpoint_eval.load_config(path)
+  loaded = workdir_lib.load_config(path)
   assert loaded.to_dict() == config.to_dict()
   assert isinstance(loaded.model.projector_hidden, tuple)
 
@@ -50,14 +53,18 @@ def test_load_config_round_trip(workdir):
 def test_cli_writes_results_report_and_pngs(workdir, capsys):
   path, _ = workdir
   res = run_cli([f"--workdir={path}", "--linear_epochs=2"])
-  assert "kNN@20" in capsys.readouterr().out
   out = os.path.join(path, "eval")
+  # The console gets a summary and the paths, not the results dict (several screens).
+  printed = capsys.readouterr().out.splitlines()
+  assert len(printed) == 4 and "kNN@20" in printed[0], printed
+  assert printed[1].endswith(os.path.join(out, "results.json"))
+  assert printed[2].endswith(os.path.join(out, "report.md"))
   with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(res))
-  assert tuple(saved) == checkpoint_eval.RESULTS_KEYS
+  assert tuple(saved) == eval_workdir.RESULTS_KEYS
   assert saved["step"] == 4 and saved["method"] == "simlap"
-  assert set(saved["summary"]) == set(checkpoint_eval.SUMMARY_KEYS)
+  assert set(saved["summary"]) == set(eval_workdir.SUMMARY_KEYS)
   assert set(saved["knn"]) == {"backbone", "projector"}
   assert set(saved["knn"]["backbone"]) == {"10", "20", "50"}
   assert saved["protocol"]["knn"]["temperature"] == 0.07
@@ -83,9 +90,13 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
   assert "kNN k=20" in report and "## Gates" in report and "spectrum.png" in report
 
 
-def test_cli_step_flag_restores_that_checkpoint(workdir, tmp_path):
+def test_step_flag_restores_that_checkpoint_and_writes_to_a_url(workdir):
+  # Results go through tf.io.gfile, so an out_dir (or workdir) may be a URL: TF's ram:// here.
   path, _ = workdir
-  res = checkpoint_eval.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
-                                         out_dir=str(tmp_path))
+  url = "ram://evaluate_cli/eval"
+  res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
+                                      out_dir=url)
   assert res["step"] == 2 and res["analysis"]["plots"] == []
-  assert os.path.exists(tmp_path / "results.json")
+  assert workdir_lib.read_json(f"{url}/results.json")["step"] == 2
+  assert tf.io.gfile.exists(f"{url}/report.md")
+  assert not os.path.exists("ram:")

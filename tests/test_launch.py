@@ -4,6 +4,7 @@ Every script runs with a PATH whose first entry holds fake `gcloud`, `srun`, `gi
 that append their argv (and a few environment variables) to a JSON-lines log. A dry run must
 leave that log empty; a real run against the fakes must call exactly what the dry run printed.
 """
+from __future__ import annotations
 import json
 import os
 import pathlib

@@ -1,4 +1,5 @@
 """simlap.losses against an independent float64 NumPy oracle, finite differences and 8 devices."""
+from __future__ import annotations
 import ast
 import functools
 import itertools

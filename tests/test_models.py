@@ -2,6 +2,7 @@
 
 Everything runs at tiny widths on CPU; big backbones are only traced with `jax.eval_shape`.
 """
+from __future__ import annotations
 import functools
 
 import flax.linen as nn
@@ -14,7 +15,7 @@ from configs import default as default_config
 from simlap.models import gates as gates_lib
 from simlap.models import heads
 from simlap.models import resnet
-from simlap.models import simlap
+from simlap.models import model as model_lib
 
 C, D = 7, 16  # classes, embedding/gate dimension in the tiny test models
 
@@ -78,7 +79,7 @@ def tiny():
 
   Shared by the model tests: each jit compilation of the full network costs seconds on 2 CPUs.
   """
-  model = simlap.build_model(_tiny_config(), C)
+  model = model_lib.build_model(_tiny_config(), C)
   x = _images()
   y1, y2 = _labels()
 
@@ -166,7 +167,8 @@ def test_last_bn_gamma_zero_in_every_block(tiny):
 
 
 @pytest.mark.parametrize("block_cls,features,last_bn", [(resnet.BasicBlock, 4, "BatchNorm_1"),
-                                                         (resnet.BottleneckBlock, 1, "BatchNorm_2")])
+                                                         (resnet.BottleneckBlock, 1,
+                                                          "BatchNorm_2")])
 def test_block_is_identity_at_init(block_cls, features, last_bn):
   conv = functools.partial(nn.Conv, use_bias=False)
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
@@ -189,7 +191,7 @@ def test_block_is_identity_at_init(block_cls, features, last_bn):
 def test_bfloat16_params_float32_outputs_close(tiny):
   config16 = _tiny_config()
   config16.model.dtype = "bfloat16"
-  m16 = simlap.build_model(config16, C)
+  m16 = model_lib.build_model(config16, C)
   variables = tiny["init_variables"]
   assert jax.tree.leaves(jax.eval_shape(  # bf16 init still makes float32 variables
       functools.partial(m16.init, train=False), {"params": _key(0)}, tiny["x"], tiny["y1"],
@@ -399,7 +401,7 @@ def test_unknown_gate_kind_raises():
 def test_build_model_reads_config():
   config = _tiny_config(kind="stochastic", fuse="product", tau=0.5)
   config.model.probe_stop_gradient = False
-  model = simlap.build_model(config, C)
+  model = model_lib.build_model(config, C)
   assert (model.gate.kind, model.gate.fuse, model.gate.tau) == ("stochastic", "product", 0.5)
   assert (model.gate.dim, model.gate.embed_dim, model.gate.hidden_dim) == (D, 8, 16)
   assert model.projector.hidden == (32,) and model.projector.out_dim == D
@@ -428,7 +430,7 @@ def test_model_outputs(tiny):
 def test_probe_stop_gradient(tiny, stop_gradient):
   config = _tiny_config()
   config.model.probe_stop_gradient = stop_gradient
-  model = simlap.build_model(config, C)
+  model = model_lib.build_model(config, C)
   x, y1, variables = tiny["x"], tiny["y1"], tiny["variables"]
 
   def probe_loss(params):

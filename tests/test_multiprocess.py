@@ -33,7 +33,8 @@ from simlap import checkpointing
 from simlap import metrics_io
 from simlap import sharding
 from simlap import train
-from simlap.data import input_pipeline
+from simlap.data import datasets
+from simlap.data import train_stream
 from test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,8 +164,8 @@ def reference_run(data_dir: str) -> Reference:
   """One process, 8 devices, fed the global batches of the 2-process job."""
   config = tiny_config(data_dir, **OVERRIDES)
   mesh = sharding.make_mesh(config.mesh)
-  trainer = train.make_trainer(config, mesh, input_pipeline.get_dataset_info(config))
-  streams = [input_pipeline.local_train_dataset(
+  trainer = train.make_trainer(config, mesh, datasets.get_dataset_info(config))
+  streams = [train_stream.local_train_dataset(
       config, seed=config.seed, process_index=p, process_count=PROCESSES).as_numpy_iterator()
              for p in range(PROCESSES)]
   state = trainer.init_fn()

@@ -33,11 +33,11 @@ import numpy as np
 import pytest
 
 from simlap import checkpointing
-from simlap import run_config
+from simlap import workdir as workdir_lib
 from simlap import sharding
 from simlap import train
 from simlap.data import fashion_mnist
-from simlap.data import input_pipeline
+from simlap.data import datasets
 from test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ def straight_run(launcher, tmp_path_factory) -> str:
 def restore_state(config, workdir: str, step: int, devices=None):
   """The TrainState saved at `step` in `workdir`, on host (restore also checks it is finite)."""
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  trainer = train.make_trainer(config, mesh, input_pipeline.get_dataset_info(config))
+  trainer = train.make_trainer(config, mesh, datasets.get_dataset_info(config))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=9)
   try:
     state, meta, restored = ckpt.restore(trainer.abstract_state, step=step)
@@ -315,10 +315,10 @@ def test_resume_with_another_config_is_refused_and_keeps_checkpoints(straight_ru
   before = sorted(os.listdir(ckpts))
   same = tiny_config(fmnist_data_dir, log_every=1, checkpoint_every=2, keep_checkpoints=3,
                      num_steps=_STEPS)
-  run_config.check_resumable(same, workdir)  # the run's own config, through config.json
+  workdir_lib.check_resumable(same, workdir)  # the run's own config, through config.json
   watch_only = tiny_config(fmnist_data_dir, log_every=5, checkpoint_every=4, keep_checkpoints=1,
                            num_steps=_STEPS, eval_at_end=True, mesh=[("data", 2), ("x", -1)])
-  run_config.check_resumable(watch_only, workdir)  # cadence and device layout may change
+  workdir_lib.check_resumable(watch_only, workdir)  # cadence and device layout may change
 
   other = tiny_config(fmnist_data_dir, log_every=1, checkpoint_every=2, keep_checkpoints=3,
                       num_steps=_STEPS, batch_size=2 * same.batch_size)

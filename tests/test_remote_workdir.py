@@ -4,6 +4,7 @@ Object stores cannot be reached from CI, so these use TensorFlow's in-memory "ra
 system, which goes through the same tf.io.gfile calls as gs:// (and, like an object store, is
 not a local path). Orbax and the TensorBoard writers have their own remote file layers.
 """
+from __future__ import annotations
 import os
 import uuid
 
@@ -11,9 +12,8 @@ import pytest
 import tensorflow as tf
 
 from configs import default as default_config
-from simlap import checkpoint_eval
 from simlap import metrics_io
-from simlap import run_config
+from simlap import workdir as workdir_lib
 from simlap import train
 
 
@@ -49,14 +49,20 @@ def test_resume_check_reads_a_url_workdir(url):
   tf.io.gfile.makedirs(f"{url}/checkpoints/40")
   with tf.io.gfile.GFile(f"{url}/config.json", "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  run_config.check_resumable(config, url)
+  workdir_lib.check_resumable(config, url)
   other = default_config.get_config()
   other.model.projector_dim = 64
   with pytest.raises(ValueError, match=r"model\.projector_dim: 128 -> 64"):
-    run_config.check_resumable(other, url)
+    workdir_lib.check_resumable(other, url)
 
 
-def test_evaluation_refuses_a_url_workdir_instead_of_writing_locally(url):
-  with pytest.raises(ValueError, match="copy or mount 'ram://"):
-    checkpoint_eval.evaluate_workdir(url)
+def test_evaluation_reads_the_config_of_a_url_workdir(url):
+  # One config.json reader for training and evaluation, through tf.io.gfile.
+  config = default_config.get_config()
+  workdir_lib.write_config(config, url)
+  loaded = workdir_lib.load_config(url)
+  assert loaded.to_dict() == config.to_dict()
+  assert workdir_lib.resolve(url) == url
+  with pytest.raises(FileNotFoundError, match="is 'ram://.*' a training workdir"):
+    workdir_lib.load_config(url + "/nothing_here")
   assert not os.path.exists("ram:")

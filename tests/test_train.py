@@ -1,4 +1,5 @@
 """The trainer: 8 devices agree with 1, loss goes down, exact resume, one compilation, main."""
+from __future__ import annotations
 import glob
 import os
 import sys
@@ -12,11 +13,13 @@ from absl import flags
 from tensorflow.core.util import event_pb2
 import tensorflow as tf
 
+from simlap import checkpointing
 from simlap import config_schema
 from simlap import metrics_io
 from simlap import sharding
 from simlap import train
-from simlap.data import input_pipeline
+from simlap.data import datasets
+from simlap.data import train_stream
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +54,7 @@ def tiny_config(data_dir: str, **overrides):
 
 def run_steps(config, mesh, host_batches):
   """Trains on the given host batches with the state laid out on `mesh`; returns losses."""
-  info = input_pipeline.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
   trainer = train.make_trainer(config, mesh, info)
   state = trainer.init_fn()
   losses = []
@@ -66,7 +69,7 @@ def run_steps(config, mesh, host_batches):
 def host_batches(fmnist_data_dir):
   config = tiny_config(fmnist_data_dir)
   mesh = sharding.make_mesh(config.mesh)
-  batches = input_pipeline.train_iterator(config, mesh, seed=0)
+  batches = train_stream.train_iterator(config, mesh, seed=0)
   return [jax.device_get(next(batches)) for _ in range(6)]
 
 
@@ -108,7 +111,7 @@ def test_bfloat16_step_close_to_float32(fmnist_data_dir, host_batches):
   results = {}
   for dtype in ("float32", "bfloat16"):
     config = tiny_config(fmnist_data_dir, **{"model.dtype": dtype})
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get_dataset_info(config)
     trainer = train.make_trainer(config, mesh, info)
     state = trainer.init_fn()
     state, metrics = trainer.step_fn(state, jax.device_put(host_batches[0],
@@ -144,9 +147,8 @@ def test_resume_is_exact(fmnist_data_dir, tmp_path):
   assert second["train_step_compilations"] == 1
 
   def final_params(workdir):
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get_dataset_info(config)
     trainer = train.make_trainer(config, sharding.make_mesh(config.mesh), info)
-    from simlap import checkpointing
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=4,
                                       keep=2)
     state, meta, step = ckpt.restore(trainer.abstract_state)
@@ -172,7 +174,7 @@ def event_tags(workdir):
 
 def run_main(argv):
   """Runs the real entry point in-process (so TFDS mocks apply)."""
-  from simlap import main
+  from simlap import main  # noqa: PLC0415 - defines absl flags at import
   argv = ["simlap.main", *argv]
   flags.FLAGS.unparse_flags()
   # config_flags reads its --config.* overrides from sys.argv, not from the parsed list.

@@ -34,11 +34,9 @@ View settings (config.augment.view1 / view2), fields as in configs/default.py:
   randaugment_layers, randaugment_magnitude
                              RandAugment (0 layers = off), applied after crop/flip, before jitter
 
-RandAugment ops implemented (magnitude m in [0, 10], signs random as in timm):
-identity, autocontrast, rotate (30 deg), solarize, posterize, color, contrast, brightness,
-sharpness (0.9), shear_x/y (0.3), translate_x/y (0.45 of the side). Equalize is left out: it
-needs per-image histograms that have no clean TF op.
+RandAugment lives in `randaugment.py`, the pixel primitives both share in `image_ops.py`.
 """
+from __future__ import annotations
 from collections.abc import Mapping
 import math
 from typing import Any
@@ -46,37 +44,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-_GRAY = 0.5  # fill value for pixels that geometric RandAugment ops bring in
-_LUMA = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's weights
+from simlap.data import image_ops
+from simlap.data import randaugment as randaugment_lib
+
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
                         [0.211, -0.523, 0.312]], np.float32)
 _BLUR_SIGMA = (0.1, 2.0)
 _BLUR_RADIUS = 6  # 3 * max sigma
-
-
-def _uniform(seed: tf.Tensor, minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
-  return tf.random.stateless_uniform([], seed, minval, maxval)
-
-
-def _branch(op, x: tf.Tensor, seed: tf.Tensor):
-  """A zero-argument branch for tf.switch_case that applies op(x, seed) and clips to [0, 1]."""
-  return lambda: tf.clip_by_value(op(x, seed), 0.0, 1.0)
-
-
-def _luma(x: tf.Tensor) -> tf.Tensor:
-  """(..., C) -> (..., 1) luma; the identity for one channel."""
-  if x.shape[-1] == 1:
-    return x
-  return tf.reduce_sum(x * tf.constant(_LUMA), axis=-1, keepdims=True)
-
-
-def _blend(a: tf.Tensor, b: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """a + factor * (b - a), clipped: factor 0 gives a, 1 gives b, > 1 extrapolates."""
-  return tf.clip_by_value(a + factor * (b - a), 0.0, 1.0)
-
-
-def solarize(x: tf.Tensor, threshold: float | tf.Tensor = 0.5) -> tf.Tensor:
-  return tf.where(x < threshold, x, 1.0 - x)
 
 
 # ---- crops ------------------------------------------------------------------------------------
@@ -142,95 +116,6 @@ def eval_view(image: tf.Tensor, *, size: int, channels: int,
   return tf.ensure_shape(out, out.shape[:-3] + [size, size, channels])
 
 
-# ---- RandAugment ------------------------------------------------------------------------------
-
-def _affine(x: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-  """Output pixel (u, v) <- input at matrix @ (u, v, 1), matrix 3x3 in centred coordinates."""
-  h, w = x.shape[0], x.shape[1]
-  to_center = tf.constant([[1, 0, -(w - 1) / 2], [0, 1, -(h - 1) / 2], [0, 0, 1]], tf.float32)
-  from_center = tf.constant([[1, 0, (w - 1) / 2], [0, 1, (h - 1) / 2], [0, 0, 1]], tf.float32)
-  m = from_center @ matrix @ to_center
-  transform = tf.reshape(m, [9])[:8][None]
-  return tf.raw_ops.ImageProjectiveTransformV3(
-      images=x[None], transforms=transform, output_shape=tf.shape(x)[:2],
-      fill_value=_GRAY, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
-
-
-def _sharpness(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """PIL ImageEnhance.Sharpness: blend with a 3x3 smoothed copy (borders kept)."""
-  c = x.shape[-1]
-  k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  smooth = tf.nn.depthwise_conv2d(x[None], tf.tile(k[:, :, None, None], [1, 1, c, 1]),
-                                  [1, 1, 1, 1], "SAME")[0]
-  inner = tf.pad(tf.ones(tf.shape(x)[:2] - 2), [[1, 1], [1, 1]])[:, :, None]
-  smooth = inner * smooth + (1 - inner) * x
-  return _blend(smooth, x, factor)
-
-
-def _autocontrast(x: tf.Tensor) -> tf.Tensor:
-  lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
-  hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
-  return tf.where(hi > lo, (x - lo) / tf.maximum(hi - lo, 1e-6), x)
-
-
-def _posterize(x: tf.Tensor, bits: int) -> tf.Tensor:
-  step = 2.0 ** (8 - bits)
-  return tf.floor(x * 255.0 / step) * step / 255.0
-
-
-def randaugment(x: tf.Tensor, seed: tf.Tensor, *, layers: int, magnitude: float) -> tf.Tensor:
-  """RandAugment(N=layers, M=magnitude) on float (H, W, C) in [0, 1]; ops in the module doc."""
-  m = magnitude / 10.0
-  side = float(x.shape[0])
-  color = lambda y, f: _blend(_luma(y), y, f)  # noqa: E731  (PIL's ImageEnhance.Color)
-
-  def signed(s, v):  # +-v with a random sign, as timm's _randomly_negate
-    return tf.where(_uniform(s) < 0.5, -v, v)
-
-  def rot(y, s):
-    a = signed(s, 30.0 * m) * math.pi / 180
-    return _affine(y, tf.stack([[tf.cos(a), -tf.sin(a), 0.0], [tf.sin(a), tf.cos(a), 0.0],
-                                [0.0, 0.0, 1.0]]))
-
-  def shear(y, s, axis):
-    v = signed(s, 0.3 * m)
-    row0 = [1.0, v, 0.0] if axis == 0 else [1.0, 0.0, 0.0]
-    row1 = [0.0, 1.0, 0.0] if axis == 0 else [v, 1.0, 0.0]
-    return _affine(y, tf.stack([tf.stack(row0), tf.stack(row1), tf.constant([0.0, 0.0, 1.0])]))
-
-  def translate(y, s, axis):
-    v = signed(s, 0.45 * m * side)
-    t = [v, 0.0] if axis == 0 else [0.0, v]
-    return _affine(y, tf.stack([tf.stack([1.0, 0.0, t[0]]), tf.stack([0.0, 1.0, t[1]]),
-                                tf.constant([0.0, 0.0, 1.0])]))
-
-  enhance = lambda s: 1.0 + signed(s, 0.9 * m)  # noqa: E731
-  ops = [
-      lambda y, s: y,
-      lambda y, s: _autocontrast(y),
-      rot,
-      lambda y, s: solarize(y, 1.0 - m),
-      lambda y, s: _posterize(y, max(1, 8 - int(4 * m))),
-      lambda y, s: color(y, enhance(s)),
-      lambda y, s: _blend(tf.reduce_mean(_luma(y)), y, enhance(s)),
-      lambda y, s: _blend(tf.zeros_like(y), y, enhance(s)),
-      lambda y, s: _sharpness(y, enhance(s)),
-      lambda y, s: shear(y, s, 0),
-      lambda y, s: shear(y, s, 1),
-      lambda y, s: translate(y, s, 0),
-      lambda y, s: translate(y, s, 1),
-  ]
-
-  def layer(i, y):  # traced once, run `layers` times
-    pick, op_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, i), 2))
-    which = tf.random.stateless_uniform([], pick, 0, len(ops), dtype=tf.int32)
-    return i + 1, tf.ensure_shape(tf.switch_case(which, [_branch(op, y, op_seed) for op in ops]),
-                                  y.shape)
-
-  return tf.while_loop(lambda i, y: i < layers, layer, (0, x))[1]
-
-
 # ---- stage 2: colour and blur on batches ---------------------------------------------------
 
 def sample_params(seed: tf.Tensor, view: Mapping[str, Any],
@@ -275,7 +160,7 @@ def _colour_map(mean: tf.Tensor, p: Mapping[str, tf.Tensor], c: int, jitter: boo
   """
   n = tf.shape(mean)[0]
   eye = tf.eye(c, batch_shape=[n])
-  luma = tf.constant(_LUMA if c == 3 else (1.0,))
+  luma = tf.constant(image_ops.LUMA if c == 3 else (1.0,))
   to_luma = tf.tile(luma[:, None], [1, c])[None]  # (1, C, C): every output channel = luma
   m, b = eye, tf.zeros_like(mean)
   f = p["factors"]
@@ -361,10 +246,10 @@ def first_stage(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, s
                               tuple(view["crop_ratio"]))
   x = tf.ensure_shape(_resize(_crop(image, window, channels), size), [size, size, channels])
   if 0 < view["flip_prob"]:
-    x = tf.cond(_uniform(s[1]) < view["flip_prob"], lambda: tf.image.flip_left_right(x),
+    x = tf.cond(image_ops.uniform(s[1]) < view["flip_prob"], lambda: tf.image.flip_left_right(x),
                 lambda: x)
   if view["randaugment_layers"] > 0:
-    x = randaugment(x, s[2], layers=view["randaugment_layers"],
+    x = randaugment_lib.randaugment(x, s[2], layers=view["randaugment_layers"],
                     magnitude=view["randaugment_magnitude"])
   # The mean colour (for contrast) costs little here, with the image still in cache.
   return {"image": x, "mean": tf.reduce_mean(x, axis=[0, 1]),

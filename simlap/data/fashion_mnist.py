@@ -9,6 +9,7 @@ data dir (a few seconds); after that the dataset loads like any other TFDS datas
 Source directory, first that is set: the `source_dir` argument (config.dataset.source_dir),
 $SIMLAP_FASHION_MNIST_DIR, /usr/share/datasets/fashion-mnist.
 """
+from __future__ import annotations
 import gzip
 import os
 
@@ -20,6 +21,10 @@ DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCE_DIR_ENV = "SIMLAP_FASHION_MNIST_DIR"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                "Sneaker", "Bag", "Ankle boot")
+# Known class groups, for checking the class relationships a model learns: tops {T-shirt/top,
+# Pullover, Coat, Shirt} and footwear {Sandal, Sneaker, Ankle boot}; Trouser (1), Dress (3) and
+# Bag (8) belong to no group.
+GROUPS = ((0, 2, 4, 6), (5, 7, 9))
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -81,7 +86,7 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Offline builder reading Debian's dataset-fashion-mnist files."}
 
   def __init__(self, *, source_dir: str | None = None, **kwargs):
-    self._source_dir = resolve_source_dir(source_dir)
+    self.source_dir = resolve_source_dir(source_dir)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -97,10 +102,10 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the files are local.
-    check_source_files(self._source_dir)
+    check_source_files(self.source_dir)
     # Read and check every split before writing any: a bad file fails here with one message
     # naming it, not deep inside TFDS's encoder (which prints the whole offending example).
-    arrays = {split: read_split(self._source_dir, split) for split in _FILES}
+    arrays = {split: read_split(self.source_dir, split) for split in _FILES}
     return {split: self._generate_examples(*arrays[split]) for split in _FILES}
 
   def _generate_examples(self, images, labels):
@@ -112,7 +117,7 @@ def prepare(data_dir: str | None = None, source_dir: str | None = None) -> Fashi
   """Returns the builder, preparing the dataset into `data_dir` first if it is not there yet."""
   builder = FashionMnistLocal(data_dir=data_dir, source_dir=source_dir)
   if not builder.is_prepared():
-    check_source_files(builder._source_dir)  # pylint: disable=protected-access
+    check_source_files(builder.source_dir)
     # No download happens (the builder reads local files); GCS metadata lookups stay off.
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -21,6 +21,7 @@ Analysis (`class_gates`, `pair_gates`, `pair_matrix`) always runs the BatchNorms
 mode on their running statistics, so it never changes `batch_stats` (the authors' analysis code
 ran them in training mode and polluted the statistics).
 """
+from __future__ import annotations
 from collections.abc import Callable
 
 import flax.linen as nn

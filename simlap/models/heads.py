@@ -1,4 +1,5 @@
 """Heads on top of the pooled backbone features: the SimLAP projector and the linear probe."""
+from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 

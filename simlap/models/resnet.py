@@ -14,6 +14,7 @@ Stems (`stem=`):
   "deep":     three 3x3 stride-1 convs (w/2, w/2, w), no pool — the authors' CIFAR ResNet-18
               "deep stem" run at output stride 8 (4x4 maps for 32x32 input).
 """
+from __future__ import annotations
 from collections.abc import Callable, Sequence
 import functools
 from typing import Any
@@ -126,7 +127,7 @@ class ResNet(nn.Module):
         x = conv(w, (3, 3), padding=_PAD3, name=f"stem_conv{i}")(x)
         x = nn.relu(norm(name=f"stem_bn{i}")(x))
     else:
-      raise ValueError(f"unknown stem {self.stem!r}; expected imagenet | cifar | deep")
+      raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
 
     if self.block == "basic":
       block_cls = BasicBlock
@@ -148,11 +149,10 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
     "resnet_tiny": ((1, 1, 1), (8, 16, 32), "basic", 8),
     # He et al.'s CIFAR ResNet-6n+2 family (3 stages, 16/32/64). Fwd+bwd of 512 28x28x1 images,
     # measured as CPU-seconds / 2 on a busy 2-core box (uncontended wall time is somewhat lower):
-    # resnet8 ~0.7 s, resnet14 ~1.2 s, resnet20 ~2.0 s; resnet_tiny ~0.25 s.
-    "resnet8": ((1, 1, 1), (16, 32, 64), "basic", 16),
+    # resnet_small (= ResNet-8) ~0.7 s, resnet14 ~1.2 s, resnet20 ~2.0 s; resnet_tiny ~0.25 s.
     "resnet14": ((2, 2, 2), (16, 32, 64), "basic", 16),
     "resnet20": ((3, 3, 3), (16, 32, 64), "basic", 16),
-    # The default Fashion-MNIST backbone = resnet8: the only depth of the family that keeps a
+    # The default Fashion-MNIST backbone, ResNet-8: the only depth of the family that keeps a
     # step on 2 x 256 views near the ~0.5 s that configs/default.py's ~10 minute budget allows.
     "resnet_small": ((1, 1, 1), (16, 32, 64), "basic", 16),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), "basic", 64),
@@ -161,10 +161,14 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
 }
 
 
+STEMS = ("imagenet", "cifar", "deep")
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
+
+
 def parse_dtype(name: str | Dtype) -> Dtype:
   """Maps "float32" / "bfloat16" / "float16" (or a dtype) to a jnp dtype."""
   if isinstance(name, str):
-    if name not in ("float32", "bfloat16", "float16"):
+    if name not in DTYPES:
       raise ValueError(f"unsupported compute dtype {name!r}")
     return jnp.dtype(name)
   return name

@@ -2,21 +2,22 @@
 
     results = evaluate_workdir("runs/x")  # -> runs/x/eval/{results.json, report.md, *.png}
 
-Pipeline: W/config.json (merged onto `config_schema.base_config()` so tuples stay tuples) ->
-Orbax restore of the latest (or a given) step into the trainer's sharded abstract state ->
-`train.extract_features` over the eval iterator (batch split over the mesh, padding rows
-dropped with the iterator's mask, so every example counts once) for the train split (kNN bank,
-probe training set, few-shot pool) and the test split -> the evaluators of `simlap.evaluate`
-and the analyses of `simlap.analysis` (on the test split) -> results.json + report.md + PNGs.
+Pipeline: W/config.json (`workdir.load_config`) -> Orbax restore of the latest (or a given)
+step into the trainer's sharded abstract state -> `features.extract_features` over the eval
+stream (batch split over the mesh, padding rows dropped with the stream's mask, so every example
+counts once) for the train split (kNN bank, probe training set, few-shot pool) and the test
+split -> `simlap.evaluators` and the analyses of `simlap.analysis` (on the test split) ->
+results.json + report.md + PNGs. A URL workdir (gs://) is read and written through tf.io.gfile;
+its PNGs are drawn locally and copied.
 
 Gates exist only for objective "simlap" with a non-open gate; otherwise every gate entry is null.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,15 +26,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from simlap import analysis
 from simlap import checkpointing
-from simlap import config_schema
-from simlap import evaluate
-from simlap import metrics_io
+from simlap import evaluators
+from simlap import features
+from simlap import geometry
+from simlap import optim
+from simlap import report
 from simlap import sharding
 from simlap import train
-from simlap.data import input_pipeline
+from simlap import workdir as workdir_lib
+from simlap.data import datasets
+from simlap.data import fashion_mnist
 from simlap.models import gates as gates_lib
 
 RESULTS_KEYS = ("workdir", "step", "method", "objective", "budget", "dataset", "protocol",
@@ -47,50 +53,17 @@ SUMMARY_KEYS = ("knn_10", "knn_20", "knn_50", "linear", "few_shot_1", "few_shot_
                 "group_recovery_class_mean_projector", "group_recovery_class_mean_backbone",
                 "group_recovery_chance", "gate_activation_mean", "gate_frac_intermediate",
                 "pair_size_within", "pair_size_across", "pair_size_within_vs_across_auroc")
-FASHION_MNIST_NAMES = ("fashion_mnist_local", "fashion_mnist")
+FASHION_MNIST_NAMES = (fashion_mnist.NAME, "fashion_mnist")
 _PAIR_GATES_MAX_CLASSES = 100  # (C, C, D) pair gates are materialised only for small C
 
 
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
-def _like(template: Any, value: Any) -> Any:
-  """JSON lists back to the container types of `template` (tuples, lists of tuples)."""
-  if isinstance(value, list) and isinstance(template, (list, tuple)):
-    inner = template[0] if template else None
-    return type(template)(_like(inner, v) for v in value)
-  return value
-
-
-def _merge(dst: ml_collections.ConfigDict, src: dict[str, Any]) -> None:
-  """Writes JSON values into `dst` in place, with the container types `dst` already has."""
-  for key, value in src.items():
-    old = dst[key] if key in dst else None
-    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
-      _merge(old, value)
-      continue
-    value = _like(old, value)
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    dst[key] = value
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with, from W/config.json (written by the trainer)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir?")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
-  config = config_schema.base_config()
-  _merge(config, saved)
-  return config
-
-
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
   """(model, state, mesh, info, step) from W/checkpoints (the latest step if `step` is None)."""
   mesh = sharding.make_mesh(config.mesh)
-  info = input_pipeline.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
   trainer = train.make_trainer(config, mesh, info)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint_every,
@@ -108,7 +81,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
 def split_features(config, model, state, mesh, split: str) -> dict[str, np.ndarray]:
   """Real rows of `split`: "backbone" (N, F), "projector" (N, D), "labels" (N,),
   "predictions" (N,) (online probe) and extra label keys (N,)."""
-  out = train.extract_features(config, model, state, mesh, split, embeddings=True)
+  out = features.extract_features(config, model, state, mesh, split, embeddings=True)
   mask = out.pop("mask").astype(bool)
   rename = {"features": "backbone", "embeddings": "projector"}
   return {rename.get(k, k): v[mask] for k, v in out.items()}
@@ -137,7 +110,7 @@ def known_groups(config, test: dict[str, np.ndarray]):
   """(groups, source) for group recovery: Fashion-MNIST's tops/footwear, CIFAR-100-style
   coarse labels when the data carry "coarse_label", else (None, None)."""
   if config.dataset.name in FASHION_MNIST_NAMES:
-    return [list(g) for g in analysis.FASHION_MNIST_GROUPS], "fashion_mnist tops/footwear"
+    return [list(g) for g in fashion_mnist.GROUPS], "fashion_mnist tops/footwear"
   if "coarse_label" in test:
     return analysis.coarse_groups(test["labels"], test["coarse_label"]), "coarse_label"
   return None, None
@@ -192,7 +165,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     step: checkpoint step; None = the latest readable one.
     ks, temperature: kNN protocol on L2-normalised backbone (and projector) features.
     shots, seeds, lam: few-shot ridge protocol on backbone features.
-    linear: keyword overrides for `evaluate.linear_probe` (epochs, lr, ...); default protocol.
+    linear: keyword overrides for `evaluators.linear_probe` (epochs, lr, ...); default protocol.
     num_pairs: sampled pairs per kind for the intra/inter AUROCs (test split).
     plots: write the analysis PNGs into `out_dir`.
 
@@ -200,12 +173,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     The results dict (exactly `RESULTS_KEYS`), as written to results.json (NaN -> null).
   """
   t0 = time.time()
-  if metrics_io.is_remote(workdir):  # abspath would make gs://b/run a local "gs:/b/run"
-    raise ValueError(f"evaluation reads config.json and writes eval/ with local file I/O; copy "
-                     f"or mount {workdir!r} locally first (gsutil -m cp -r, or gcsfuse)")
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_lib.resolve(workdir)
   out_dir = out_dir or os.path.join(workdir, "eval")
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   model, state, mesh, info, step = restore(config, workdir, step)
   num_classes = info.num_classes
   timing = {"restore": time.time() - t0}
@@ -217,16 +187,16 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   timing["features"] = time.time() - t
 
   t = time.time()
-  knn = {name: {int(k): v for k, v in evaluate.knn_accuracy(
+  knn = {name: {int(k): v for k, v in evaluators.knn_accuracy(
       tr[name], tr["labels"], te[name], te["labels"], num_classes=num_classes, ks=ks,
       temperature=temperature).items()} for name in ("backbone", "projector")}
   timing["knn"] = time.time() - t
   t = time.time()
-  lin = evaluate.linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
+  lin = evaluators.linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
                               num_classes=num_classes, **(linear or {}))
   timing["linear_probe"] = time.time() - t
   t = time.time()
-  few = evaluate.few_shot_ridge(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
+  few = evaluators.few_shot_ridge(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
                                 num_classes=num_classes, shots=shots, seeds=seeds, lam=lam)
   timing["few_shot"] = time.time() - t
 
@@ -234,20 +204,22 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   class_gates, pair_sizes, pair_gates = gate_tables(config, model, state, num_classes)
   groups, group_source = known_groups(config, te)
   feats = {"backbone": te["backbone"], "projector": te["projector"]}
+  # PNGs are drawn into a local folder (matplotlib writes files) and copied to out_dir at the end.
+  png_dir = tempfile.mkdtemp(prefix="simlap-eval-") if plots else None
   ana = analysis.analyze(feats, te["labels"], num_classes=num_classes, class_gates=class_gates,
                          pair_sizes=pair_sizes, gated_features="projector",
                          class_names=list(info.class_names), groups=groups,
-                         num_pairs=num_pairs, seed=0, out_dir=out_dir if plots else None)
+                         num_pairs=num_pairs, seed=0, out_dir=png_dir)
   ana["group_source"] = group_source
   if pair_gates is not None:
     # Inter-class pairs compared in their own pair subspace g(y_i, y_j): the subspace in
     # which the loss pulls arbitrary pairs together, so a low AUROC here is by design.
-    stats = analysis.intra_inter_similarity(te["projector"], te["labels"], gates=pair_gates,
+    stats = geometry.intra_inter_similarity(te["projector"], te["labels"], gates=pair_gates,
                                             num_pairs=num_pairs, seed=0)
-    ana["similarity"]["projector_pair_gated"] = analysis._jsonable(stats)  # noqa: SLF001
+    ana["similarity"]["projector_pair_gated"] = analysis.jsonable(stats)
     if plots:
-      from simlap import plots as plots_lib  # lazy: matplotlib
-      plots_lib.plot_intra_inter(stats, os.path.join(out_dir, "intra_inter_projector_pair_gated"
+      from simlap import plots as plots_lib  # noqa: PLC0415 - matplotlib only for pictures
+      plots_lib.plot_intra_inter(stats, os.path.join(png_dir, "intra_inter_projector_pair_gated"
                                                      ".png"), title="projector_pair_gated")
       ana["plots"].append("intra_inter_projector_pair_gated.png")
   timing["analysis"] = time.time() - t
@@ -277,88 +249,23 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   }
   res["summary"] = headline(res)
   res["timing_s"] = {k: round(v, 2) for k, v in {**timing, "total": time.time() - t0}.items()}
-  res = analysis._jsonable(res)  # noqa: SLF001 - NaN -> null, numpy -> Python
+  res = analysis.jsonable(res)  # NaN -> null, numpy -> Python
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-      json.dump(res, f, indent=1)
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
-      f.write(report_markdown(res))
+    workdir_lib.write_json(os.path.join(out_dir, "results.json"), res, indent=1)
+    with tf.io.gfile.GFile(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write(report.markdown(res))
+    for name in ana.get("plots", []):
+      tf.io.gfile.copy(os.path.join(png_dir, name), os.path.join(out_dir, name), overwrite=True)
+  if png_dir:
+    shutil.rmtree(png_dir, ignore_errors=True)
   logging.info("evaluated %s at step %d in %.1f s", workdir, step, time.time() - t0)
   return res
 
 
 def budget(config, num_train: int) -> dict[str, Any]:
   """What makes two runs comparable: steps, batch, backbone, data, optimizer."""
-  from simlap import optim  # noqa: PLC0415
   return {"num_steps": optim.total_steps(config, num_train), "batch_size": config.batch_size,
           "backbone": config.model.backbone, "projector_dim": config.model.projector_dim,
           "image_size": config.dataset.image_size, "optimizer": config.optimizer.name,
           "lr": config.optimizer.lr, "train_split": config.dataset.train_split,
           "num_train": int(num_train)}
-
-
-# ----------------------------------------------------------------------------------------------
-# report.md
-# ----------------------------------------------------------------------------------------------
-def _pct(x) -> str:
-  return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
-
-
-def _num(x, digits: int = 3) -> str:
-  return "–" if x is None else f"{x:.{digits}f}"
-
-
-def report_markdown(res: dict[str, Any]) -> str:
-  """A readable summary of one results dict (numbers first; PNGs linked at the end)."""
-  s, a, b = res["summary"], res["analysis"], res["budget"]
-  lines = [
-      f"# Evaluation of `{res['workdir']}` at step {res['step']}", "",
-      f"method **{res['method']}** (objective {res['objective']}); {b['backbone']}, "
-      f"{b['num_steps']} steps × batch {b['batch_size']}, {b['train_split']} "
-      f"({b['num_train']} images), image size {b['image_size']}.", "",
-      "## Frozen-feature accuracy (test %, backbone features)", "",
-      "| protocol | accuracy |", "|---|---|"]
-  for k, v in res["knn"]["backbone"].items():
-    lines.append(f"| kNN k={k}, T={res['protocol']['knn']['temperature']} | {_pct(v)} |")
-  for k, v in res["knn"]["projector"].items():
-    lines.append(f"| kNN k={k} (projector) | {_pct(v)} |")
-  hp = res["linear_probe"]["hparams"]
-  lines.append(f"| linear probe ({hp['optimizer']}, {hp['epochs']} ep, lr {hp['lr']}, "
-               f"bs {hp['batch_size']}) | {_pct(res['linear_probe']['accuracy'])} |")
-  for k, v in res["few_shot"]["shots"].items():
-    lines.append(f"| {k}-shot ridge (λ={res['few_shot']['lam']}, seeds "
-                 f"{res['few_shot']['seeds']}) | {_pct(v['mean'])} ± {_pct(v['std'])} |")
-  lines.append(f"| online probe (trained with the model) | {_pct(res['online_probe'])} |")
-  lines += ["", "## Analysis (test split)", "", "| quantity | backbone | projector |",
-            "|---|---|---|",
-            f"| effective rank (of dim) | {_num(s['effective_rank_backbone'], 1)} / "
-            f"{a['spectrum']['backbone']['dim']} | {_num(s['effective_rank_projector'], 1)} / "
-            f"{a['spectrum']['projector']['dim']} |",
-            f"| intra- vs inter-class cosine AUROC | {_num(s['auroc_backbone'])} | "
-            f"{_num(s['auroc_projector'])} |",
-            f"| class-mean group recovery (chance {_num(s['group_recovery_chance'])}) | "
-            f"{_num(s['group_recovery_class_mean_backbone'])} | "
-            f"{_num(s['group_recovery_class_mean_projector'])} |", ""]
-  if a.get("gates") is None:
-    lines += ["Gates: none (objective without a gate, or an open gate).", ""]
-  else:
-    g = a["gates"]
-    lines += [
-        "## Gates", "",
-        f"- class gates g(y, y): mean subspace Σ_d g = {g['activation_mean']:.1f} of "
-        f"{g['dim']} dims; g > 0.5: {_pct(g['frac_open'])} %; near 0 / near 1 / in between: "
-        f"{_pct(g['frac_near_zero'])} / {_pct(g['frac_near_one'])} / "
-        f"{_pct(g['frac_intermediate'])} %; mean Bernoulli entropy "
-        f"{g['entropy_bits_mean']:.3f} bits.",
-        f"- AUROC in the class-gated subspace {_num(s['auroc_projector_gated'])}, in the "
-        f"pair-gated subspace {_num(s['auroc_projector_pair_gated'])}.",
-        f"- group recovery from gate cosine: {_num(s['group_recovery_gate'])} (class-mean "
-        f"baseline {_num(s['group_recovery_class_mean_projector'])}, chance "
-        f"{_num(s['group_recovery_chance'])}).",
-        f"- pair subspace Σ g within groups {_num(s['pair_size_within'], 2)} vs across "
-        f"{_num(s['pair_size_across'], 2)} (AUROC within > across "
-        f"{_num(s['pair_size_within_vs_across_auroc'])}).", ""]
-  lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in a.get("plots", [])), "",
-            f"Timing (s): {res['timing_s']}", ""]
-  return "\n".join(lines)

@@ -9,8 +9,7 @@ Variables: "params" and "batch_stats". The "gate" rng stream is needed only when
     model = build_model(config, num_classes)
     variables = model.init({"params": k1, "gate": k2}, images, labels, labels, train=False)
 """
-from typing import Any
-
+from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -117,7 +116,3 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
   )
 
-
-def param_count(variables: Any) -> int:
-  """Number of scalars in `variables["params"]`."""
-  return sum(int(p.size) for p in jax.tree.leaves(variables["params"]))

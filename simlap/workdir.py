@@ -1,4 +1,7 @@
-"""Which config a workdir was trained with, and whether another config may continue it.
+"""A run's workdir: prepared and proven writable, its config.json read and written, and whether
+another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every
+file here goes through tf.io.gfile, never `open` or `os.path.abspath` (which would turn a URL
+into a local "gs:/bucket/run").
 
 A workdir's `config.json` records the config of the run that wrote its checkpoints. Resuming it
 with a config that changes the model, data, objective or schedule would silently mix two runs
@@ -11,8 +14,11 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import tensorflow as tf  # tf.io.gfile: workdirs may be gs:// URLs
+
+from simlap import config_schema
 
 # Dotted config keys a resumed run may change: logging, evaluation, checkpoint cadence, where
 # the data lives, and the device layout (checkpoints restore onto any mesh).
@@ -41,6 +47,44 @@ def read_json(path: str) -> Any:
       return json.load(f)
   except (OSError, ValueError, tf.errors.OpError):
     return None
+
+
+def is_remote(path: str) -> bool:
+  """True for URLs such as gs://bucket/run, which need tf.io.gfile instead of local file I/O."""
+  return "://" in path
+
+
+def resolve(workdir: str) -> str:
+  """Local paths become absolute; URLs stay as given."""
+  return workdir if is_remote(workdir) else os.path.abspath(workdir)
+
+
+def prepare(workdir: str) -> str:
+  """Creates `workdir`, proves it writable, and returns it resolved (see `resolve`)."""
+  workdir = resolve(workdir)
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as e:
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"workdir {workdir!r} is not writable: {reason}") from e
+  return workdir
+
+
+def write_json(path: str, value: Any, indent: int = 2) -> None:
+  """Writes `value` as JSON to `path` (local or a URL), folders created."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f, indent=indent)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the run's config as W/config.json (what `load_config` and resume checks read)."""
+  with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
@@ -76,3 +120,36 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"workdir {workdir!r} holds checkpoints of a run with a different config "
         f"({'; '.join(diff[:8])}{more}); resuming would mix two runs. Use another --workdir, "
         "or delete that one to start over.")
+
+
+def _like(template: Any, value: Any) -> Any:
+  """JSON lists back to the container types of `template` (tuples, lists of tuples)."""
+  if isinstance(value, list) and isinstance(template, (list, tuple)):
+    inner = template[0] if template else None
+    return type(template)(_like(inner, v) for v in value)
+  return value
+
+
+def _merge(dst: ml_collections.ConfigDict, src: dict[str, Any]) -> None:
+  """Writes JSON values into `dst` in place, with the container types `dst` already has."""
+  for key, value in src.items():
+    old = dst[key] if key in dst else None
+    if isinstance(old, ml_collections.ConfigDict) and isinstance(value, dict):
+      _merge(old, value)
+      continue
+    value = _like(old, value)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    dst[key] = value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with: W/config.json merged onto `config_schema.base_config()`
+  (so tuples stay tuples and fields added since keep their defaults)."""
+  saved = saved_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, 'config.json')} not found or unreadable: "
+                            f"is {workdir!r} a training workdir?")
+  config = config_schema.base_config()
+  _merge(config, saved)
+  return config

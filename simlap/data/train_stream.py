@@ -1,0 +1,207 @@
+"""Training batches: TFDS -> tf.data -> two augmented views per image -> global jax.Arrays.
+
+Each process reads only its own slice of a split (`tfds.split_for_jax_process`), builds its
+local rows with tf.data, and `jax.make_array_from_process_local_data` assembles the global batch
+sharded over the mesh's batch axis.
+
+Determinism. The training stream is a pure function of (seed, step):
+  * Order. Each process sees an infinite stream of its examples, epoch after epoch; stream
+    position p is example `perm_e[p % n]` of epoch e = p // n. In-memory datasets (the default
+    whenever the split fits in 1 GiB, see `datasets.in_memory`) compute `perm_e` per element
+    with the stateless, O(1) `RandomIndexShuffle` op keyed by (seed, epoch), and read by direct
+    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) are streamed
+    from TFDS in a fixed file order through a shuffle buffer seeded by (seed, epoch); resuming
+    at step s re-reads (without decoding: JPEG bytes are only parsed) the examples of the
+    current epoch before s, i.e. at most one epoch of records, and never earlier epochs.
+  * Augmentation. The row at position r of the global batch at step s draws its randomness
+    from a seed folded from (seed, s, r); `repeats` copies of an image sit at different rows,
+    so they get independent views.
+  A run started with `start_step=s` therefore yields the batches an uninterrupted run yields
+  from s on.
+"""
+from __future__ import annotations
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simlap import sharding
+from simlap.data import augment
+from simlap.data import datasets
+
+_FOREVER = 2**62  # end of the infinite step / position ranges
+# Tags that keep the independent random streams (order, class draws, views) apart.
+_ORDER, _CLASSES, _MEMBERS, _VIEWS = 1, 2, 3, 4
+ConfigDict = ml_collections.ConfigDict
+
+
+def _memory_stream(arrays: dict[str, np.ndarray], config: ConfigDict, *, seed: int,
+                   start_step: int, unique: int, process_count: int) -> tf.data.Dataset:
+  """Unique examples from step `start_step` on, `unique` per step, by direct indexing."""
+  d = config.dataset
+  n = len(arrays["label"])
+  tensors = {k: tf.constant(v) for k, v in arrays.items()}
+  if d.classes_per_batch:
+    return tf.data.Dataset.range(start_step, _FOREVER).map(
+        _class_balanced_indices(arrays["label"], config, seed, unique, process_count)
+    ).map(lambda idx: {k: tf.gather(v, idx) for k, v in tensors.items()}).unbatch()
+
+  def step_examples(step):
+    pos = step * unique + tf.range(unique, dtype=tf.int64)
+    epoch = pos // n
+    keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
+                     tf.fill([unique], tf.constant(_ORDER, tf.int64)), epoch], axis=1)
+    # The raw op: tf.random.experimental.index_shuffle mangles [n, 2] seeds (TF 2.21).
+    idx = tf.raw_ops.RandomIndexShuffle(index=pos % n, seed=keys, rounds=4,
+                                        max_index=tf.fill([unique], tf.constant(n - 1, tf.int64)))
+    return {k: tf.gather(v, idx) for k, v in tensors.items()}
+
+  return tf.data.Dataset.range(start_step, _FOREVER).map(step_examples).unbatch()
+
+
+def _class_balanced_indices(labels: np.ndarray, config: ConfigDict, seed: int, unique: int,
+                            process_count: int):
+  """P x K sampler: every step draws P classes (same on all processes) and, per class, K / (
+  processes * repeats) distinct local examples; draws are independent across steps."""
+  d = config.dataset
+  p, k, c = d.classes_per_batch, d.samples_per_class, d.num_classes
+  per_class = k // (process_count * d.repeats)
+  if p * k != config.batch_size or per_class * process_count * d.repeats != k or p > c:
+    raise ValueError(
+        f"classes_per_batch={p} x samples_per_class={k} must equal batch_size="
+        f"{config.batch_size}, with samples_per_class a multiple of processes x repeats "
+        f"({process_count} x {d.repeats}) and classes_per_batch <= num_classes={c}")
+  counts = np.bincount(labels, minlength=c)
+  if counts.min() < per_class:
+    raise ValueError(f"class {int(counts.argmin())} has {int(counts.min())} examples in this "
+                     f"process's split, fewer than the {per_class} per batch the sampler needs")
+  order = tf.constant(np.argsort(labels, kind="stable"), tf.int64)
+  starts = tf.constant(np.cumsum(counts) - counts, tf.int64)
+  counts = tf.constant(counts, tf.int64)
+
+  def indices(step):
+    classes = tf.raw_ops.RandomIndexShuffle(
+        index=tf.range(p, dtype=tf.int64), seed=tf.constant([seed, _CLASSES, 0], tf.int64) +
+        tf.stack([0, 0, step]), max_index=tf.constant(c - 1, tf.int64), rounds=4)
+    cls = tf.repeat(classes, per_class)
+    keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
+                     tf.fill([unique], tf.constant(_MEMBERS, tf.int64)), step * c + cls], axis=1)
+    j = tf.tile(tf.range(per_class, dtype=tf.int64), [p])
+    k_idx = tf.raw_ops.RandomIndexShuffle(index=j, seed=keys, max_index=tf.gather(counts, cls) - 1,
+                                          rounds=4)
+    return tf.gather(order, tf.gather(starts, cls) + k_idx)
+
+  return indices
+
+
+def _disk_stream(builder, split: Any, config: ConfigDict, *, seed: int, start_step: int,
+                 unique: int, with_ids: bool) -> tf.data.Dataset:
+  """Unique examples streamed from TFDS: fixed file order, shuffle buffer seeded per epoch."""
+  d = config.dataset
+  if d.classes_per_batch:
+    raise ValueError(f"classes_per_batch needs an in-memory dataset; {d.name!r} is streamed")
+  base = builder.as_dataset(
+      split=split, shuffle_files=False, decoders=datasets.decoders(builder, d.image_key),
+      read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=with_ids))
+  n = int(base.cardinality())
+  if n <= 0:
+    n = datasets.num_examples(builder, split)
+  base = base.map(lambda ex: datasets.pick(ex, d, with_ids))
+  epoch, skip = divmod(start_step * unique, n)
+  epoch_seed = lambda e: tf.random.experimental.stateless_fold_in(  # noqa: E731
+      tf.constant([seed, _ORDER], tf.int64), e)[0]
+  stream = tf.data.Dataset.range(epoch, _FOREVER).flat_map(
+      lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)))
+  return stream.skip(skip)
+
+
+def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
+                        process_index: int | None = None, process_count: int | None = None,
+                        with_ids: bool = False) -> tf.data.Dataset:
+  """This process's training rows: a tf.data.Dataset of dicts of local batches.
+
+  Batches hold `config.batch_size / process_count` rows: `view1`, `view2` float32
+  (b, size, size, C) in [0, 1], `label` int32 (b,), the extra labels int32 (b,), and with
+  `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in global-batch order:
+  process p holds rows [p * b, (p + 1) * b).
+  """
+  d = config.dataset
+  pi, pc = datasets.processes(process_index, process_count)
+  builder, num_classes, _ = datasets.validated(config)
+  local = datasets.rows_per_process(config.batch_size, None, pc, "batch_size", d.repeats)
+  unique = local // d.repeats
+  split = tfds.split_for_jax_process(d.train_split, process_index=pi, process_count=pc)
+
+  if datasets.in_memory(builder, config):
+    arrays = datasets.load_arrays(builder, split, d, with_ids)
+    if arrays["image"].dtype != object:  # decoded: the real shape is known now
+      datasets.check_image_shape(config, arrays["image"].shape[1:], f"{d.name} {d.train_split}")
+    datasets.check_labels(arrays["label"], num_classes, f"{d.name} {d.train_split}")
+    for k in d.extra_label_keys:
+      if isinstance(builder.info.features[k], tfds.features.ClassLabel):
+        datasets.check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
+    ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,
+                        process_count=pc)
+  else:
+    ds = _disk_stream(builder, split, config, seed=seed, start_step=start_step, unique=unique,
+                      with_ids=with_ids)
+
+  if d.repeats > 1:
+    ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(d.repeats))
+  # Global row position q = step * local + row; the view seeds fold in (step, global row).
+  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(start_step * local, _FOREVER))
+  views = (config.augment.view1.to_dict(), config.augment.view2.to_dict())
+  base_seed = tf.constant([seed, _VIEWS], tf.int64)
+
+  def two_views(ex, q):
+    ex_seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(base_seed, q // local), pi * local + q % local)
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex_seed, 2))
+    image = ex.pop("image")
+    for name, s, v in (("view1", s1, views[0]), ("view2", s2, views[1])):
+      ex[name] = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
+    return ex
+
+  def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
+    for name, v in (("view1", views[0]), ("view2", views[1])):
+      batch[name] = augment.second_stage(batch[name], v)
+    return batch
+
+  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local, drop_remainder=True)
+  ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int = 0,
+                   process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Infinite global training batches, step `start_step` first.
+
+  Each batch: `view1`, `view2` float32 (B, size, size, C) in [0, 1], `label` int32 (B,) and
+  each of config.dataset.extra_label_keys int32 (B,), all sharded over the mesh batch axis,
+  B = config.batch_size. Validation (dataset prepared, shapes, labels, batch divisibility)
+  happens here, before the first batch is requested. With simulated processes
+  (`process_count` != jax.process_count(), tests) arrays hold this process's rows only.
+  """
+  _, pc = datasets.processes(process_index, process_count)
+  datasets.rows_per_process(config.batch_size, mesh, pc, "batch_size", config.dataset.repeats)
+  ds = local_train_dataset(config, seed=seed, start_step=start_step, process_index=process_index,
+                           process_count=process_count)
+  num_classes = datasets.validated(config)[1]
+
+  def checked():  # in-memory splits were checked whole; streamed ones are checked per batch
+    for batch in ds.as_numpy_iterator():
+      datasets.check_labels(batch["label"], num_classes, f"{config.dataset.name} train batch")
+      yield batch
+
+  return sharding.global_batches(checked(), mesh, config.dataset.prefetch)
+
+

@@ -1,0 +1,133 @@
+"""The shape of the package: imports run one way, files stay small, the repo stands alone."""
+from __future__ import annotations
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "simlap"
+MAX_LINES = 350
+# The one exception, and why: simlap/losses.py is the file other JAX projects copy whole (it
+# imports only jax); splitting it would make them copy several files that import each other.
+LONGER_ALLOWED = {"simlap/losses.py": 460}
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _simlap_imports(path: pathlib.Path) -> set[str]:
+  """Every simlap module `path` imports, at top level or inside a function (lazy imports count:
+  a cycle hidden behind one still loads modules twice or half-initialised)."""
+  modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      # `from simlap import train` names module simlap.train; `from simlap.x import f` names x.
+      names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+    else:
+      continue
+    found |= {n for n in names if n in modules and n != "simlap"}
+  return found
+
+
+def import_graph() -> dict[str, set[str]]:
+  return {_module_name(p): _simlap_imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle as [a, b, ..., a], or None (depth-first search, three colours)."""
+  state: dict[str, int] = {}
+  stack: list[str] = []
+
+  def visit(node):
+    state[node] = 1
+    stack.append(node)
+    for nxt in sorted(graph.get(node, ())):
+      if state.get(nxt) == 1:
+        return stack[stack.index(nxt):] + [nxt]
+      if nxt not in state and (cycle := visit(nxt)):
+        return cycle
+    stack.pop()
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (cycle := visit(node)):
+      return cycle
+  return None
+
+
+def test_no_import_cycle():
+  assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()))
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+  # The test above must be able to fail: the old evaluate -> checkpoint_eval -> train ->
+  # evaluate cycle, lazy import included.
+  graph = import_graph()
+  graph["simlap.train"] = graph["simlap.train"] | {"simlap.eval_workdir"}
+  cycle = find_cycle(graph)
+  assert cycle is not None and "simlap.train" in cycle and "simlap.eval_workdir" in cycle
+
+
+def test_imports_run_one_way_through_evaluation():
+  # evaluators <- features <- train <- eval_workdir <- {evaluate, compare}
+  graph = import_graph()
+  assert graph["simlap.evaluators"] <= {"simlap.losses"}  # pure array code
+  assert graph["simlap.losses"] == set()  # imports only jax: other projects copy it
+  assert "simlap.evaluators" in graph["simlap.features"]
+  assert "simlap.features" in graph["simlap.train"]
+  assert "simlap.train" in graph["simlap.eval_workdir"]
+  assert "simlap.eval_workdir" in graph["simlap.evaluate"] & graph["simlap.compare"]
+
+
+def test_modules_are_small():
+  big = {name: n for p in PACKAGE.rglob("*.py")
+         if (n := len(p.read_text(encoding="utf-8").splitlines()))
+         > LONGER_ALLOWED.get(name := str(p.relative_to(ROOT)), MAX_LINES)}
+  assert not big, f"modules over {MAX_LINES} lines (one job per file): {big}"
+
+
+OUTSIDE = ("../" + "shared", "shared/" + "design")  # split so this file does not match itself
+
+
+def test_no_file_points_outside_the_repository():
+  files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                         check=False).stdout.split()
+  if not files:
+    pytest.skip("not a git checkout")
+  bad = []
+  for name in files:
+    path = ROOT / name
+    if path.suffix not in (".py", ".md", ".sh", ".sbatch", ".cfg", ".toml", ".ini", ""):
+      continue
+    if not path.is_file():
+      continue
+    for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+      if any(p in line for p in OUTSIDE):
+        bad.append(f"{name}:{i}")
+  assert not bad, f"references outside the repository: {bad}"
+
+
+def test_python_m_evaluate_loads_itself_once_and_names_a_missing_workdir(tmp_path):
+  # `python -m simlap.evaluate` used to import itself a second time (as simlap.evaluate) through
+  # the evaluate -> checkpoint_eval -> train -> evaluate cycle once main() ran.
+  code = ("import runpy, sys\n"
+          f"sys.argv = ['simlap.evaluate', '--workdir={tmp_path}/none']\n"
+          "try:\n  runpy.run_module('simlap.evaluate', run_name='__main__')\n"
+          "except FileNotFoundError as e:\n  print('error:', e)\n"
+          "print('simlap.eval_workdir' in sys.modules, 'simlap.evaluate' in sys.modules)")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env=env, timeout=300, check=True)
+  lines = out.stdout.strip().splitlines()
+  assert lines[-1] == "True False", out.stdout + out.stderr
+  assert "is '" in lines[-2] and "a training workdir" in lines[-2], lines
