@@ -9,30 +9,36 @@
 Measures the host tf.data pipeline alone (local batches as numpy), after a warm-up, since that
 is what the input pipeline can feed; device transfer is the trainer's cost.
 
-  python benchmarks/input_bench.py [--images 512] [--seconds 20] [--batch 128]
+  python -m benchmarks.input_bench [--images=512] [--seconds=20] [--batch=128]
 
 Measured on the 2-core dev box shared with other jobs (load average ~3-5), batch 128:
   (a) ~340-395 views/s wall, ~340-400 views per CPU-second (per-image HSV jitter before the
       two-stage rewrite: ~270 per CPU-second); (b) ~7-14k views/s, ~8-9k per CPU-second.
 """
 from __future__ import annotations
-import argparse
 import os
-import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from configs import default  # noqa: E402
+from configs import default  # noqa: E402 - run from the repository root, as `python -m`
 from simlap.data import fashion_mnist  # noqa: E402
 from simlap.data import train_stream  # noqa: E402
+
+_IMAGES = flags.DEFINE_integer("images", 512, "Synthetic JPEGs in the ImageNet-style set.")
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed seconds per pipeline.")
+_BATCH = flags.DEFINE_integer("batch", 128, "Images per batch (two views each).")
+_FMNIST_DATA_DIR = flags.DEFINE_string("fmnist_data_dir", None,
+                                       "TFDS dir for Fashion-MNIST; prepared here if missing.")
 
 
 class SyntheticJpegs(tfds.core.GeneratorBasedBuilder):
@@ -89,27 +95,22 @@ def _views_per_second(config, seconds: float) -> tuple[float, float]:
   return views / (time.perf_counter() - wall), views / (time.process_time() - cpu)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--images", type=int, default=512)
-  parser.add_argument("--seconds", type=float, default=20.0)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--fmnist_data_dir", default=None, help="prepared here if missing")
-  args = parser.parse_args()
+def main(argv):
+  del argv
   cores = len(os.sched_getaffinity(0))
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
-    SyntheticJpegs.NUM_IMAGES = args.images
+    SyntheticJpegs.NUM_IMAGES = _IMAGES.value
     SyntheticJpegs(data_dir=tmp).download_and_prepare()
-    c = _simclr_config(tmp, args.batch)
+    c = _simclr_config(tmp, _BATCH.value)
     rows.append(("imagenet-style JPEG ~400x350 -> 2x224, SimCLR, streamed", c,
-                 _views_per_second(c, args.seconds)))
+                 _views_per_second(c, _SECONDS.value)))
     c = default.get_config()
-    c.dataset.data_dir = args.fmnist_data_dir or os.path.join(tmp, "tfds")
+    c.dataset.data_dir = _FMNIST_DATA_DIR.value or os.path.join(tmp, "tfds")
     fashion_mnist.prepare(c.dataset.data_dir)
-    c.batch_size = args.batch
+    c.batch_size = _BATCH.value
     rows.append(("fashion-mnist 28x28 -> 2x28, default config, in memory", c,
-                 _views_per_second(c, args.seconds)))
+                 _views_per_second(c, _SECONDS.value)))
   load = os.getloadavg()[0]
   print(f"\nhost cores: {cores}   load average (1 min) after the run: {load:.1f}")
   print(f"{'pipeline':<62} {'views/s':>8} {'views/s/core':>13} {'views/CPU-s':>12}")
@@ -118,4 +119,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,6 +1,6 @@
 """Loss benchmark: time and temporary memory of loss + gradient, against SimCLR's nt_xent.
 
-  python benchmarks/loss_bench.py [--sizes 256,1024,4096] [--dim 256] [--chunk 512] [--iters 10]
+  python -m benchmarks.loss_bench [--sizes=256,1024,4096] [--dim=256] [--chunk=512] [--iters=10]
 
 For each B = N it compiles value_and_grad (w.r.t. anchors, keys and gates) of
   (a) the naive cosine form that builds the (B, N, D) tensor,
@@ -13,7 +13,6 @@ analysis, each with its ratio to (d). A form whose temporaries would not fit in 
 machine's memory is compiled for its memory analysis but not run.
 """
 from __future__ import annotations
-import argparse
 import os
 import platform
 import statistics
@@ -21,8 +20,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+from absl import app
+from absl import flags
 
 from simlap import losses
+
+_SIZES = flags.DEFINE_list("sizes", ["256", "1024", "4096"], "B = N values.")
+_DIM = flags.DEFINE_integer("dim", 256, "Embedding dimension D.")
+_CHUNK = flags.DEFINE_integer("chunk", 512, "chunk_size for (b) and (c); 0 = unchunked.")
+_ITERS = flags.DEFINE_integer("iters", 10, "Timed iterations per form.")
 
 
 def naive_cosine_loss(anchors, keys, gates, anchor_labels, pair_labels, key_labels, *, scale):
@@ -85,27 +91,21 @@ def measure(fn, inputs, iters, budget_bytes):
   return compile_s, statistics.median(times), temp
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="256,1024,4096")
-  parser.add_argument("--dim", type=int, default=256)
-  parser.add_argument("--chunk", type=int, default=512,
-                      help="chunk_size for (b) and (c); 0 = unchunked")
-  parser.add_argument("--iters", type=int, default=10)
-  args = parser.parse_args()
+def main(argv):
+  del argv
   budget = total_memory_bytes() // 2
   dev = jax.devices()[0]
-  print(f"# loss + gradient, float32, D={args.dim}, chunk_size={args.chunk}, "
+  print(f"# loss + gradient, float32, D={_DIM.value}, chunk_size={_CHUNK.value}, "
         f"backend={dev.platform} ({dev.device_kind}), {os.cpu_count()} host cores, "
         f"{platform.node()}, {time.strftime('%Y-%m-%d')}")
   header = f"| {'B = N':>6} | {'form':<24} | {'time ms':>9} | {'temp MiB':>9} | " \
            f"{'time / (d)':>10} | {'mem / (d)':>9} |"
   print(header)
   print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-  for size in [int(s) for s in args.sizes.split(",")]:
-    inputs = make_inputs(size, args.dim)
-    rows = {name: measure(fn, inputs, args.iters, budget)
-            for name, fn in candidates(args.chunk).items()}
+  for size in [int(s) for s in _SIZES.value]:
+    inputs = make_inputs(size, _DIM.value)
+    rows = {name: measure(fn, inputs, _ITERS.value, budget)
+            for name, fn in candidates(_CHUNK.value).items()}
     _, base_t, base_m = rows["(d) nt_xent"]
     for name, (_, t, m) in rows.items():
       if t is None:
@@ -117,4 +117,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

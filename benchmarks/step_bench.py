@@ -1,7 +1,7 @@
 """Train-step benchmark: compile time, median step time, views/s and MFU on the current backend.
 
-  python benchmarks/step_bench.py --config=configs/default.py [--batch 256] [--dtype bf16|f32]
-      [--steps 20] [--warmup 3] [--config.model.backbone=resnet50 ...]
+  python -m benchmarks.step_bench --config=configs/default.py [--batch=256] [--dtype=bf16|f32]
+      [--steps=20] [--warmup=3] [--config.model.backbone=resnet50 ...]
 
 The step is the real jitted, donated train step of simlap.train on a device-resident batch of
 random images (the input pipeline has its own benchmark, input_bench.py), so the number is the

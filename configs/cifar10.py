@@ -37,4 +37,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.temperature = 0.1
   c.eval_every = 5000
   c.checkpoint_every = 1000
-  return config_schema.apply_method(c, arg or "simlap")
+  method, _ = config_schema.parse_config_arg(arg)
+  return config_schema.apply_method(c, method)

@@ -1,6 +1,7 @@
 """The embedded main job: SimLAP on the offline Fashion-MNIST (Debian) in ~10 min on 2 CPU cores.
 
-`--config=configs/default.py:METHOD` switches to a baseline (see simlap.config_schema.METHODS).
+`--config=configs/default.py:METHOD` switches to a baseline (see simlap.config_schema.METHODS);
+every config file takes its argument the same way (`config_schema.parse_config_arg`).
 """
 from __future__ import annotations
 import ml_collections
@@ -28,4 +29,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment.view2.jitter_prob = 0.0
   c.augment.view1.crop_scale = (0.5, 1.0)
   c.augment.view2.crop_scale = (0.5, 1.0)
-  return config_schema.apply_method(c, arg or "simlap")
+  method, _ = config_schema.parse_config_arg(arg)
+  return config_schema.apply_method(c, method)

@@ -21,4 +21,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for view in (c.augment.view1, c.augment.view2):
     view.jitter_prob = 0.0
     view.crop_scale = (0.3, 1.0)
-  return config_schema.apply_method(c, arg or "simlap")
+  method, _ = config_schema.parse_config_arg(arg)
+  return config_schema.apply_method(c, method)

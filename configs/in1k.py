@@ -5,7 +5,8 @@ cosine to 0; projector 2048 -> 2048 -> 2048 -> 256; T = 0.1; SimCLR augmentation
 BatchNorm (automatic: the step is one jit over the global batch); bfloat16 compute with float32
 parameters, norms, gates and loss.
 
-`--config=configs/in1k.py:smoke` runs a few steps of a tiny model (tests use it under
+`--config=configs/in1k.py:METHOD,smoke` (every config file takes `:METHOD`, from
+simlap.config_schema.METHODS, plus its own variants) runs a few steps of a tiny model (tests use it under
 `tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
 (see README, "Datasets").
 """
@@ -16,9 +17,8 @@ from simlap import config_schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = (arg or "").split(",")
-  smoke = "smoke" in args
-  methods = [a for a in args if a and a != "smoke"]
+  method, variants = config_schema.parse_config_arg(arg, variants=("smoke",))
+  smoke = "smoke" in variants
   c = config_schema.base_config()
   c.dataset.name = "imagenet2012"
   c.dataset.num_classes = 1000
@@ -70,4 +70,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_epochs = 0.0
     c.log_every = 1
     c.checkpoint_every = 2
-  return config_schema.apply_method(c, methods[0] if methods else "simlap")
+  return config_schema.apply_method(c, method)

@@ -150,6 +150,23 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   return c
 
 
+def parse_config_arg(arg: str | None, variants: tuple[str, ...] = ()) -> tuple[str, set[str]]:
+  """The one convention of every configs/*.py: `--config=FILE:TOKENS`, TOKENS a comma list of
+  at most one method name (from METHODS; default "simlap") and any of the file's `variants`.
+
+      parse_config_arg("supcon,smoke", ("smoke",)) == ("supcon", {"smoke"})
+
+  Unknown or repeated methods raise, naming the choices.
+  """
+  tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  methods = [t for t in tokens if t in METHODS]
+  unknown = [t for t in tokens if t not in METHODS and t not in variants]
+  if unknown or len(methods) > 1:
+    raise ValueError(f"config argument {arg!r}: expected at most one method from "
+                     f"{sorted(METHODS)} and variants from {list(variants)}")
+  return (methods[0] if methods else "simlap"), set(tokens) - set(methods)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fails in milliseconds with one message naming the bad field, before any data is read.
 
