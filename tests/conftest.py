@@ -26,10 +26,6 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end tests (still run in CI)")
-
-
 @pytest.fixture(scope="session")
 def num_devices() -> int:
   n = jax.device_count()

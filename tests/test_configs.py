@@ -1,0 +1,75 @@
+"""Every config file loads, validates and builds its model (shapes only: no dataset, no FLOPs)."""
+from __future__ import annotations
+
+import functools
+import importlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from simlap import config_schema
+from simlap import optim
+from simlap.models import model as model_lib
+
+# (module, config argument) for every file in configs/ and the variants it defines.
+CONFIGS = [("default", None), ("default", "supcon"), ("fashion_mnist", None),
+           ("fashion_mnist", "ce"), ("cifar10", None), ("in1k", None), ("in1k", "smoke"),
+           ("in1k", "simclr,smoke")]
+
+
+def load(name: str, arg: str | None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name,arg", CONFIGS)
+def test_config_loads_validates_and_builds_its_model(name, arg):
+  config = load(name, arg)
+  config_schema.validate(config)
+  assert config.method == config_schema.parse_config_arg(arg, ("smoke",))[0]
+  d = config.dataset
+  model = model_lib.build_model(config, d.num_classes)
+  images = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), jnp.float32)
+  labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             {"params": jax.random.key(0), "gate": jax.random.key(1)},
+                             images, labels, labels)
+  out = jax.eval_shape(functools.partial(model.apply, train=False), variables, images, labels,
+                       labels)
+  assert out["embeddings"].shape == (2, config.model.projector_dim)
+  assert out["probe_logits"].shape == (2, d.num_classes)
+  # The optimizer builds for the config's recipe (schedule, decay masks) on this param tree.
+  tx, schedule = optim.make_optimizer(config, num_train=50_000,
+                                      separate_probe=config.objective != "ce")
+  jax.eval_shape(tx.init, {"model": variables["params"]})
+  assert float(schedule(0)) == 0.0 or config.optimizer.warmup_epochs == 0
+
+
+def test_every_config_file_is_covered():
+  files = {p.stem for p in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")}
+  assert files == {name for name, _ in CONFIGS}
+
+
+def test_config_argument_errors_name_the_choices():
+  with pytest.raises(ValueError, match="at most one method"):
+    load("default", "simlap,supcon")
+  with pytest.raises(ValueError, match=r"variants from \['smoke'\]"):
+    load("in1k", "smok")
+  with pytest.raises(ValueError, match="at most one method"):
+    load("default", "smoke")  # default.py has no variants
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.backbone", "resnet9", "config.model.backbone='resnet9' is not one of"),
+    ("gate.kind", "binary", "config.gate.kind='binary' is not one of"),
+    ("optimizer.schedule", "step", "config.optimizer.schedule='step' is not one of"),
+    ("loss.temperature", 0.0, "config.loss.temperature must be positive"),
+    ("objective", "byol", "config.objective='byol' is not one of"),
+])
+def test_validate_names_the_bad_field(field, value, message):
+  config = load("default", None)
+  section, _, key = field.rpartition(".")
+  (config[section] if section else config)[key] = value
+  with pytest.raises(ValueError, match=message):
+    config_schema.validate(config)
