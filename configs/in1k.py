@@ -6,8 +6,8 @@ BatchNorm (automatic: the step is one jit over the global batch); bfloat16 compu
 parameters, norms, gates and loss.
 
 `--config=configs/in1k.py:METHOD,smoke` (every config file takes `:METHOD`, from
-simlap.config_schema.METHODS, plus its own variants) runs a few steps of a tiny model (tests use it under
-`tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
+simlap.config_schema.METHODS, plus its own variants) runs a few steps of a tiny model (tests
+use it under `tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
 (see README, "Datasets").
 """
 from __future__ import annotations

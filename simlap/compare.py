@@ -244,6 +244,11 @@ def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = Non
   """Runs the grid from the flags; returns `run_grid`'s dict."""
   import jax  # noqa: PLC0415
   from absl import app, flags  # noqa: PLC0415
+
+  from simlap import console  # noqa: PLC0415
+  console.filter_console()
+  with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
+    from simlap import eval_workdir, train  # noqa: F401, PLC0415 - loaded once, quietly
   fv = flags.FLAGS if flag_values is None else flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -51,7 +51,10 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   """Evaluates --workdir, prints the summary and the paths; returns the results dict."""
   import jax  # noqa: PLC0415 - after the environment below is set
 
-  from simlap import eval_workdir  # noqa: PLC0415
+  from simlap import console  # noqa: PLC0415
+  console.filter_console()
+  with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
+    from simlap import eval_workdir  # noqa: PLC0415
   fv = flags.FLAGS if flag_values is None else flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -30,6 +30,8 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
 import jax  # noqa: E402
 
+from simlap import console  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
@@ -51,11 +53,6 @@ def _should_initialize_distributed() -> bool:
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     return True
   return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-
-
-def _quiet_orbax(record: logging.LogRecord) -> bool:
-  """Orbax logs every save at INFO; keep its warnings, drop the chatter."""
-  return record.levelno >= logging.WARNING or "orbax" not in record.pathname
 
 
 def _connect_cpu_collectives() -> None:
@@ -101,8 +98,7 @@ def _exit_now() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(_quiet_orbax)
+  console.filter_console()  # before JAX's first log line (e.g. probing for a TPU)
   if _should_initialize_distributed():
     local_ids = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -112,12 +108,17 @@ def main(argv):
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  log_file = console.log_to_file(_WORKDIR.value, jax.process_index())
+  if log_file:
+    logging.info("full log: %s", log_file)
   multi_process = jax.process_count() > 1
   try:
     if multi_process and jax.devices()[0].platform == "cpu":
       _connect_cpu_collectives()
-    from simlap import train  # noqa: PLC0415
-    # (imported here, after distributed init: keeps `--help` instant)
+    # Imported here, after distributed init (keeps `--help` instant), with TensorFlow's
+    # import-time C++ notices kept off the console.
+    with console.quiet_native_stderr():
+      from simlap import train  # noqa: PLC0415
     summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except BaseException:  # pylint: disable=broad-except
     if not multi_process:

@@ -251,6 +251,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint_every,
                                     keep=config.keep_checkpoints)
+  logging.info("config: %s on %s (%d train images, %d classes), %s, batch %d, %d steps, %s "
+               "lr %g; workdir %s", config.method, config.dataset.name, info.num_train,
+               info.num_classes, config.model.backbone, config.batch_size, num_steps,
+               config.optimizer.name, optim.peak_learning_rate(config), workdir)
   restored = ckpt.restore(trainer.abstract_state)
   if restored is None:
     state = trainer.init_fn()
@@ -274,7 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     nonlocal eval_results
     eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes)
     writer.write_scalars(step, eval_results)
-    logging.info("step %d: %s", step, eval_results)
+    logging.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
+                                                 for k, v in eval_results.items()))
 
   def save(step, force):
     if force or (step % config.checkpoint_every == 0):
@@ -299,8 +304,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       report(step)
       if step % config.log_every == 0 or step == num_steps:
         raise_if_nonfinite(state)
-        writer.write_scalars(step, jax.device_get(metrics))
+        host = jax.device_get(metrics)
+        writer.write_scalars(step, host)
         writer.flush()  # a killed job keeps its metrics up to the last log step
+        logging.info("step %d/%d: loss %.4f, online probe accuracy %.3f, lr %.3g", step,
+                     num_steps, host["loss"], host["probe_accuracy"], host["learning_rate"])
       if config.eval_every and step % config.eval_every == 0 and step < num_steps:
         run_eval(step)
       if stop.requested or step == stop_at:
