@@ -26,6 +26,7 @@ TRAIN_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest==9.2.0",
+    "ruff==0.17.6",  # scripts/test.sh lints before testing (ruff.toml)
 ]
 
 setuptools.setup(

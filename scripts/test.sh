@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "[test] ruff check (ruff.toml)"
+.venv/bin/ruff check --quiet .
 exec .venv/bin/python -m pytest tests "$@"
