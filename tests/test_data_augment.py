@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from configs import default
 from simlap.data import augment
+from simlap.data import randaugment
 
 RNG = np.random.RandomState(0)
 IMAGE = RNG.randint(0, 256, (40, 30, 3)).astype(np.uint8)
@@ -96,6 +97,6 @@ def test_colour_and_blur_ops():
 
 def test_randaugment_changes_images_and_keeps_the_range():
   x = tf.constant(IMAGE[:28, :28] / 255.0, tf.float32)
-  outs = [augment.randaugment(x, _seed(i, 9), layers=2, magnitude=9).numpy() for i in range(6)]
+  outs = [randaugment.randaugment(x, _seed(i, 9), layers=2, magnitude=9).numpy() for i in range(6)]
   assert all(o.shape == (28, 28, 3) and 0 <= o.min() and o.max() <= 1 for o in outs)
   assert sum(np.abs(o - x.numpy()).mean() > 1e-3 for o in outs) >= 4

@@ -11,7 +11,9 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from simlap import sharding
-from simlap.data import datasets as ip
+from simlap.data import datasets
+from simlap.data import eval_stream
+from simlap.data import train_stream
 
 NUM_EXAMPLES = 48  # every mocked split; batch 16 -> an epoch is 3 steps
 
@@ -57,12 +59,12 @@ def _check_views(batch, size):
 def test_cifar10_and_cifar100_coarse_labels(mock_tfds, mesh):
   c = _config("cifar10", 10)
   c.augment.view2.randaugment_layers = 2  # as in the authors' CIFAR recipe
-  (batch,) = _take(ip.train_iterator(c, mesh, seed=0), 1)
+  (batch,) = _take(train_stream.train_iterator(c, mesh, seed=0), 1)
   _check_views(batch, 32)
   c = _config("cifar100", 100, extra_label_keys=("coarse_label",))
-  info = ip.get_dataset_info(c)
+  info = datasets.get_dataset_info(c)
   assert info.num_classes == 100 and info.extra_label_keys == ("coarse_label",)
-  (batch,) = _take(ip.train_iterator(c, mesh, seed=0), 1)
+  (batch,) = _take(train_stream.train_iterator(c, mesh, seed=0), 1)
   assert batch["coarse_label"].dtype == np.int32 and batch["coarse_label"].shape == (16,)
   assert ((0 <= batch["coarse_label"]) & (batch["coarse_label"] < 20)).all()
 
@@ -70,12 +72,12 @@ def test_cifar10_and_cifar100_coarse_labels(mock_tfds, mesh):
 @pytest.mark.parametrize("in_memory", [None, False])  # JPEG bytes in memory / streamed
 def test_imagenet_jpegs_determinism_and_resume(mock_tfds, mesh, in_memory):
   c = _config("imagenet2012", 1000, size=24, in_memory=in_memory)
-  assert ip.get_dataset_info(c).image_shape == (None, None, 3)
-  full = _take(ip.train_iterator(c, mesh, seed=5), 5)  # crosses two epoch boundaries
+  assert datasets.get_dataset_info(c).image_shape == (None, None, 3)
+  full = _take(train_stream.train_iterator(c, mesh, seed=5), 5)  # crosses two epoch boundaries
   _check_views(full[0], 24)
   # A fresh iterator at step 4 reproduces step 4: same seed, same batch, across an epoch edge.
-  resumed = _take(ip.train_iterator(c, mesh, seed=5, start_step=4), 1)
-  other = _take(ip.train_iterator(c, mesh, seed=6), 1)
+  resumed = _take(train_stream.train_iterator(c, mesh, seed=5, start_step=4), 1)
+  other = _take(train_stream.train_iterator(c, mesh, seed=6), 1)
   assert all(np.array_equal(full[4][k], resumed[0][k]) for k in full[4])
   assert not np.array_equal(full[0]["view1"], other[0]["view1"])
 
@@ -84,7 +86,7 @@ def test_imagenet_jpegs_determinism_and_resume(mock_tfds, mesh, in_memory):
 def test_imagenet_eval_center_crop(mock_tfds, mesh, in_memory):
   c = _config("imagenet2012", 1000, size=24, in_memory=in_memory)
   c.augment.eval_crop_fraction = 0.875
-  it = ip.eval_iterator(c, mesh, "validation")
+  it = eval_stream.eval_iterator(c, mesh, "validation")
   batches = [jax.tree.map(np.asarray, b) for b in it]
   assert len(batches) == len(it) == 2  # 48 examples, batches of 32
   assert batches[0]["image"].shape == (32, 24, 24, 3)
@@ -116,9 +118,9 @@ def test_bad_labels_and_image_rank(tmp_path, mesh):
   BadData(data_dir=str(tmp_path)).download_and_prepare()
   c = _config("bad_data", 10, size=8, data_dir=str(tmp_path), channels=1)
   with pytest.raises(ValueError, match=r"label 12 outside \[0, 10\)"):
-    ip.train_iterator(c, mesh, seed=0)
+    train_stream.train_iterator(c, mesh, seed=0)
   with pytest.raises(ValueError, match=r"label 12 outside \[0, 10\)"):
-    list(ip.eval_iterator(c, mesh))
+    list(eval_stream.eval_iterator(c, mesh))
   c.dataset.image_key = "flat"
   with pytest.raises(ValueError, match=r"'flat' has shape \(8, 8\) \(rank 2\)"):
-    ip.train_iterator(c, mesh, seed=0)
+    train_stream.train_iterator(c, mesh, seed=0)

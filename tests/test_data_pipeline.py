@@ -13,7 +13,9 @@ import tensorflow_datasets as tfds
 from configs import default
 from simlap import sharding
 from simlap.data import fashion_mnist
-from simlap.data import datasets as ip
+from simlap.data import datasets
+from simlap.data import eval_stream
+from simlap.data import train_stream
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def _equal(a, b):
 
 
 def test_fashion_mnist_info(fmnist_data_dir):
-  info = ip.get_dataset_info(_config(fmnist_data_dir, train_split="train", eval_split="test"))
+  info = datasets.get_dataset_info(_config(fmnist_data_dir, train_split="train", eval_split="test"))
   assert info.class_names == ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                               "Shirt", "Sneaker", "Bag", "Ankle boot")
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 60000, 10000)
@@ -61,8 +63,8 @@ def test_missing_source_files_say_how_to_install(tmp_path, monkeypatch):
 
 
 def test_train_batch_shapes_ranges_and_views(fmnist_data_dir, mesh):
-  (batch,) = _take(ip.train_iterator(_config(fmnist_data_dir), mesh, seed=0), 1)
-  raw = next(ip.train_iterator(_config(fmnist_data_dir), mesh, seed=0))
+  (batch,) = _take(train_stream.train_iterator(_config(fmnist_data_dir), mesh, seed=0), 1)
+  raw = next(train_stream.train_iterator(_config(fmnist_data_dir), mesh, seed=0))
   assert raw["view1"].sharding == sharding.batch_sharding(mesh)
   assert set(batch) == {"view1", "view2", "label"}
   for k in ("view1", "view2"):
@@ -75,9 +77,9 @@ def test_train_batch_shapes_ranges_and_views(fmnist_data_dir, mesh):
 
 def test_same_seed_same_batches_other_seed_differs(fmnist_data_dir, mesh):
   c = _config(fmnist_data_dir)
-  a = _take(ip.train_iterator(c, mesh, seed=1), 3)
-  b = _take(ip.train_iterator(c, mesh, seed=1), 3)
-  other = _take(ip.train_iterator(c, mesh, seed=2), 3)
+  a = _take(train_stream.train_iterator(c, mesh, seed=1), 3)
+  b = _take(train_stream.train_iterator(c, mesh, seed=1), 3)
+  other = _take(train_stream.train_iterator(c, mesh, seed=2), 3)
   assert all(_equal(x, y) for x, y in zip(a, b))
   assert not any(np.array_equal(x["view1"], y["view1"]) for x, y in zip(a, other))
   assert not all(np.array_equal(x["label"], y["label"]) for x, y in zip(a, other))
@@ -86,8 +88,9 @@ def test_same_seed_same_batches_other_seed_differs(fmnist_data_dir, mesh):
 def test_resume_yields_the_uninterrupted_batches(fmnist_data_dir, mesh):
   for extra in ({}, {"repeats": 2}):
     c = _config(fmnist_data_dir, **extra)
-    full = _take(ip.train_iterator(c, mesh, seed=3), 5)  # steps 0..4, epoch boundary at 2.5
-    resumed = _take(ip.train_iterator(c, mesh, seed=3, start_step=3), 2)
+    # steps 0..4, epoch boundary at 2.5
+    full = _take(train_stream.train_iterator(c, mesh, seed=3), 5)
+    resumed = _take(train_stream.train_iterator(c, mesh, seed=3, start_step=3), 2)
     assert _equal(full[3], resumed[0]) and _equal(full[4], resumed[1])
 
 
@@ -95,7 +98,8 @@ def test_processes_read_disjoint_parts_covering_the_split(fmnist_data_dir, mesh)
   c = _config(fmnist_data_dir, train_split="train[:64]")
   seen = []
   for p in range(2):
-    ds = ip.local_train_dataset(c, seed=0, process_index=p, process_count=2, with_ids=True)
+    ds = train_stream.local_train_dataset(c, seed=0, process_index=p, process_count=2,
+                                          with_ids=True)
     ids = np.concatenate([b["tfds_id"] for b in ds.take(4).as_numpy_iterator()])  # 1 epoch
     assert len(set(ids)) == 32  # one epoch: each of the process's examples once
     seen.append(set(ids))
@@ -104,12 +108,13 @@ def test_processes_read_disjoint_parts_covering_the_split(fmnist_data_dir, mesh)
       split="train[:64]", read_config=tfds.ReadConfig(add_tfds_id=True), batch_size=-1)
   assert seen[0] | seen[1] == set(tfds.as_numpy(everything)["tfds_id"])
   # Simulated processes: the arrays hold the process's own rows, sharded over all devices.
-  batch = next(ip.train_iterator(c, mesh, seed=0, process_index=1, process_count=2))
+  batch = next(train_stream.train_iterator(c, mesh, seed=0, process_index=1, process_count=2))
   assert batch["view1"].shape == (8, 28, 28, 1)
 
 
 def test_repeats_give_independent_views_of_one_image(fmnist_data_dir, mesh):
-  (batch,) = _take(ip.train_iterator(_config(fmnist_data_dir, repeats=4), mesh, seed=0), 1)
+  config = _config(fmnist_data_dir, repeats=4)
+  (batch,) = _take(train_stream.train_iterator(config, mesh, seed=0), 1)
   labels = batch["label"].reshape(4, 4)
   assert (labels == labels[:, :1]).all()  # rows 4i..4i+3 are copies of one image
   v = batch["view1"].reshape(4, 4, -1)
@@ -119,7 +124,7 @@ def test_repeats_give_independent_views_of_one_image(fmnist_data_dir, mesh):
 def test_class_balanced_sampler(fmnist_data_dir, mesh):
   c = _config(fmnist_data_dir, train_split="train[:500]", classes_per_batch=4,
               samples_per_class=4)
-  for batch in _take(ip.train_iterator(c, mesh, seed=0), 2):
+  for batch in _take(train_stream.train_iterator(c, mesh, seed=0), 2):
     classes, counts = np.unique(batch["label"], return_counts=True)
     assert len(classes) == 4 and (counts == 4).all()
 
@@ -128,9 +133,9 @@ def test_eval_counts_every_example_once(fmnist_data_dir, mesh):
   c = _config(fmnist_data_dir)
   expected = tfds.as_numpy(tfds.builder(fashion_mnist.NAME, data_dir=fmnist_data_dir).as_dataset(
       split="test[:50]", batch_size=-1))
-  it = ip.eval_iterator(c, mesh)
+  it = eval_stream.eval_iterator(c, mesh)
   batches = [jax.tree.map(np.asarray, b) for b in it]
-  assert len(batches) == len(it) == 4 == ip.num_eval_batches(c)
+  assert len(batches) == len(it) == 4 == eval_stream.num_eval_batches(c)
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 50 and not mask[50:].any()
   images = np.concatenate([b["image"] for b in batches])[mask]
@@ -140,7 +145,7 @@ def test_eval_counts_every_example_once(fmnist_data_dir, mesh):
   # Two simulated processes: 25 rows each, 8-row local batches, same number of batches.
   per_process = []
   for p in range(2):
-    it = ip.eval_iterator(c, mesh, process_index=p, process_count=2)
+    it = eval_stream.eval_iterator(c, mesh, process_index=p, process_count=2)
     per_process.append([jax.tree.map(np.asarray, b) for b in it])
     assert len(per_process[-1]) == len(it) == 4
   labels = np.concatenate([b["label"][b["mask"]] for bs in per_process for b in bs])
@@ -162,7 +167,7 @@ def test_validation_errors(fmnist_data_dir, mesh, tmp_path, change, message):
     change["data_dir"] = str(tmp_path)  # empty: nothing prepared there
   c.dataset.update(change)
   with pytest.raises(ValueError, match=message):
-    ip.train_iterator(c, mesh, seed=0)
+    train_stream.train_iterator(c, mesh, seed=0)
 
 
 def test_tensorflow_sees_no_gpu():

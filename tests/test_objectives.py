@@ -4,6 +4,7 @@ Each objective is checked against the losses.py function it is documented to be,
 directly, so a wrong argument order, a missing symmetric term or a dropped penalty shows.
 (`objectives.validate` is tested with the config checks, not here.)
 """
+from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np

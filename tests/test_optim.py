@@ -2,6 +2,7 @@
 
 Everything here is a few scalars or tiny arrays: no model is built and nothing takes seconds.
 """
+from __future__ import annotations
 import math
 
 import jax

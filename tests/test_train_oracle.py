@@ -14,6 +14,7 @@ identical pairs, y2 = y1, which still trains and still lowers its loss). Here on
 and the logged metrics, the new batch statistics (which record what the gate table was fed)
 and the new parameters are compared with it.
 """
+from __future__ import annotations
 import types
 
 import jax
