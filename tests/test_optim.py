@@ -318,5 +318,18 @@ def test_without_separate_probe_the_probe_follows_the_main_optimizer():
     ({"num_epochs": 0.0}, False, "num_epochs"),
 ])
 def test_bad_values_raise_clear_errors(overrides, separate_probe, match):
+  # config_schema.validate is the one early check of a config (before any data is read).
+  del separate_probe
+  with pytest.raises(ValueError, match=match):
+    config_schema.validate(make_config(**overrides))
+
+
+@pytest.mark.parametrize("overrides,separate_probe,match", [
+    ({"optimizer.name": "adagrad"}, False, "optimizer.name='adagrad'"),
+    ({"optimizer.schedule": "step"}, False, "schedule='step'"),
+    ({"optimizer.probe_lr": 0.0}, True, "probe_lr must be positive"),
+    ({"num_epochs": 0.0}, False, "num_epochs"),
+])
+def test_optimizer_used_as_a_library_refuses_bad_values(overrides, separate_probe, match):
   with pytest.raises(ValueError, match=match):
     optim.make_optimizer(make_config(**overrides), NUM_TRAIN, separate_probe=separate_probe)
