@@ -14,7 +14,6 @@ import tensorflow as tf
 from configs import default as default_config
 from simlap import metrics_io
 from simlap import workdir as workdir_lib
-from simlap import train
 
 
 @pytest.fixture
@@ -25,7 +24,7 @@ def url() -> str:
 def test_url_workdir_is_not_made_local(url):
   """os.path.abspath("gs://b/run") is "<cwd>/gs:/b/run": checkpoints on a VM's disk, lost with
   the VM. The URL must come back unchanged, created and writable."""
-  assert train._check_workdir(url) == url  # noqa: SLF001
+  assert workdir_lib.prepare(url) == url
   assert tf.io.gfile.isdir(url) and not os.path.exists("ram:")
   assert tf.io.gfile.listdir(url) == []  # the write probe is removed again
 
