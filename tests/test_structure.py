@@ -1,10 +1,8 @@
 """The shape of the package: imports run one way, files stay small, the repo stands alone."""
 from __future__ import annotations
 import ast
-import os
 import pathlib
 import subprocess
-import sys
 
 import pytest
 
@@ -115,19 +113,3 @@ def test_no_file_points_outside_the_repository():
       if any(p in line for p in OUTSIDE):
         bad.append(f"{name}:{i}")
   assert not bad, f"references outside the repository: {bad}"
-
-
-def test_python_m_evaluate_loads_itself_once_and_names_a_missing_workdir(tmp_path):
-  # `python -m simlap.evaluate` used to import itself a second time (as simlap.evaluate) through
-  # the evaluate -> checkpoint_eval -> train -> evaluate cycle once main() ran.
-  code = ("import runpy, sys\n"
-          f"sys.argv = ['simlap.evaluate', '--workdir={tmp_path}/none']\n"
-          "try:\n  runpy.run_module('simlap.evaluate', run_name='__main__')\n"
-          "except FileNotFoundError as e:\n  print('error:', e)\n"
-          "print('simlap.eval_workdir' in sys.modules, 'simlap.evaluate' in sys.modules)")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env=env, timeout=300, check=True)
-  lines = out.stdout.strip().splitlines()
-  assert lines[-1] == "True False", out.stdout + out.stderr
-  assert "is '" in lines[-2] and "a training workdir" in lines[-2], lines
