@@ -25,12 +25,7 @@ def make_config(**overrides):
   c.num_steps = 0
   c.optimizer.lr = 0.4
   c.optimizer.warmup_epochs = 1.0  # 10 steps
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # {"optimizer.lr": 0.1, ...}
   return c
 
 

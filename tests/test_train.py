@@ -43,12 +43,7 @@ def tiny_config(data_dir: str, **overrides):
   c.log_every = 2
   c.checkpoint_every = 4
   c.eval_at_end = False
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+  c.update_from_flattened_dict(overrides)  # {"optimizer.lr": 0.1, ...}
   return c
 
 
