@@ -5,14 +5,12 @@ them exactly the config the in-process trainer tests use (`test_train.tiny_confi
 stay in step. Further changes come as `--config.KEY=VALUE` flags.
 """
 from __future__ import annotations
-import os
-import sys
 
 import ml_collections
 
+# tests/ is not a package: test_multiprocess puts it on the children's PYTHONPATH.
+from test_train import tiny_config
+
 
 def get_config(data_dir: str) -> ml_collections.ConfigDict:
-  # tests/ is not a package; the children import test_train the way pytest does, by path.
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from test_train import tiny_config  # pylint: disable=import-outside-toplevel
   return tiny_config(data_dir)
