@@ -39,6 +39,7 @@ from simlap import checkpointing
 from simlap import metrics_io
 from simlap import sharding
 from simlap import train
+from simlap.data import datasets
 from simlap.data import train_stream
 from test_train import tiny_config
 
