@@ -326,8 +326,10 @@ def test_only_process_zero_writes_logs(two_process_run):
            if "loss" in r]
   assert steps == list(range(1, 9))
   assert sorted(os.listdir(workdir)) == sorted([  # nothing else, e.g. from process 1
-      "checkpoints", "config.json", os.path.basename(events[0]), "metrics.jsonl",
+      "checkpoints", "config.json", os.path.basename(events[0]), "logs", "metrics.jsonl",
       "summary.json"])
+  # Each process keeps its full log in its own file (never two writers on one file).
+  assert sorted(os.listdir(os.path.join(workdir, "logs"))) == ["simlap.0.log", "simlap.1.log"]
   assert "simlap summary" in job.log(0) and "simlap summary" not in job.log(1)
   # Every process took part in the saves; both steps are complete Orbax checkpoints.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
