@@ -46,9 +46,7 @@ _STEPS = 14  # every subprocess run: long enough for 5 kills, short enough for s
 
 # Every subprocess run uses this config (test_train's tiny config) plus --config.* flags.
 _CONFIG_FILE = '''"""test_train.tiny_config for test_reliability's subprocesses."""
-import sys
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config  # noqa: E402
+from test_train import tiny_config  # tests/ is on the children's PYTHONPATH (Launcher)
 
 
 def get_config():
@@ -73,6 +71,9 @@ class Launcher:
                     TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=cache_dir,
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    # The children import the checkout's simlap and test_train (tests/ is not a package).
+    path = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    self.env["PYTHONPATH"] = os.pathsep.join([REPO, TESTS, *path])
     self._count = 0
     self.last_log = ""
 
@@ -148,7 +149,7 @@ def wait_for_step(proc: subprocess.Popen, workdir: str, step: int, offset: int,
 def launcher(fmnist_data_dir, tmp_path_factory) -> Launcher:
   root = tmp_path_factory.mktemp("launcher")
   config_file = root / "tiny_config.py"
-  config_file.write_text(_CONFIG_FILE.format(tests=TESTS, data_dir=fmnist_data_dir))
+  config_file.write_text(_CONFIG_FILE.format(data_dir=fmnist_data_dir))
   return Launcher(str(config_file), str(root / "jax_cache"))
 
 
