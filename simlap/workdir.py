@@ -1,7 +1,7 @@
 """A run's workdir: prepared and proven writable, its config.json read and written, and whether
 another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every
-file here goes through tf.io.gfile, never `open` or `os.path.abspath` (which would turn a URL
-into a local "gs:/bucket/run").
+file here goes through tf.io.gfile, never `open`, and only local paths are made absolute
+(`os.path.abspath` would turn a URL into a local "gs:/bucket/run").
 
 A workdir's `config.json` records the config of the run that wrote its checkpoints. Resuming it
 with a config that changes the model, data, objective or schedule would silently mix two runs
