@@ -11,8 +11,9 @@ mean/variance are already computed over the whole (sharded) batch — synchroniz
 Stems (`stem=`):
   "imagenet": 7x7 stride-2 conv + 3x3 stride-2 max-pool (output stride 32).
   "cifar":    one 3x3 stride-1 conv, no pool (output stride 8 with four stages).
-  "deep":     three 3x3 stride-1 convs (w/2, w/2, w), no pool — the authors' CIFAR ResNet-18
-              "deep stem" run at output stride 8 (4x4 maps for 32x32 input).
+  "deep":     three 3x3 stride-1 convs (w/2, w/2, w), no pool, standard stage strides (maps
+              32, 16, 8, 4 for 32x32 input). Not the authors' CIFAR ResNet-18 (timm's deep
+              stem has a stride-2 conv and a max-pool, and dilated stages 3-4: maps 8, 4, 4, 4).
 """
 from __future__ import annotations
 from collections.abc import Callable, Sequence
