@@ -71,4 +71,6 @@ if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TFDS_DISABLE_GCS", "1")
   define_flags()
-  app.run(main)
+  # app.run exits with main's return value: returning the results dict would print it whole
+  # and exit with status 1.
+  app.run(lambda argv: main(argv) and None)
