@@ -204,8 +204,12 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   class_gates, pair_sizes, pair_gates = gate_tables(config, model, state, num_classes)
   groups, group_source = known_groups(config, te)
   feats = {"backbone": te["backbone"], "projector": te["projector"]}
-  # PNGs are drawn into a local folder (matplotlib writes files) and copied to out_dir at the end.
-  png_dir = tempfile.mkdtemp(prefix="simlap-eval-") if plots else None
+  # matplotlib writes local files: for a URL out_dir the PNGs are drawn into a temporary folder
+  # and copied at the end; a local out_dir gets them directly.
+  remote = workdir_lib.is_remote(out_dir)
+  png_dir = None
+  if plots:
+    png_dir = tempfile.mkdtemp(prefix="simlap-eval-") if remote else out_dir
   ana = analysis.analyze(feats, te["labels"], num_classes=num_classes, class_gates=class_gates,
                          pair_sizes=pair_sizes, gated_features="projector",
                          class_names=list(info.class_names), groups=groups,
@@ -254,9 +258,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     workdir_lib.write_json(os.path.join(out_dir, "results.json"), res, indent=1)
     with tf.io.gfile.GFile(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(report.markdown(res))
-    for name in ana.get("plots", []):
+    for name in ana.get("plots", []) if remote else ():
       tf.io.gfile.copy(os.path.join(png_dir, name), os.path.join(out_dir, name), overwrite=True)
-  if png_dir:
+  if png_dir and remote:
     shutil.rmtree(png_dir, ignore_errors=True)
   logging.info("evaluated %s at step %d in %.1f s", workdir, step, time.time() - t0)
   return res
