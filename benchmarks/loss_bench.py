@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 
 from simlap import losses
+from simlap import platforms
 
 _SIZES = flags.DEFINE_list("sizes", ["256", "1024", "4096"], "B = N values.")
 _DIM = flags.DEFINE_integer("dim", 256, "Embedding dimension D.")
@@ -93,6 +94,7 @@ def measure(fn, inputs, iters, budget_bytes):
 
 def main(argv):
   del argv
+  platforms.skip_absent_tpu()
   budget = total_memory_bytes() // 2
   dev = jax.devices()[0]
   print(f"# loss + gradient, float32, D={_DIM.value}, chunk_size={_CHUNK.value}, "

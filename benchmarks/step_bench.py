@@ -23,6 +23,7 @@ from ml_collections import config_flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
+from simlap import platforms  # noqa: E402
 from simlap import sharding  # noqa: E402
 from simlap import train  # noqa: E402
 from simlap.data import datasets  # noqa: E402
@@ -50,6 +51,7 @@ def peak_flops(device, bf16: bool) -> float | None:
 
 def main(argv):
   del argv
+  platforms.skip_absent_tpu()
   config = _CONFIG.value
   if _BATCH.value:
     config.batch_size = _BATCH.value

@@ -246,7 +246,9 @@ def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = Non
   from absl import app, flags  # noqa: PLC0415
 
   from simlap import console  # noqa: PLC0415
+  from simlap import platforms  # noqa: PLC0415
   console.filter_console()
+  platforms.skip_absent_tpu()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
     from simlap import eval_workdir, train  # noqa: F401, PLC0415 - loaded once, quietly
   fv = flags.FLAGS if flag_values is None else flag_values

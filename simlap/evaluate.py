@@ -52,7 +52,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   import jax  # noqa: PLC0415 - after the environment below is set
 
   from simlap import console  # noqa: PLC0415
+  from simlap import platforms  # noqa: PLC0415
   console.filter_console()
+  platforms.skip_absent_tpu()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
     from simlap import eval_workdir  # noqa: PLC0415
   fv = flags.FLAGS if flag_values is None else flag_values

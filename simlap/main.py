@@ -31,6 +31,7 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 import jax  # noqa: E402
 
 from simlap import console  # noqa: E402
+from simlap import platforms  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -99,6 +100,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   console.filter_console()  # before JAX's first log line (e.g. probing for a TPU)
+  platforms.skip_absent_tpu()
   if _should_initialize_distributed():
     local_ids = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
