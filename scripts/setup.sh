@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates or refreshes ./.venv with the pinned stack and installs the Debian Fashion-MNIST files.
+# Creates or refreshes ./.venv with the pinned stack (and libtpu, for compile-only TPU targets)
+# and installs the Debian Fashion-MNIST files.
 # Idempotent: a second run only re-installs when setup.py changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,10 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "[setup] installing simlap[train,test] into .venv (pinned; takes about a minute)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[train,test]"
+  # libtpu (about 210 MB) lets simlap.aot compile for TPU slices on this host. Its wheels are
+  # Linux x86-64 only; elsewhere simlap.aot and its tests say that it is missing.
+  echo "[setup] installing simlap[tpu] (libtpu, for compile-only TPU targets)"
+  .venv/bin/python -m pip install -q -e ".[tpu]" ||
+    echo "[setup] libtpu is not available for $(uname -sm): simlap.aot cannot compile for TPUs"
   echo "$stamp" > .venv/.setup-stamp
 fi

@@ -14,6 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Never let a test wait on the network: TFDS reads GCS metadata unless told not to.
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# libtpu (the `tpu` extra, for simlap.aot) must not query GCE metadata for a TPU host.
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip to guard
 
 import tempfile  # noqa: E402
 

@@ -1,0 +1,294 @@
+"""Will this config fit a TPU slice? Compile the real train step for it, on this CPU host.
+
+    python -m simlap.aot --config=configs/in1k.py --topology=v5e:2x4 [--config.x=y ...]
+    python -m simlap.aot --config=configs/in1k.py --topology=v4-8,v5e-16 --batch_sizes=1024,4096
+    python -m simlap.aot --config=configs/in1k.py --topology=v5e-8 --max_batch
+
+The same config, overrides, `make_trainer` and step as `simlap.main`, lowered with abstract
+shapes and compiled by libtpu for compile-only devices (`simlap.tpu_topology`); no dataset is
+read and nothing runs. One Markdown table row per compile:
+
+- per-chip HBM from the compiler's memory analysis: train state (parameters, optimizer state,
+  BatchNorm statistics: from the state's shardings), temporaries (activations and XLA scratch),
+  and the total (arguments + outputs - donated aliases + temporaries) against the chip's HBM;
+- FLOPs and HBM bytes per step per chip (the compiler's cost analysis);
+- collective payload bytes per step per chip by kind, read from the compiled HLO
+  (`simlap.hlo_collectives`);
+- a roofline ESTIMATE of the step time, max(FLOPs / peak bf16, HBM bytes / HBM bandwidth,
+  ICI bytes / ICI bandwidth), and the views/s per chip it implies: an upper bound on
+  throughput from peak figures (`simlap.tpu_topology.CHIPS`), not a measurement.
+
+An out-of-memory compile is a row too: "does not fit: needs X GiB of Y GiB".
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+# Compile-only: JAX must not try to open a TPU, and libtpu must not query GCE metadata.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# libtpu takes a machine-wide lock against two processes driving one TPU; compile-only use
+# drives none, so concurrent compiles (and tests) may load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from simlap import console  # noqa: E402
+from simlap import hlo_collectives  # noqa: E402
+from simlap import tpu_topology  # noqa: E402
+
+_GIB = 2.0 ** 30
+# Train-split sizes, so that shapes (and the LR schedule's length) come from the config alone.
+TRAIN_SIZES = {"imagenet2012": 1_281_167, "imagenette": 9_469, "cifar10": 50_000,
+               "cifar100": 50_000, "fashion_mnist": 60_000, "fashion_mnist_local": 60_000,
+               "mnist": 60_000}
+# XLA's out-of-memory messages: "Used 20.1G of 15.5G hbm" or "... temporaries (388.16G)
+# exceeds available HBM (15.75G)". Sizes are binary (G = GiB).
+_OOM_USED = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+_OOM_TEMP = re.compile(r"temporaries \(([\d.]+)([KMGT])\) exceeds available HBM "
+                       r"\(([\d.]+)([KMGT])\)")
+_UNIT = {"K": 2.0 ** -20, "M": 2.0 ** -10, "G": 1.0, "T": 2.0 ** 10}
+
+
+@dataclasses.dataclass
+class Row:
+  """One compile: a config at one global batch on one slice. Sizes per chip, in GiB."""
+  topology: str
+  chip: str
+  chips: int
+  params: str  # config.sharding.params
+  global_batch: int
+  batch_per_chip: float
+  compile_s: float
+  fits: bool
+  total_gib: float  # needed, for a compile that ran out of memory
+  capacity_gib: float
+  state_gib: float | None = None
+  temp_gib: float | None = None
+  tflop_per_chip: float | None = None
+  collective_mib: dict[str, float] | None = None
+  est_step_ms: float | None = None
+  est_views_per_s_chip: float | None = None
+  bound: str | None = None
+  note: str = ""
+
+
+def _info(config: ml_collections.ConfigDict, num_train: int | None):
+  from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow; see main())
+  d = config.dataset
+  num_train = num_train or TRAIN_SIZES.get(d.name)
+  if not num_train:
+    raise ValueError(f"the size of dataset {d.name!r} is not in simlap.aot.TRAIN_SIZES; pass "
+                     "--num_train (it sets the LR schedule's length, not the shapes)")
+  return datasets.DatasetInfo(
+      num_classes=d.num_classes, class_names=tuple(map(str, range(d.num_classes))),
+      num_train=num_train, num_eval=0, image_shape=(d.image_size, d.image_size, d.channels),
+      extra_label_keys=tuple(d.extra_label_keys))
+
+
+def _per_chip_bytes(tree: Any) -> int:
+  """Bytes one device holds of a pytree of sharded ShapeDtypeStructs."""
+  return sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
+             for leaf in jax.tree.leaves(tree))
+
+
+def _needs_gib(message: str, known_gib: float) -> tuple[float, float] | None:
+  """(needed, available) GiB from an out-of-memory compile error, else None."""
+  if m := _OOM_USED.search(message):
+    return float(m[1]) * _UNIT[m[2]], float(m[3]) * _UNIT[m[4]]
+  if m := _OOM_TEMP.search(message):  # temporaries only: add what the arguments hold
+    return float(m[1]) * _UNIT[m[2]] + known_gib, float(m[3]) * _UNIT[m[4]]
+  return None
+
+
+def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, devices: list,
+                 global_batch: int, num_train: int | None = None) -> Row:
+  """Lowers and compiles the train step of `config` at `global_batch` for `tpu`."""
+  from simlap import config_schema  # noqa: PLC0415
+  from simlap import sharding  # noqa: PLC0415
+  from simlap import train  # noqa: PLC0415
+  config = copy.deepcopy(config)
+  config.batch_size = global_batch
+  config_schema.validate(config)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  sharding.check_batch_divisible(global_batch, mesh)
+  trainer = train.make_trainer(config, mesh, _info(config, num_train))
+  d, in_batch = config.dataset, sharding.batch_sharding(mesh)
+  view = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
+                              jnp.float32, sharding=in_batch)
+  batch = {"view1": view, "view2": view,
+           "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=in_batch)}
+  chips, chip = len(devices), tpu.chip
+  row = dict(topology=tpu.name, chip=chip.generation, chips=chips,
+             params=config.sharding.params, global_batch=global_batch,
+             batch_per_chip=global_batch / chips, capacity_gib=chip.hbm_gib)
+  state_gib = _per_chip_bytes(trainer.abstract_state) / _GIB
+  start = time.perf_counter()
+  try:
+    compiled = trainer.step_fn.lower(trainer.abstract_state, batch).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    needs = _needs_gib(str(e), state_gib + _per_chip_bytes(batch) / _GIB)
+    if needs is None:
+      raise
+    return Row(**row, compile_s=time.perf_counter() - start, fits=False, total_gib=needs[0],
+               state_gib=state_gib,
+               note=f"does not fit: needs {needs[0]:.1f} GiB of {needs[1]:.2f} GiB")
+  compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+           + mem.temp_size_in_bytes) / _GIB
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  hlo = compiled.as_text()
+  payload = hlo_collectives.payload_bytes(hlo, chips)
+  times = {"compute": cost["flops"] / chip.peak_bf16_flops,
+           "hbm": cost.get("bytes accessed", 0.0) / chip.hbm_bytes_per_s,
+           "ici": hlo_collectives.ici_bytes(hlo, chips) / chip.ici_bytes_per_s}
+  bound = max(times, key=times.get)
+  fits = total <= chip.hbm_gib
+  return Row(**row, compile_s=compile_s, fits=fits, total_gib=total, state_gib=state_gib,
+             temp_gib=mem.temp_size_in_bytes / _GIB, tflop_per_chip=cost["flops"] / 1e12,
+             collective_mib={k: v / 2 ** 20 for k, v in payload.items()},
+             est_step_ms=1e3 * times[bound],
+             est_views_per_s_chip=2 * global_batch / chips / times[bound], bound=bound,
+             note="" if fits else f"does not fit: needs {total:.1f} GiB of {chip.hbm_gib} GiB")
+
+
+def max_batch(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, devices: list, *,
+              multiple: int = 8, num_train: int | None = None, on_row=lambda row: None,
+              compile_fn=compile_step) -> Row | None:
+  """The row of the largest global batch (a multiple of `multiple` per chip) that fits.
+
+  Doubles from the config's batch until a compile does not fit, then bisects: about
+  2 log2(batch) compiles. None if even `multiple` per chip does not fit.
+  """
+  step = multiple * len(devices)
+  rows: dict[int, Row] = {}
+
+  def fits(k: int) -> bool:
+    if k not in rows:
+      rows[k] = compile_fn(config, tpu, devices, k * step, num_train)
+      on_row(rows[k])
+    return rows[k].fits
+
+  k = max(1, config.batch_size // step)
+  if fits(k):  # double until a batch does not fit (activations grow, so one will not)
+    lo, hi = k, 2 * k
+    while fits(hi):
+      lo, hi = hi, 2 * hi
+  else:  # halve until one fits
+    lo, hi = k // 2, k
+    while lo and not fits(lo):
+      lo, hi = lo // 2, lo
+    if not lo:
+      return None
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return rows[lo]
+
+
+HEADER = ("| slice | chips | params | batch (per chip) | compile s | state GiB | temp GiB | "
+          "total GiB / HBM | fits | TFLOP/step/chip | all-reduce MiB | all-gather MiB | "
+          "reduce-scatter MiB | est. step ms | est. views/s/chip (bound) |")
+
+
+def format_row(r: Row) -> str:
+  """One Markdown table row (HEADER's columns); '-' where a failed compile has no value."""
+  f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+  mib = r.collective_mib or {}
+  fits = "fits" if r.fits else "**no**"
+  return (f"| {r.topology} ({r.chip}) | {r.chips} | {r.params} | {r.global_batch} "
+          f"({r.batch_per_chip:g}) | {r.compile_s:.0f} | {f(r.state_gib, '.2f')} | "
+          f"{f(r.temp_gib, '.2f')} | {r.total_gib:.2f} / {r.capacity_gib:g} | {fits} | "
+          f"{f(r.tflop_per_chip, '.2f')} | {f(mib.get('all-reduce'), '.1f')} | "
+          f"{f(mib.get('all-gather'), '.1f')} | {f(mib.get('reduce-scatter'), '.1f')} | "
+          f"{f(r.est_step_ms, '.1f')} | {f(r.est_views_per_s_chip, ',.0f')}"
+          f"{'' if r.bound is None else f' ({r.bound})'} |")
+
+
+_FLAGS = (
+    ("topology", flags.DEFINE_list, None, "TPU slices, e.g. v5e:2x4 or v5e-8,v4-32."),
+    ("batch_sizes", flags.DEFINE_list, None, "Global batches to compile (default: config's)."),
+    ("max_batch", flags.DEFINE_bool, False, "Search the largest global batch that fits."),
+    ("batch_multiple", flags.DEFINE_integer, 8, "--max_batch: per-chip batch granularity."),
+    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in TRAIN_SIZES."),
+    ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
+)
+
+
+def define_flags(flag_values: flags.FlagValues | None = None) -> None:
+  """Defines --config and the flags above on `flag_values` (default absl's global FLAGS)."""
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if "config" not in fv:
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                    flag_values=fv, lock_config=True)
+  for name, define, default, help_text in _FLAGS:
+    if name not in fv:
+      define(name, default, help_text, flag_values=fv)
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> list[Row]:
+  """Compiles every (slice, batch) asked for, prints the table; returns the rows."""
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not fv.config or not fv.topology:
+    raise app.UsageError("--config and --topology are required")
+  console.filter_console()
+  with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
+    from simlap import train  # noqa: F401, PLC0415
+  config, rows = fv.config, []
+
+  def show(row: Row) -> None:
+    rows.append(row)
+    print(format_row(row), flush=True)
+
+  print(HEADER + "\n|" + "---|" * HEADER.count(" |"), flush=True)
+  for name in fv.topology:
+    tpu = tpu_topology.parse_slice(name)
+    devices = tpu_topology.compile_devices(tpu)
+    if fv.max_batch:
+      best = max_batch(config, tpu, devices, multiple=fv.batch_multiple,
+                       num_train=fv.num_train, on_row=show)
+      print(f"{name}: largest global batch that fits: " + (
+          f"{best.global_batch} ({best.batch_per_chip:g} per chip, {best.total_gib:.2f} of "
+          f"{best.capacity_gib:g} GiB)" if best else
+          f"none (not even {fv.batch_multiple} per chip)"), flush=True)
+    for batch in fv.batch_sizes or ([] if fv.max_batch else [config.batch_size]):
+      show(compile_step(config, tpu, devices, int(batch), fv.num_train))
+  for row in rows:
+    if not row.fits:
+      print(f"{row.topology} at batch {row.global_batch}: {row.note}")
+  if fv.json:
+    with open(fv.json, "w", encoding="utf-8") as f:
+      json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+  return rows
+
+
+def _run(argv: Sequence[str]) -> None:
+  try:
+    main(argv)
+  except ValueError as e:  # a bad slice, config or batch: one line, no traceback
+    sys.exit(f"simlap.aot: {e}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(_run)
