@@ -119,22 +119,32 @@ def state_shardings(abstract_state, mesh: Mesh, mode: str = "replicated",
 
 
 def gather(tree, shardings=None):
-  """ZeRO-3, forward: `tree` (parameters) constrained to replicated, so XLA all-gathers each
-  sharded leaf for the computation that uses it. Identity when `shardings` is None (replicated
-  mode), which leaves that program exactly as it was."""
+  """ZeRO-3, into the step: `tree` (weights, BatchNorm statistics) constrained to replicated,
+  so XLA all-gathers each sharded leaf and the layers compute on whole weights against
+  batch-split activations, as in replicated training. Identity when `shardings` is None
+  (replicated mode), which leaves that program exactly as it was."""
   if shardings is None:
     return tree
-  full = jax.tree.map(lambda s: NamedSharding(s.mesh, P()), shardings)
-  return jax.lax.with_sharding_constraint(tree, full)
+  return jax.lax.with_sharding_constraint(tree, _whole(shardings))
 
 
 def scatter(tree, shardings=None):
-  """ZeRO-3, backward: `tree` (gradients) constrained to the parameters' `shardings`, so XLA
-  sums them over devices with a reduce-scatter (each device gets its shard of the sum) rather
-  than an all-reduce. Identity when `shardings` is None."""
+  """ZeRO-3, out of the step: `tree` (gradients, new statistics), summed over devices whole,
+  then cut to `shardings`: each device keeps its slice of the sum (XLA's all-reduce + slice,
+  which backends fuse into a reduce-scatter). Identity when `shardings` is None.
+
+  Why whole first: constrained straight to the shard layout, XLA propagates it back into the
+  backward pass and, to compute each device's slice of a weight gradient, all-gathers the
+  layer's *activations* over the batch (tested: tests/test_fsdp.py).
+  """
   if shardings is None:
     return tree
+  tree = jax.lax.with_sharding_constraint(tree, _whole(shardings))
   return jax.lax.with_sharding_constraint(tree, shardings)
+
+
+def _whole(shardings):
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P()), shardings)
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:

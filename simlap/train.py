@@ -90,21 +90,22 @@ def init_state(config, model, tx, image_shape) -> TrainState:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model, tx,
-               schedule, param_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule, fsdp=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}.
 
-  `param_sharding`: the params' shardings under FSDP (None when replicated)."""
+  `fsdp`: the shardings of (params, batch_stats) under FSDP; None when replicated."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   pair_rng, gate_rng = jax.random.split(rng)
   labels = batch["label"]
   num = labels.shape[0]
+  params, stats = sharding.gather((state.params, state.batch_stats), fsdp)
   pair_labels = None
   if config.objective == "simlap":
     pair_labels = losses.sample_pair_labels(pair_rng, labels, kind=config.loss.pair_kind,
                                             num_classes=model.num_classes)
 
   def loss_fn(params):
-    variables = {"params": params["model"], "batch_stats": state.batch_stats}
+    variables = {"params": params["model"], "batch_stats": stats}
     # Both views in one pass: BatchNorm normalises over all 2B images, as in SimCLR.
     images = jnp.concatenate([batch["view1"], batch["view2"]])
     out, updates = model.apply(variables, images, labels, pair_labels, train=True,
@@ -122,10 +123,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
     # The probe sees stop-gradient features: adding its loss trains only the probe.
     return loss + probe_ce, (loss, metrics, updates["batch_stats"])
 
-  # FSDP: the step computes with whole weights and hands back gradient shards (no-ops if None).
-  params = sharding.gather(state.params, param_sharding)
   grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
-  grads = sharding.scatter(grads, param_sharding)
+  # FSDP: whole weights and BN statistics in, gradient and statistics shards out (sharding.py).
+  grads, batch_stats = sharding.scatter((grads, batch_stats), fsdp)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -224,10 +224,11 @@ def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.Dataset
                                             config.sharding.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
-  fsdp = state_sharding.params if config.sharding.params == "fsdp" else None
+  fsdp = ((state_sharding.params, state_sharding.batch_stats)
+          if config.sharding.params == "fsdp" else None)
   step_fn = jax.jit(
       functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule,
-                        param_sharding=fsdp),
+                        fsdp=fsdp),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)

@@ -10,6 +10,7 @@ leaves, and the tests check they really do.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import ml_collections
@@ -148,6 +149,34 @@ def test_fsdp_step_matches_replicated_step(stepped):
   for a, b in zip(jax.tree.leaves(jax.device_get(fsdp.batch_stats)),
                   jax.tree.leaves(jax.device_get(rep.batch_stats))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def gathered_shapes(trainer, mesh, batch) -> set[str]:
+  """Result shapes ("f32[3,3,8,8]") of every all-gather in the compiled train step."""
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.batch_sharding(mesh))
+           for k, v in batch.items()}
+  hlo = trainer.step_fn.lower(trainer.abstract_state, batch).compile().as_text()
+  shapes = set()
+  for line in hlo.splitlines():
+    if m := re.search(r"= (.*?) all-gather(?:-start)?\(", line):
+      shapes |= set(re.findall(r"\w+\[[\d,]*\]", m.group(1)))
+  return shapes
+
+
+def test_fsdp_step_gathers_weights_never_activations(stepped, fmnist_data_dir):
+  """What FSDP moves is weights: every sharded weight and BN statistic is all-gathered whole,
+  and nothing else is gathered that replicated training does not gather too (the loss's keys).
+  Had XLA computed a gradient shard by gathering a layer's input over the batch (what it does if
+  the gradient is constrained straight to its shard layout), that activation would show here."""
+  mesh = sharding.make_mesh()
+  batch = jax.device_get(next(train_stream.train_iterator(
+      config_for(fmnist_data_dir, "fsdp"), mesh, seed=0)))
+  (rep_trainer, _, _, _), (trainer, _, state, _) = stepped["replicated"], stepped["fsdp"]
+  leaf_shapes = {f"{x.dtype.name.replace('float', 'f')}[{','.join(map(str, x.shape))}]"
+                 for x in jax.tree.leaves((state.params, state.batch_stats)) if is_sharded(x)}
+  fsdp = gathered_shapes(trainer, mesh, batch)
+  assert leaf_shapes and leaf_shapes <= fsdp
+  assert fsdp - leaf_shapes <= gathered_shapes(rep_trainer, mesh, batch)
 
 
 # ------------------------------------------------------------------------------------------------
