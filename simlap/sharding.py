@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -102,8 +103,8 @@ def fsdp_spec(shape: Sequence[int], mesh: Mesh, min_size: int) -> P:
   return P(*([None] * dim), mesh.axis_names)
 
 
-def state_shardings(abstract_state, mesh: Mesh, mode: str = "replicated",
-                    min_size: int = 2**16):
+def state_shardings(abstract_state: Any, mesh: Mesh, mode: str = "replicated",
+                    min_size: int = 2**16) -> Any:
   """NamedShardings for every leaf of `abstract_state` (anything with `.shape`: arrays or
   ShapeDtypeStructs), one pytree of the same structure.
 
@@ -118,7 +119,7 @@ def state_shardings(abstract_state, mesh: Mesh, mode: str = "replicated",
                       abstract_state)
 
 
-def gather(tree, shardings=None):
+def gather(tree: Any, shardings: Any = None) -> Any:
   """ZeRO-3, into the step: `tree` (weights, BatchNorm statistics) constrained to replicated,
   so XLA all-gathers each sharded leaf and the layers compute on whole weights against
   batch-split activations, as in replicated training. Identity when `shardings` is None
@@ -128,10 +129,10 @@ def gather(tree, shardings=None):
   return jax.lax.with_sharding_constraint(tree, _whole(shardings))
 
 
-def scatter(tree, shardings=None):
+def scatter(tree: Any, shardings: Any = None) -> Any:
   """ZeRO-3, out of the step: `tree` (gradients, new statistics), summed over devices whole,
-  then cut to `shardings`: each device keeps its slice of the sum (XLA's all-reduce + slice,
-  which backends fuse into a reduce-scatter). Identity when `shardings` is None.
+  then cut to `shardings`: each device keeps its slice of the sum (an all-reduce + slice, which
+  XLA's GPU pipeline rewrites into a reduce-scatter). Identity when `shardings` is None.
 
   Why whole first: constrained straight to the shard layout, XLA propagates it back into the
   backward pass and, to compute each device's slice of a weight gradient, all-gathers the

@@ -5,8 +5,8 @@ out_shardings) -> optimizer -> jitted, donated train step -> checkpoint restore 
 periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
 
 Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
-the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: weights
-gathered for the step, gradients reduce-scattered; simlap/sharding.py). BatchNorm statistics are
+the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: whole weights
+gathered for the step, gradients summed and cut to shards; simlap/sharding.py). BatchNorm stats are
 global (synchronized BN) and the contrastive loss sees the global batch (XLA all-gathers the
 keys; its gradient is exact).
 Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pure function of
