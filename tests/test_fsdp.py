@@ -1,6 +1,7 @@
 """FSDP (ZeRO-3) state sharding: the layout rule, per-device memory, the same step as replicated
-training, bitwise resume, checkpoints moving between modes and meshes, and the mesh and mode set
-from the command line.
+training, a compiled step that gathers weights and never activations, bitwise resume,
+checkpoints moving between modes and meshes, evaluation of a sharded state, and the mesh and
+mode set from the command line.
 
 Everything runs on the 8 test devices with test_train's tiny model. `fsdp_min_size` is 16
 elements there (the default, 2**16, would leave every leaf of a ~20k-parameter model replicated)
@@ -139,10 +140,11 @@ def test_fsdp_step_matches_replicated_step(stepped):
   assert_trees_equal(before_r, before_f)  # the same init, whatever the layout
   # The forward pass sees the same whole weights: the loss agrees to float32 round-off.
   np.testing.assert_allclose(loss_f, loss_r, rtol=1e-5)
-  # After one SGD step params are p - 0.1 * grad: the gradient sums run in another order
-  # (reduce-scatter vs all-reduce), so they differ in the last bits, ~1e-6 absolute here; a
-  # gradient summed over the wrong devices or shard would be off by orders of magnitude more.
-  # Same tolerance as test_train's 8-vs-1-device check.
+  # After one SGD step params are p - 0.1 * grad. On this CPU backend both modes sum gradients
+  # with the same all-reduce and agree bitwise; a backend that fuses FSDP's all-reduce + slice
+  # into a reduce-scatter may sum in another order, off in the last bits (~1e-6 absolute, as in
+  # test_train's 8-vs-1-device check, whose tolerance this is). A gradient summed over the
+  # wrong devices or shard is off by orders of magnitude more (e.g. n times: caught here).
   for a, b in zip(jax.tree.leaves(jax.device_get(fsdp.params)),
                   jax.tree.leaves(jax.device_get(rep.params))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
