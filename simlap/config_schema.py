@@ -13,6 +13,7 @@ import ml_collections
 from simlap import losses
 from simlap import objectives
 from simlap import optim
+from simlap import sharding
 from simlap.models import gates
 from simlap.models import resnet
 
@@ -34,8 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "simlap"  # a name from METHODS, for reports
-  # Mesh axes: ("data", -1) puts every device on the batch axis.
-  c.mesh = [("data", -1)]
+  # Mesh axes: ("data", -1) puts every device on the batch axis. A tuple, not a list: ml_collections
+  # can override tuples from the command line, --config.mesh="(('data',4),('x',2))".
+  c.mesh = (("data", -1),)
+  # How the train state is laid out over the mesh (simlap/sharding.py; docs/scaling.md).
+  c.sharding = ml_collections.ConfigDict(dict(
+      params="replicated",  # replicated | fsdp (ZeRO-3: params and optimizer state split)
+      fsdp_min_size=2**16,  # elements; under fsdp smaller leaves stay replicated
+  ))
 
   # ---- data (simlap/data) ----
   c.dataset = ml_collections.ConfigDict(dict(
@@ -186,7 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("gate.fuse", config.gate.fuse, gates.FUSES),
       ("optimizer.name", o.name, optim.OPTIMIZERS),
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
-      ("optimizer.schedule", o.schedule, optim.SCHEDULES)]:
+      ("optimizer.schedule", o.schedule, optim.SCHEDULES),
+      ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
   for name, value in [("batch_size", config.batch_size),
@@ -197,6 +205,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("optimizer.probe_lr", o.probe_lr)]:
     if not value > 0:
       raise ValueError(f"config.{name} must be positive, got {value}")
+  min_size = config.sharding.fsdp_min_size
+  if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+    raise ValueError(f"config.sharding.fsdp_min_size must be an integer >= 0 (elements), got "
+                     f"{min_size!r}")
+  try:
+    sharding.mesh_axes(config.mesh)
+  except ValueError as e:
+    raise ValueError(f"config.{e}") from None
   if config.num_steps <= 0 and not config.num_epochs > 0:
     raise ValueError(f"set config.num_steps > 0 or config.num_epochs > 0 (got "
                      f"{config.num_steps} and {config.num_epochs})")

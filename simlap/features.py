@@ -30,6 +30,10 @@ def extract_features(config, model, state, mesh, split: str, *,
   """
   @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
   def features_fn(params, batch_stats, images):
+    # Whole weights against split batches, also when the state is sharded (FSDP): XLA then
+    # gathers the weights, never the activations. A no-op for a replicated state.
+    params, batch_stats = jax.lax.with_sharding_constraint((params, batch_stats),
+                                                           sharding.replicated(mesh))
     variables = {"params": params["model"], "batch_stats": batch_stats}
     out = model.apply(variables, images, train=False)
     res = {"features": out["features"], "predictions": jnp.argmax(out["probe_logits"], axis=-1)}

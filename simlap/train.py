@@ -5,8 +5,10 @@ out_shardings) -> optimizer -> jitted, donated train step -> checkpoint restore 
 periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
 
 Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
-parameters are replicated. BatchNorm statistics are therefore global (synchronized BN) and the
-contrastive loss sees the global batch (XLA all-gathers the keys; its gradient is exact).
+the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: whole weights
+gathered for the step, gradients summed and cut to shards; simlap/sharding.py). BatchNorm stats are
+global (synchronized BN) and the contrastive loss sees the global batch (XLA all-gathers the
+keys; its gradient is exact).
 Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pure function of
 (seed, step), so the step alone makes a resumed run identical to an uninterrupted one.
 """
@@ -88,19 +90,22 @@ def init_state(config, model, tx, image_shape) -> TrainState:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model, tx,
-               schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}."""
+               schedule, fsdp=None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}.
+
+  `fsdp`: the shardings of (params, batch_stats) under FSDP; None when replicated."""
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   pair_rng, gate_rng = jax.random.split(rng)
   labels = batch["label"]
   num = labels.shape[0]
+  params, stats = sharding.gather((state.params, state.batch_stats), fsdp)
   pair_labels = None
   if config.objective == "simlap":
     pair_labels = losses.sample_pair_labels(pair_rng, labels, kind=config.loss.pair_kind,
                                             num_classes=model.num_classes)
 
   def loss_fn(params):
-    variables = {"params": params["model"], "batch_stats": state.batch_stats}
+    variables = {"params": params["model"], "batch_stats": stats}
     # Both views in one pass: BatchNorm normalises over all 2B images, as in SimCLR.
     images = jnp.concatenate([batch["view1"], batch["view2"]])
     out, updates = model.apply(variables, images, labels, pair_labels, train=True,
@@ -118,7 +123,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
     # The probe sees stop-gradient features: adding its loss trains only the probe.
     return loss + probe_ce, (loss, metrics, updates["batch_stats"])
 
-  grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+  # FSDP: whole weights and BN statistics in, gradient and statistics shards out (sharding.py).
+  grads, batch_stats = sharding.scatter((grads, batch_stats), fsdp)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -212,12 +219,16 @@ def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.Dataset
   view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
   init_fn = functools.partial(init_state, config, model, tx, view_shape)
   abstract = jax.eval_shape(init_fn)
-  # Parameters and optimizer state are replicated; only the batch is split over devices.
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+  # The batch is split over devices; the state is replicated, or split too under FSDP.
+  state_sharding = sharding.state_shardings(abstract, mesh, config.sharding.params,
+                                            config.sharding.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
+  fsdp = ((state_sharding.params, state_sharding.batch_stats)
+          if config.sharding.params == "fsdp" else None)
   step_fn = jax.jit(
-      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule),
+      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule,
+                        fsdp=fsdp),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)

@@ -21,10 +21,11 @@ import tensorflow as tf  # tf.io.gfile: workdirs may be gs:// URLs
 from simlap import config_schema
 
 # Dotted config keys a resumed run may change: logging, evaluation, checkpoint cadence, where
-# the data lives, and the device layout (checkpoints restore onto any mesh).
+# the data lives, and the device layout (checkpoints restore onto any mesh, replicated or
+# sharded: Orbax reshards on restore).
 RESUME_MAY_CHANGE = (
     "log_every", "eval_every", "eval_at_end", "eval_batch_size", "knn_k", "knn_temperature",
-    "checkpoint_every", "keep_checkpoints", "mesh",
+    "checkpoint_every", "keep_checkpoints", "mesh", "sharding.params", "sharding.fsdp_min_size",
     "dataset.data_dir", "dataset.manual_dir", "dataset.source_dir", "dataset.download",
     "dataset.prefetch",
 )
@@ -32,6 +33,10 @@ RESUME_MAY_CHANGE = (
 
 def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
   """Differences between two JSON-like configs as "key: old -> new" lines (dotted keys)."""
+  # A section missing on one side (a config.json written before it existed) is compared key by
+  # key, so the keys of it that RESUME_MAY_CHANGE lists may still change.
+  saved = {} if saved is None and isinstance(now, dict) else saved
+  now = {} if now is None and isinstance(saved, dict) else now
   if isinstance(saved, dict) and isinstance(now, dict):
     out = []
     for k in sorted(set(saved) | set(now)):
