@@ -80,6 +80,7 @@ class Row:
   total_gib: float  # needed, for a compile that ran out of memory
   capacity_gib: float
   state_gib: float | None = None
+  argument_gib: float | None = None  # the compiler's: state + this chip's batch
   temp_gib: float | None = None
   tflop_per_chip: float | None = None
   collective_mib: dict[str, float] | None = None
@@ -163,6 +164,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   bound = max(times, key=times.get)
   fits = total <= chip.hbm_gib
   return Row(**row, compile_s=compile_s, fits=fits, total_gib=total, state_gib=state_gib,
+             argument_gib=mem.argument_size_in_bytes / _GIB,
              temp_gib=mem.temp_size_in_bytes / _GIB, tflop_per_chip=cost["flops"] / 1e12,
              collective_mib={k: v / 2 ** 20 for k, v in payload.items()},
              est_step_ms=1e3 * times[bound],
@@ -233,12 +235,17 @@ _FLAGS = (
 )
 
 
-def define_flags(flag_values: flags.FlagValues | None = None) -> None:
-  """Defines --config and the flags above on `flag_values` (default absl's global FLAGS)."""
+def define_flags(flag_values: flags.FlagValues | None = None,
+                 sys_argv: list[str] | None = None) -> None:
+  """Defines --config and the flags above on `flag_values` (default absl's global FLAGS).
+
+  `sys_argv` (default sys.argv) is the command line the `--config.x=y` overrides are read
+  from: ml_collections defines them from the config file named there.
+  """
   fv = flags.FLAGS if flag_values is None else flag_values
   if "config" not in fv:
     config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                    flag_values=fv, lock_config=True)
+                                    flag_values=fv, lock_config=True, sys_argv=sys_argv)
   for name, define, default, help_text in _FLAGS:
     if name not in fv:
       define(name, default, help_text, flag_values=fv)

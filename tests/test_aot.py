@@ -29,11 +29,16 @@ def _require_libtpu():
               "tests cannot run on this platform")
 
 
-def run_cli(argv):
+def parse(argv) -> flags.FlagValues:
+  """The CLI's flags on their own FlagValues (absl's global FLAGS stays untouched)."""
   fv = flags.FlagValues()
-  aot.define_flags(fv)
+  aot.define_flags(fv, sys_argv=["simlap.aot", *argv])
   fv(["simlap.aot", *argv])
-  return aot.main(["simlap.aot"], fv)
+  return fv
+
+
+def run_cli(argv):
+  return aot.main(["simlap.aot"], parse(argv))
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +87,18 @@ def test_fsdp_shrinks_per_chip_state_on_a_tpu_slice(v5e_2x2, smoke_rows):
   row = aot.compile_step(config, tpu, devices, 16)
   (replicated, _) = smoke_rows
   assert row.fits and row.params == "fsdp"
-  # Nearly every byte of the state is in leaves that split 4 ways.
+  # Nearly every byte of the state is in leaves that split 4 ways: by the shardings, and by
+  # what the compiler allocates for the step's arguments (state + this chip's batch rows).
   assert row.state_gib < 0.4 * replicated.state_gib, (row.state_gib, replicated.state_gib)
+  batch_gib = replicated.argument_gib - replicated.state_gib
+  assert row.argument_gib - batch_gib < 0.4 * replicated.state_gib, (row, replicated)
   # ZeRO-3: weights are all-gathered, gradients reduce-scattered.
   assert row.collective_mib["all-gather"] > 0
   assert row.collective_mib["reduce-scatter"] + row.collective_mib["all-reduce"] > 0
 
 
 def aot_config(*overrides):
-  fv = flags.FlagValues()
-  aot.define_flags(fv)
-  fv(["simlap.aot", f"--config={SMOKE}", "--topology=v5e:2x2", *overrides])
-  return fv.config
+  return parse([f"--config={SMOKE}", "--topology=v5e:2x2", *overrides]).config
 
 
 def test_max_batch_bisects_to_the_largest_fitting_multiple():
