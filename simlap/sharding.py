@@ -131,8 +131,8 @@ def gather(tree: Any, shardings: Any = None) -> Any:
 
 def scatter(tree: Any, shardings: Any = None) -> Any:
   """ZeRO-3, out of the step: `tree` (gradients, new statistics), summed over devices whole,
-  then cut to `shardings`: each device keeps its slice of the sum (an all-reduce + slice, which
-  XLA's GPU pipeline rewrites into a reduce-scatter). Identity when `shardings` is None.
+  then cut to `shardings`: each device keeps its slice of the sum (an all-reduce + slice; the
+  CPU and TPU compilers keep it so, docs/tpu.md). Identity when `shardings` is None.
 
   Why whole first: constrained straight to the shard layout, XLA propagates it back into the
   backward pass and, to compute each device's slice of a weight gradient, all-gathers the
