@@ -160,8 +160,8 @@ class ViT(nn.Module):
     heads: attention heads per block.
     mlp_ratio: MLP hidden width / W.
     freeze_patch_embed: MoCo-v3's stop-grad-conv1: a stop-gradient on the patch conv's output,
-      so its kernel and bias get exactly zero gradient (they stay random; see docs/method.md for
-      what weight decay still does to them).
+      so its kernel and bias get exactly zero gradient. They stay in the optimizer, so weight
+      decay still shrinks the kernel (docs/method.md, "ViT backbones").
     dtype: compute dtype; parameters, LayerNorms and the softmax stay float32.
   """
   patch: int
