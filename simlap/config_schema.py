@@ -14,8 +14,8 @@ from simlap import losses
 from simlap import objectives
 from simlap import optim
 from simlap import sharding
+from simlap.models import backbones
 from simlap.models import gates
-from simlap.models import resnet
 
 # name -> what it changes. "simlap" is the default SimLAP (arbitrary pairs, sigmoid gate).
 METHODS = {
@@ -82,9 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- model (simlap/models) ----
   c.model = ml_collections.ConfigDict(dict(
-      backbone="resnet18",  # resnet_tiny | resnet18 | resnet34 | resnet50
-      stem="cifar",  # imagenet | cifar | deep
-      width=1.0,  # multiplier on the 64 base filters
+      # resnet_tiny | resnet_small | resnet14 | resnet20 | resnet18 | resnet34 | resnet50 |
+      # vit_tiny | vit_ti16 | vit_s16 | vit_b16 | vit_l16 (simlap/models/backbones.py)
+      backbone="resnet18",
+      stem="cifar",  # imagenet | cifar | deep; ResNets only, a ViT ignores it
+      width=1.0,  # ResNets: multiplier on the 64 base filters; a ViT's size is its name
+      freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
       bn_momentum=0.9,  # 0.99 lags on short runs
       dtype="float32",  # compute dtype; parameters stay float32
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
@@ -186,9 +189,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("loss.pair_kind", loss.pair_kind, losses.PAIR_KINDS),
       ("loss.variant", loss.variant, losses.VARIANTS),
       ("loss.reduction", loss.reduction, losses.REDUCTIONS),
-      ("model.backbone", config.model.backbone, tuple(sorted(resnet.VARIANTS))),
-      ("model.stem", config.model.stem, resnet.STEMS),
-      ("model.dtype", config.model.dtype, resnet.DTYPES),
+      ("model.backbone", config.model.backbone, tuple(sorted(backbones.BACKBONES))),
+      ("model.dtype", config.model.dtype, backbones.DTYPES),
       ("gate.kind", config.gate.kind, gates.GATE_KINDS),
       ("gate.fuse", config.gate.fuse, gates.FUSES),
       ("optimizer.name", o.name, optim.OPTIMIZERS),
@@ -197,6 +199,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
+  # model.stem (ResNets only), width and freeze_patch_embed depend on the backbone's family.
+  backbones.check_config(config.model, config.dataset.image_size)
   for name, value in [("batch_size", config.batch_size),
                       ("eval_batch_size", config.eval_batch_size),
                       ("log_every", config.log_every),

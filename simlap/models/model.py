@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from simlap.models import backbones
 from simlap.models import gates as gates_lib
 from simlap.models import heads
-from simlap.models import resnet
 
 
 class SimLAPModel(nn.Module):
@@ -100,11 +100,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
     An unbound `SimLAPModel`.
   """
   m, g = config.model, config.gate
-  dtype = resnet.parse_dtype(m.get("dtype", "float32"))
+  dtype = backbones.parse_dtype(m.get("dtype", "float32"))
   bn_momentum = float(m.get("bn_momentum", 0.9))
   dim = int(m.projector_dim)
   return SimLAPModel(
-      backbone=resnet.build_backbone(m),
+      backbone=backbones.build_backbone(m),
       projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
                                 bn_momentum=bn_momentum, dtype=dtype),
       gate=gates_lib.GateTable(

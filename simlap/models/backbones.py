@@ -1,0 +1,69 @@
+"""Every `config.model.backbone` name, ResNets and ViTs, and the one builder that dispatches.
+
+The model and the config validation go through here, so a new backbone family is registered
+in one place. `resnet.build_backbone` keeps working on its own for ResNet names.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import ml_collections
+
+from simlap.models import resnet
+from simlap.models import vit
+
+# name -> family.
+BACKBONES: dict[str, str] = {**{name: "resnet" for name in resnet.VARIANTS},
+                             **{name: "vit" for name in vit.SIZES}}
+DTYPES = resnet.DTYPES  # compute dtypes every family takes; parameters stay float32
+parse_dtype = resnet.parse_dtype
+
+
+def family(name: str) -> str:
+  """"resnet" or "vit"; raises ValueError listing the names for an unknown one."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+  return BACKBONES[name]
+
+
+def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The backbone `config.model` names: apply(..., images (B, H, W, C), train=) -> (B, F) f32.
+
+  ResNets read backbone, stem, width, bn_momentum, dtype; ViTs read backbone, dtype and
+  freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no BatchNorm).
+  """
+  if family(model_config.backbone) == "resnet":
+    return resnet.build_backbone(model_config)
+  return vit.build_vit(model_config.backbone,
+                       dtype=parse_dtype(model_config.get("dtype", "float32")),
+                       freeze_patch_embed=bool(model_config.get("freeze_patch_embed", False)))
+
+
+def feature_dim(model_config: ml_collections.ConfigDict) -> int:
+  """F, the feature width `build_backbone(model_config)` returns."""
+  if family(model_config.backbone) == "resnet":
+    return resnet.feature_dim(model_config)
+  return vit.SIZES[model_config.backbone].width
+
+
+def check_config(model_config: ml_collections.ConfigDict, image_size: int) -> None:
+  """The family-specific checks of `config_schema.validate`; ValueError naming the field.
+
+  `model.stem` is checked for ResNets only: a ViT has none and ignores it, so a recipe that sets
+  one (configs/in1k.py) still takes `--config.model.backbone=vit_s16`. `model.width` and
+  `model.freeze_patch_embed` are refused where they would silently do nothing.
+  """
+  name = model_config.backbone
+  freeze = bool(model_config.get("freeze_patch_embed", False))
+  if family(name) == "resnet":
+    if model_config.stem not in resnet.STEMS:
+      raise ValueError(f"config.model.stem={model_config.stem!r} is not one of {resnet.STEMS}")
+    if freeze:
+      raise ValueError(f"config.model.freeze_patch_embed=True needs a ViT backbone, not {name!r}")
+    return
+  if float(model_config.get("width", 1.0)) != 1.0:
+    raise ValueError(f"config.model.width={model_config.width} scales ResNets only; a ViT's "
+                     f"size is its name ({name!r}): leave width at 1.0")
+  patch = vit.SIZES[name].patch
+  if image_size % patch:
+    raise ValueError(f"config.dataset.image_size={image_size} is not a multiple of {name}'s "
+                     f"patch size {patch}")
