@@ -82,18 +82,25 @@ def make_optimizer(config: ml_collections.ConfigDict, num_train: int, *,
   Params are {"model": flax params, ...extra leaves such as "log_scale"}.
   """
   schedule = learning_rate_schedule(config, num_train)
-  main = _main_optimizer(config, schedule)
-  if not separate_probe:
-    return main, schedule
-  if not config.optimizer.probe_lr > 0:
+  # A frozen ViT patch projection (model.freeze_patch_embed: stop-gradient in the model) also
+  # gets no update at all, not even weight decay: it stays at its random init, as in MoCo-v3.
+  frozen = "patch_embed" if config.model.get("freeze_patch_embed", False) else None
+  if separate_probe and not config.optimizer.probe_lr > 0:
     raise ValueError(f"optimizer.probe_lr must be positive, got {config.optimizer.probe_lr}")
+  if not separate_probe and frozen is None:
+    return _main_optimizer(config, schedule), schedule
 
   def labels(params):
+    def label(path):
+      keys = [getattr(k, "key", None) for k in path]
+      if separate_probe and "probe" in keys:
+        return "probe"
+      return "frozen" if frozen in keys else "main"
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     treedef = jax.tree_util.tree_structure(params)
-    names = ["probe" if any(getattr(k, "key", None) == "probe" for k in path) else "main"
-             for path, _ in flat]
-    return jax.tree_util.tree_unflatten(treedef, names)
+    return jax.tree_util.tree_unflatten(treedef, [label(path) for path, _ in flat])
 
-  probe = optax.adam(config.optimizer.probe_lr)
-  return optax.multi_transform({"main": main, "probe": probe}, labels), schedule
+  transforms = {"main": _main_optimizer(config, schedule), "frozen": optax.set_to_zero()}
+  if separate_probe:
+    transforms["probe"] = optax.adam(config.optimizer.probe_lr)
+  return optax.multi_transform(transforms, labels), schedule
