@@ -11,7 +11,8 @@ A process that fails in a multi-process job exits at once (status 1) instead of 
 shutdown barrier for peers that are themselves blocked in a collective on it: its closed
 connections make their collectives fail too, so the whole job stops within seconds. A process
 that hangs or is killed without an error is declared dead by the coordinator after
---heartbeat_timeout_seconds, which then stops the others.
+--heartbeat_timeout_seconds, which then stops the others. A SIGTERM (preemption) to any process
+stops every process after one agreed step, with a checkpoint of it (simlap/preemption.py).
 """
 from __future__ import annotations
 import json
@@ -32,6 +33,7 @@ import jax  # noqa: E402
 
 from simlap import console  # noqa: E402
 from simlap import platforms  # noqa: E402
+from simlap import preemption  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -107,6 +109,9 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value, local_device_ids=local_ids,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
+    # From here JAX catches SIGTERM (its preemption notifier); counter 0 lets a notice that
+    # comes during startup still end in an agreed stop (simlap/preemption.py).
+    preemption.mark_ready()
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
