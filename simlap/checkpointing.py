@@ -96,6 +96,9 @@ class Checkpointer:
 
     Left in place, it would stay the "latest" step, and saving that step again after the
     fallback would fail with StepAlreadyExistsError, a crash loop on every restart.
+    Several processes: all pick the name before process 0 renames (else a late one sees the
+    renamed directory and names `.damaged.2`), and all reload after it (else a process that
+    still lists the step fails to save it again).
     """
     source = self.directory / str(step)
     target = self.directory / f"{step}.damaged"
@@ -103,6 +106,8 @@ class Checkpointer:
     while target.exists():
       n += 1
       target = self.directory / f"{step}.damaged.{n}"
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"simlap_checkpoint_name_damaged_{step}")
     if jax.process_index() == 0:
       source.rename(target)
     if jax.process_count() > 1:
