@@ -44,7 +44,6 @@ def _child(process_id: int, port: int) -> None:
 
   from simlap import preemption  # noqa: PLC0415
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
-  preemption.mark_ready()
   with preemption.StopRule() as rule:
     cost = _per_call_us(rule, _CALLS.value)
     multihost_utils.sync_global_devices("preemption_bench_latency")

@@ -33,7 +33,6 @@ import jax  # noqa: E402
 
 from simlap import console  # noqa: E402
 from simlap import platforms  # noqa: E402
-from simlap import preemption  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -109,9 +108,6 @@ def main(argv):
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value, local_device_ids=local_ids,
                                heartbeat_timeout_seconds=_HEARTBEAT.value)
-    # From here JAX catches SIGTERM (its preemption notifier); counter 0 lets a notice that
-    # comes during startup still end in an agreed stop (simlap/preemption.py).
-    preemption.mark_ready()
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

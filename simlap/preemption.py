@@ -21,12 +21,11 @@ one SIGTERM disposition) and the notice never arrives, so multi-process runs ins
 Single process: no coordination service exists (the sync point call returns False), so a Python
 handler sets a flag that the loop reads after each step.
 
-Counters: 0 as soon as possible after `jax.distributed.initialize` (`mark_ready`), then 1, 2, ...
-once per loop step. All processes start the loop from the same restored step, so the n-th call
-is the same step everywhere. The early 0 matters: if SIGTERM arrives before any process has
-called, the protocol finds no counter, fails, and the notice is lost; with 0 recorded, the sync
-point is 1 and the job stops after its first step. These calls must be the only ones: Orbax's
-own check (with the step as counter) is switched off in simlap/checkpointing.py.
+Counters: 1, 2, ... once per loop step. All processes start the loop from the same restored step,
+so the n-th call is the same step everywhere. A process that has not called yet counts as 0 (JAX's
+initial value), so a notice during startup makes 1 the sync point: the job stops after its first
+step. These calls must be the only ones: Orbax's own check (with the step as counter) is switched
+off in simlap/checkpointing.py.
 """
 from __future__ import annotations
 
@@ -47,11 +46,9 @@ def _sync_point(counter: int) -> bool | None:
     return None
 
 
-def mark_ready() -> None:
-  """Records sync counter 0 for a multi-process job (see the module doc); a no-op otherwise.
-
-  Call right after `jax.distributed.initialize`; calling it again before the loop is harmless."""
-  if jax.process_count() > 1 and _sync_point(0) is None:
+def _warn_if_service_off() -> None:
+  # Before the loop, counter 0 is JAX's own initial value: asking for it changes nothing.
+  if _sync_point(0) is None:
     logging.warning("JAX's preemption service is off (jax_enable_preemption_service): SIGTERM "
                     "will stop this process without a checkpoint, and its peers with an error")
 
@@ -94,7 +91,7 @@ class StopRule:
 
   def __enter__(self) -> StopRule:
     if self._multi:
-      mark_ready()  # again: a caller of train_and_evaluate other than simlap.main
+      _warn_if_service_off()
     else:
       self._local.install()
     return self

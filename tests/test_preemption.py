@@ -5,13 +5,15 @@ as in test_multiprocess) on test_train's tiny config for STEPS steps:
 
   * SIGTERM to one process only;
   * SIGTERM to both, the second one steps later in its own progress (or while it saves);
-  * SIGTERM to one process while the other is in the middle of an evaluation.
+  * SIGTERM to one process while the other is in the middle of an evaluation;
+  * SIGTERM during startup, before the training loop.
 
-In each case every process exits 0 within STOP_BOUND_S of the signal, the only checkpoint is
-that of the step every process logged as the agreed stop, and restarting the job ends bitwise
-equal (final state and every logged metric) to one uninterrupted 2-process run, which the tests
-share. The corrupted-checkpoint fallback is checked with the same 2 processes: both set the
-damaged newest checkpoint aside, restore the same older step and finish bitwise equal too.
+In each case every process exits 0 within STOP_BOUND_S of the signal and the only checkpoint is
+that of the step every process logged as the agreed stop; in the first three, restarting the job
+ends bitwise equal (final state and every logged metric) to one uninterrupted 2-process run,
+which the tests share. The corrupted-checkpoint fallback is checked with the same 2 processes:
+both set the damaged newest checkpoint aside, restore the same older step and finish bitwise
+equal too.
 """
 from __future__ import annotations
 
@@ -233,6 +235,23 @@ def test_sigterm_during_the_other_process_evaluation(jobs, straight, straight_st
   assert stopped > eval_every
   assert_resumes_to_straight(jobs, "eval_resumed", workdir, stopped, straight,
                              straight_state)
+
+
+@pytest.mark.slow
+def test_sigterm_during_startup_stops_after_the_first_step(jobs):
+  """A notice before any process has reached the loop (here: right after process 1 connected
+  to the coordinator, while both still build and compile) still ends in an agreed stop: every
+  process recorded sync counter 0 first, so the sync point is the first step."""
+  job, workdir = jobs.start("startup", *JOB)
+  try:
+    _wait(job, lambda: "process 1 of 2" in job.log(1), "distributed init", START_TIMEOUT_S)
+    os.kill(job.procs[1].pid, signal.SIGTERM)
+    sent = time.time()
+    early = "starting from scratch" not in job.log(1)
+    assert assert_stopped_together(job, workdir, sent) == 1
+  finally:
+    job.kill()
+  assert early, "process 1 had reached the training loop before the signal"
 
 
 # ------------------------------------------------------------------------------------------------
