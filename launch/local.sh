@@ -3,6 +3,10 @@
 # CPU devices (--devices N), optionally split over P local processes (--processes P) to exercise
 # the multi-host code path (jax.distributed over localhost, gloo collectives on CPU).
 # Run with --help for the options; --dry-run prints the commands only.
+#
+# Signals: one process replaces this shell (exec), so a SIGTERM sent to the script reaches
+# python itself; with --processes the script forwards SIGTERM and SIGINT to every process and
+# keeps waiting while they save one agreed step and exit 0 (simlap/preemption.py).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,7 +15,9 @@ usage() {
   cat <<'EOF'
 Usage: launch/local.sh [options] [--config.KEY=VALUE ...] [-- ARGS...]
 
-Runs  .venv/bin/python -m simlap.main --config=CONFIG --workdir=WORKDIR  in the repository root.
+Runs  .venv/bin/python -m simlap.main --config=CONFIG --workdir=WORKDIR  in the repository root
+(exec: a SIGTERM to this script reaches python; with --processes it is forwarded to every
+process). On SIGTERM the job saves one step, agreed by all processes, and exits 0.
 
 Options (environment variable in brackets):
   --config PATH[:ARG]  config file [SIMLAP_CONFIG], default configs/default.py
@@ -61,6 +67,16 @@ run() {
   else
     printf '+ %s\n' "$(quote "$@")" >&2
     "$@"
+  fi
+}
+
+# Like run, but the command replaces this shell (exec): signals sent to the shell reach it.
+run_exec() {
+  if ((DRY_RUN)); then
+    printf '+ exec %s\n' "$(quote "$@")"
+  else
+    printf '+ exec %s\n' "$(quote "$@")" >&2
+    exec "$@"
   fi
 }
 
@@ -127,6 +143,9 @@ parse_args() {
   [[ "$PORT" =~ ^[0-9]+$ ]] || die "--port needs a number"
   ((PROCESSES == 1)) || [[ -n "$DEVICES" ]] ||
     die "--processes simulates hosts on CPU and needs --devices N (devices per process)"
+  # wait -n -p (wait_all) came with bash 5.1.
+  ((PROCESSES == 1 || BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)) ||
+    die "--processes needs bash >= 5.1, this is ${BASH_VERSION}"
   [[ -n "$WORKDIR" ]] || WORKDIR="$REPO_ROOT/workdirs/$(config_stem "$CONFIG")"
   if ((!DRY_RUN)) && [[ ! -x "$PYTHON_BIN" ]]; then
     die "no interpreter at '$PYTHON_BIN': run 'bash scripts/setup.sh' first (or pass --python)"
@@ -147,13 +166,24 @@ device_env() {
   ENV_PREFIX=(env "XLA_FLAGS=${flags[*]}" JAX_PLATFORMS=cpu)
 }
 
+# Sends SIGTERM to every process that is still running (the trap on SIGTERM and SIGINT).
+forward_stop() {
+  echo "local.sh: forwarding the stop signal to every process" >&2
+  kill -TERM "${PIDS[@]}" 2>/dev/null || true
+}
+
 # Waits for every background process; if one fails, stops the others so nothing hangs waiting
-# for a peer that is gone, and returns that failure.
+# for a peer that is gone, and returns that failure. A signal the trap forwarded interrupts
+# `wait` without any process having ended: it keeps waiting for them to save and exit.
 wait_all() {
-  local status=0 rc left="${#PIDS[@]}"
+  local status=0 rc done_pid left="${#PIDS[@]}"
   while ((left > 0)); do
     rc=0
-    wait -n || rc=$?
+    wait -n -p done_pid || rc=$?
+    if [[ -z "${done_pid:-}" ]]; then
+      ((rc > 128)) || break # 127: no process left to wait for
+      continue
+    fi
     if ((rc != 0 && status == 0)); then
       status="$rc"
       echo "local.sh: a process exited with status $rc; stopping the others" >&2
@@ -172,11 +202,13 @@ main() {
   [[ -z "$DATA_DIR" ]] || cmd+=("--config.dataset.data_dir=${DATA_DIR}")
   run cd "$REPO_ROOT"
   if ((PROCESSES == 1)); then
-    run "${cmd[@]}" "${PASSTHROUGH[@]}"
-    return
+    ((!DRY_RUN)) || echo "# signals: exec: a SIGTERM to local.sh reaches python itself"
+    run_exec "${cmd[@]}" "${PASSTHROUGH[@]}"
+    return # dry run
   fi
   PIDS=()
-  trap 'kill "${PIDS[@]}" 2>/dev/null || true' INT TERM
+  ((!DRY_RUN)) || echo "# signals: SIGTERM or SIGINT to local.sh is forwarded to every process"
+  trap forward_stop INT TERM
   local i
   for ((i = 0; i < PROCESSES; i++)); do
     run_bg "${cmd[@]}" "--coordinator_address=localhost:${PORT}" \

@@ -5,7 +5,10 @@
 # (jax.distributed.initialize() with no arguments), so every worker runs the identical command.
 #
 # The workdir (checkpoints, metrics) and the TFDS data dir live on GCS because every worker must
-# see the same files. Run with --help for the options; --dry-run prints the commands only.
+# see the same files. Preemption (Spot VMs) and maintenance events reach the training process as
+# SIGTERM: the remote shell execs python, so no wrapper shell stands between the signal and it,
+# and every worker then saves one agreed step and exits 0 (simlap/preemption.py); a rerun of this
+# script resumes from it. Run with --help for the options; --dry-run prints the commands only.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,7 +19,8 @@ Usage: launch/tpu_vm.sh --bucket BUCKET --zone ZONE [options] [--config.KEY=VALU
 
 Creates or reuses a TPU VM pod slice, copies the code to every worker, installs
 simlap[train,tpu] (jax[tpu]) on every worker and runs on all workers:
-  python -m simlap.main --config=CONFIG --workdir=WORKDIR --config.dataset.data_dir=DATA_DIR
+  exec python -m simlap.main --config=CONFIG --workdir=WORKDIR --config.dataset.data_dir=DATA_DIR
+On a preemption or maintenance notice (SIGTERM) every worker saves one agreed step and exits 0.
 
 Options (environment variable in brackets):
   --project ID           GCP project [PROJECT]; default: gcloud's configured project
@@ -216,8 +220,13 @@ install() {
 train() {
   local args=(-m simlap.main "--config=${CONFIG}" "--workdir=${WORKDIR}"
     "--config.dataset.data_dir=${DATA_DIR}" "${PASSTHROUGH[@]}")
-  # `~` must reach the remote shell unquoted; the arguments are quoted for it.
-  on_all_workers "cd ~/simlap && ~/simlap-venv/bin/python $(quote "${args[@]}")"
+  if ((DRY_RUN)); then
+    echo "# signals: the VM's preemption or maintenance notice is SIGTERM; exec makes python the" \
+      "process it reaches on every worker"
+  fi
+  # `~` must reach the remote shell unquoted; the arguments are quoted for it. exec: python
+  # replaces the remote shell and receives the VM's SIGTERM itself.
+  on_all_workers "cd ~/simlap && exec ~/simlap-venv/bin/python $(quote "${args[@]}")"
 }
 
 main() {

@@ -20,6 +20,20 @@ _STATE = "state"
 _META = "meta"
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager without its own preemption check.
+
+  Orbax asks JAX's preemption sync manager at every save (and from its finalize thread) with the
+  step as the counter. simlap's loop asks it once per step with its own counter
+  (simlap/preemption.py) and forces the save itself; Orbax's extra calls, with another counter,
+  could move the agreed sync point past the end of the run.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the newest `keep`, resumes.
 
@@ -35,8 +49,7 @@ class Checkpointer:
         create=True,
         enable_async_checkpointing=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=(_STATE, _META))
+    self._manager = _Manager(self.directory, options=options, item_names=(_STATE, _META))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -83,6 +96,9 @@ class Checkpointer:
 
     Left in place, it would stay the "latest" step, and saving that step again after the
     fallback would fail with StepAlreadyExistsError, a crash loop on every restart.
+    Several processes: all pick the name before process 0 renames (else a late one sees the
+    renamed directory and names `.damaged.2`), and all reload after it (else a process that
+    still lists the step fails to save it again).
     """
     source = self.directory / str(step)
     target = self.directory / f"{step}.damaged"
@@ -90,6 +106,8 @@ class Checkpointer:
     while target.exists():
       n += 1
       target = self.directory / f"{step}.damaged.{n}"
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"simlap_checkpoint_name_damaged_{step}")
     if jax.process_index() == 0:
       source.rename(target)
     if jax.process_count() > 1:

@@ -11,7 +11,8 @@ A process that fails in a multi-process job exits at once (status 1) instead of 
 shutdown barrier for peers that are themselves blocked in a collective on it: its closed
 connections make their collectives fail too, so the whole job stops within seconds. A process
 that hangs or is killed without an error is declared dead by the coordinator after
---heartbeat_timeout_seconds, which then stops the others.
+--heartbeat_timeout_seconds, which then stops the others. A SIGTERM (preemption) to any process
+stops every process after one agreed step, with a checkpoint of it (simlap/preemption.py).
 """
 from __future__ import annotations
 import json

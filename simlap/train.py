@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +37,7 @@ from simlap import losses
 from simlap import metrics_io
 from simlap import objectives
 from simlap import optim
+from simlap import preemption
 from simlap import sharding
 from simlap import workdir as workdir_lib
 from simlap.data import datasets
@@ -164,30 +164,6 @@ def raise_if_nonfinite(state: TrainState) -> None:
 # ------------------------------------------------------------------------------------------------
 # The run.
 # ------------------------------------------------------------------------------------------------
-class _StopSignal:
-  """Turns SIGTERM (preemption) into a flag the loop checks once per step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread (e.g. some test runners): no handler
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: saving a checkpoint and stopping after this step")
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 @contextlib.contextmanager
 def _finish_writes_on_error(ckpt: checkpointing.Checkpointer, writer) -> Iterator[None]:
   """On an error in the loop (NaN, bad data), finishes pending checkpoint writes and flushes
@@ -287,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def run_eval(step):
     nonlocal eval_results
+    logging.info("step %d: evaluating", step)
     eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes)
     writer.write_scalars(step, eval_results)
     logging.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
@@ -302,30 +279,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = start_step
   preempted = False
   in_flight = collections.deque()
-  with _StopSignal() as stop, _finish_writes_on_error(ckpt, writer):
+  with preemption.StopRule(stop_at=stop_at) as stop_rule, _finish_writes_on_error(ckpt, writer):
     while step < num_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, next(batches))
       step += 1
       # Let dispatch run at most 2 steps ahead of the devices: enough to keep them busy, while
-      # steps/s stays honest and SIGTERM stops within one step (not a queue of hundreds).
+      # steps/s stays honest and SIGTERM stops within a few steps (not a queue of hundreds).
       in_flight.append(metrics["loss"])
       if len(in_flight) > 2:
         in_flight.popleft().block_until_ready()
       report(step)
-      if step % config.log_every == 0 or step == num_steps:
-        raise_if_nonfinite(state)
+      log_step = step % config.log_every == 0 or step == num_steps
+      # Preemption, stop_at and NaN (raises): the same decision on every process (preemption.py).
+      stop = stop_rule.stop_now(step, check_finite=functools.partial(raise_if_nonfinite, state)
+                                if log_step else None)
+      if log_step:
         host = jax.device_get(metrics)
         writer.write_scalars(step, host)
         writer.flush()  # a killed job keeps its metrics up to the last log step
         logging.info("step %d/%d: loss %.4f, online probe accuracy %.3f, lr %.3g", step,
                      num_steps, host["loss"], host["probe_accuracy"], host["learning_rate"])
-      if config.eval_every and step % config.eval_every == 0 and step < num_steps:
-        run_eval(step)
-      if stop.requested or step == stop_at:
+      if stop:  # no evaluation first: a preempted job has seconds to save
         preempted = step < num_steps
         save(step, force=True)
         break
+      if config.eval_every and step % config.eval_every == 0 and step < num_steps:
+        run_eval(step)
       save(step, force=step == num_steps)
   ckpt.wait()
   if not preempted and config.eval_at_end:

@@ -10,6 +10,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,10 +25,19 @@ FAKE_TOOLS = ("gcloud", "gsutil", "srun", "sbatch", "git", "ssh", "scp", "pip", 
 
 # Records the call, then exits with FAKE_RC (gcloud ... describe: FAKE_DESCRIBE_RC). A fake
 # `python` given --process_id=$FAKE_FAIL_PROCESS exits 3 after 0.5 s; with FAKE_SLEEP it sleeps.
+# With FAKE_ON_TERM=S a SIGTERM is recorded ({"signal": "TERM"}) and ends it with 0 S s later,
+# as simlap does after saving.
 FAKE_TOOL = """#!{python}
-import json, os, sys, time
+import json, os, signal, sys, time
 name = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
+def on_term(signum, frame):
+  with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps(dict(tool=name, argv=args, pid=os.getpid(), signal="TERM")) + "\\n")
+  time.sleep(float(os.environ["FAKE_ON_TERM"]))
+  sys.exit(0)
+if os.environ.get("FAKE_ON_TERM"):
+  signal.signal(signal.SIGTERM, on_term)
 with open(os.environ["FAKE_LOG"], "a") as f:
   f.write(json.dumps(dict(
       tool=name, argv=args, cwd=os.getcwd(), pid=os.getpid(),
@@ -190,7 +200,9 @@ def test_tpu_dry_run(fakes):
   # The job: the same entrypoint on every worker, GCS workdir and TFDS data dir.
   remote = shlex.split(train[-1].removeprefix("--command="))
   assert remote[:3] == ["cd", "~/simlap", "&&"]
-  assert remote[3] == "~/simlap-venv/bin/python"
+  # exec: python replaces the remote shell, so the VM's SIGTERM reaches it.
+  assert remote[3:5] == ["exec", "~/simlap-venv/bin/python"]
+  assert "# signals: the VM's preemption or maintenance notice is SIGTERM" in result.stdout
   assert simlap_args(remote) == [
       "--config=configs/in1k.py",
       "--workdir=gs://my-bucket/simlap/simlap-v4-64/in1k",
@@ -270,10 +282,11 @@ SLURM_JOB = {  # what sbatch and srun put in a 3-node job of 4 GPUs each
 
 
 def srun_command(cmds):
-  """The one srun command of a dry run, after `cd REPO` and the TFDS_DATA_DIR export."""
-  assert [c[0] for c in cmds] == ["cd", "export", "srun"], cmds
-  assert cmds[0] == ["cd", str(REPO)]
-  return cmds[2]
+  """The one srun command of a dry run, after `cd REPO` and the TFDS_DATA_DIR export; the
+  script execs it (signals sent to the batch shell reach srun, which forwards them)."""
+  assert [c[0] for c in cmds] == ["cd", "export", "exec"], cmds
+  assert cmds[0] == ["cd", str(REPO)] and cmds[2][1] == "srun"
+  return cmds[2][1:]
 
 
 def test_slurm_dry_run_outside_slurm(fakes):
@@ -326,6 +339,27 @@ def test_slurm_rejects_fewer_tasks_than_gpus(fakes):
   assert calls(fakes[1]) == []
 
 
+def test_slurm_signals_every_task_before_the_time_limit(fakes):
+  header = (LAUNCH / "slurm_gpu.sbatch").read_text().split("set -euo pipefail")[0]
+  assert "\n#SBATCH --signal=TERM@120\n" in header  # all job steps' tasks, not the batch shell
+  result = launch("slurm_gpu.sbatch", "--dry-run", fakes=fakes)
+  printed(result)
+  assert ("# signals: #SBATCH --signal=TERM@120: SIGTERM to every task 120 s before the time "
+          "limit") in result.stdout
+
+
+def test_slurm_sigterm_to_the_batch_shell_reaches_srun(fakes):
+  """srun replaces the batch shell (exec): a SIGTERM sent to the shell reaches srun, which
+  forwards it to every task; the job step's exit status is the script's."""
+  proc = start_script("slurm_gpu.sbatch", fakes=fakes, env={**SLURM_JOB, "FAKE_SLEEP": "60",
+                                                            "FAKE_ON_TERM": "0"})
+  (call,) = wait_for_calls(fakes[1], 1, proc)
+  assert call["tool"] == "srun" and call["pid"] == proc.pid
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == 0
+  assert [(c["tool"], c["signal"]) for c in calls(fakes[1]) if "signal" in c] == [("srun", "TERM")]
+
+
 def test_slurm_real_run_calls_srun(fakes):
   env = {**SLURM_JOB, "TFDS_DATA_DIR": "/shared/tfds"}
   dry = printed(launch("slurm_gpu.sbatch", "--dry-run", "--", ODD_OVERRIDE, fakes=fakes,
@@ -348,10 +382,10 @@ def test_local_dry_run_devices(fakes):
   assert calls(fakes[1]) == []
   assert cmds[0] == ["cd", str(REPO)]
   (cmd,) = cmds[1:]
-  assert cmd[:3] == ["env",
+  assert cmd[:4] == ["exec", "env",
                      "XLA_FLAGS=--xla_cpu_foo=1 --xla_force_host_platform_device_count=8",
                      "JAX_PLATFORMS=cpu"]
-  assert cmd[3] == str(REPO / ".venv/bin/python")
+  assert cmd[4] == str(REPO / ".venv/bin/python")
   assert simlap_args(cmd) == [
       "--config=configs/default.py",
       f"--workdir={REPO}/workdirs/default",
@@ -364,7 +398,7 @@ def test_local_dry_run_real_devices(fakes):
   cmds = printed(launch("local.sh", "--dry-run", "--config", "configs/in1k.py:smoke",
                         "--data-dir", "/data/tfds", fakes=fakes))
   (cmd,) = cmds[1:]
-  assert cmd[0] == str(REPO / ".venv/bin/python")  # no env prefix, no simulated devices
+  assert cmd[:2] == ["exec", str(REPO / ".venv/bin/python")]  # no simulated devices
   assert simlap_args(cmd) == [
       "--config=configs/in1k.py:smoke",
       f"--workdir={REPO}/workdirs/in1k-smoke",
@@ -382,7 +416,7 @@ def test_local_real_run(fakes):
   assert call["cwd"] == str(REPO)
   assert call["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
   assert call["env"]["JAX_PLATFORMS"] == "cpu"
-  assert [python, *call["argv"]] == dry[1][3:]  # after `env XLA_FLAGS=.. JAX_PLATFORMS=cpu`
+  assert [python, *call["argv"]] == dry[1][4:]  # after `exec env XLA_FLAGS=.. JAX_PLATFORMS=cpu`
 
 
 def test_local_processes_dry_run(fakes):
@@ -391,6 +425,7 @@ def test_local_processes_dry_run(fakes):
   assert calls(fakes[1]) == []
   cmds = printed(result)
   assert result.stdout.splitlines()[-1] == "+ wait"
+  assert "# signals: SIGTERM or SIGINT to local.sh is forwarded to every process" in result.stdout
   procs = cmds[1:3]
   for i, cmd in enumerate(procs):
     assert cmd[-1] == "&"
@@ -418,3 +453,55 @@ def test_local_processes_dead_peer_stops_the_rest(fakes):
   for call in started:  # every process it started is gone
     with pytest.raises(ProcessLookupError):
       os.kill(call["pid"], 0)
+
+
+def test_local_sigterm_reaches_the_one_process(fakes):
+  """One process replaces the script (exec): a SIGTERM to local.sh reaches python itself."""
+  python = str(fakes[0] / "python")
+  proc = start_script("local.sh", "--python", python, fakes=fakes,
+                      env={"FAKE_SLEEP": "60", "FAKE_ON_TERM": "0"})
+  (call,) = wait_for_calls(fakes[1], 1, proc)
+  assert call["pid"] == proc.pid
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == 0
+  assert [c["signal"] for c in calls(fakes[1]) if "signal" in c] == ["TERM"]
+
+
+def test_local_processes_get_sigterm_and_are_waited_for(fakes):
+  """SIGTERM to local.sh goes to every process; the script waits while they save (here 1 s)
+  and exits 0 with them, instead of returning while they still run."""
+  python = str(fakes[0] / "python")
+  proc = start_script("local.sh", "--devices", "2", "--processes", "3", "--python", python,
+                      fakes=fakes, env={"FAKE_SLEEP": "60", "FAKE_ON_TERM": "1"})
+  started = wait_for_calls(fakes[1], 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == 0, proc.stderr.read()
+  got = sorted(c["argv"][-1] for c in calls(fakes[1]) if "signal" in c)
+  assert got == [f"--process_id={i}" for i in range(3)]
+  for call in started:  # all ended before the script did
+    with pytest.raises(ProcessLookupError):
+      os.kill(call["pid"], 0)
+
+
+def start_script(script, *args, fakes, env):
+  """Starts a launch script like `launch`, in the background (stderr piped, stdout dropped)."""
+  bin_dir, log = fakes
+  home = log.parent / "home"
+  home.mkdir(exist_ok=True)
+  clean = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "HOME": str(home), "TMPDIR": str(log.parent), "LANG": "C.UTF-8",
+           "FAKE_LOG": str(log), **env}
+  return subprocess.Popen(["bash", str(LAUNCH / script), *args], env=clean, cwd=log.parent,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_calls(log, n, proc, timeout=30):
+  """The first `n` calls, once the fakes recorded them (each installs its SIGTERM handler
+  before it records the call)."""
+  deadline = time.monotonic() + timeout
+  while len(calls(log)) < n:
+    if proc.poll() is not None or time.monotonic() > deadline:
+      proc.kill()
+      pytest.fail(f"{len(calls(log))} of {n} calls (exit {proc.poll()})")
+    time.sleep(0.05)
+  return calls(log)[:n]
