@@ -62,7 +62,7 @@ def _check_same_config(config: ml_collections.ConfigDict, rdir: str) -> None:
   saved = workdir_lib.saved_config(rdir)
   if saved is None:
     return
-  diff = workdir_lib.config_diff(saved, workdir_lib.as_json(config))
+  diff = workdir_lib.resume_blockers(saved, config)  # same rule as resuming a run
   if diff:
     raise ValueError(f"{rdir} was trained with a different config ({', '.join(diff[:8])}); "
                      "use another --workdir, or delete that run to retrain it")

@@ -102,6 +102,33 @@ def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def resume_blockers(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """The `config_diff` lines that forbid continuing a run saved with config `saved`.
+
+  Not blockers: keys in RESUME_MAY_CHANGE, and fields added to the schema after `saved` was
+  written that still hold their default (the older code behaved as that default), so upgrading
+  simlap does not strand existing runs.
+  """
+  now = as_json(config)
+  flat_saved, flat_now = _flat(saved), _flat(now)
+  defaults = _flat(as_json(config_schema.base_config()))
+  allowed = tuple(k + ":" for k in RESUME_MAY_CHANGE)
+  out = []
+  for line in config_diff(saved, now):
+    key = line.split(":", 1)[0]
+    added_at_default = (key not in flat_saved and key in defaults
+                        and flat_now.get(key) == defaults[key])
+    if not (line.startswith(allowed) or added_at_default):
+      out.append(line)
+  return out
+
+
 def _has_checkpoints(workdir: str) -> bool:
   directory = os.path.join(workdir, "checkpoints")
   return tf.io.gfile.isdir(directory) and any(
@@ -117,8 +144,7 @@ def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = saved_config(workdir)
   if saved is None or not _has_checkpoints(workdir):
     return
-  allowed = tuple(k + ":" for k in RESUME_MAY_CHANGE)
-  diff = [d for d in config_diff(saved, as_json(config)) if not d.startswith(allowed)]
+  diff = resume_blockers(saved, config)
   if diff:
     more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
     raise ValueError(

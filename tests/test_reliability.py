@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from simlap import checkpointing
+from simlap import config_schema
 from simlap import workdir as workdir_lib
 from simlap import sharding
 from simlap import train
@@ -332,6 +333,24 @@ def test_resume_with_another_config_is_refused_and_keeps_checkpoints(straight_ru
   assert "num_steps" not in message and "log_every" not in message  # only what differs
   assert time.monotonic() - start < 10 and not no_network
   assert sorted(os.listdir(ckpts)) == before  # nothing restored, renamed or written
+
+
+def test_fields_added_since_a_run_was_saved_block_only_when_not_default():
+  """A config.json written before a field existed (here: the sharding section and
+  model.freeze_patch_embed) still resumes while the field holds its default; a non-default
+  value, or a changed old field, still blocks."""
+  config = config_schema.base_config()
+  old = workdir_lib.as_json(config)
+  del old["sharding"], old["model"]["freeze_patch_embed"]
+  assert workdir_lib.resume_blockers(old, config) == []
+  config.model.freeze_patch_embed = True
+  assert workdir_lib.resume_blockers(old, config) == [
+      "model.freeze_patch_embed: None -> True"]
+  config.model.freeze_patch_embed = False
+  config.sharding.params = "fsdp"  # a resumable key even where it is new
+  config.batch_size = 2 * config.batch_size
+  assert workdir_lib.resume_blockers(old, config) == [
+      f"batch_size: {config.batch_size // 2} -> {config.batch_size}"]
 
 
 def test_checkpoint_with_nan_is_skipped(tmp_path, caplog):
