@@ -61,10 +61,7 @@ def main(argv):
   sharding.check_batch_divisible(config.batch_size, mesh)
   d = config.dataset
   # Shapes only: the benchmark needs no dataset on disk.
-  info = datasets.DatasetInfo(
-      num_classes=d.num_classes, class_names=tuple(str(i) for i in range(d.num_classes)),
-      num_train=max(config.batch_size * 1000, 1), num_eval=0,
-      image_shape=(d.image_size, d.image_size, d.channels), extra_label_keys=())
+  info = datasets.info_from_config(config, num_train=max(config.batch_size * 1000, 1))
   trainer = train.make_trainer(config, mesh, info)
   state = trainer.init_fn()
   shape = (config.batch_size, d.image_size, d.image_size, d.channels)

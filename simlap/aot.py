@@ -97,10 +97,7 @@ def _info(config: ml_collections.ConfigDict, num_train: int | None):
   if not num_train:
     raise ValueError(f"the size of dataset {d.name!r} is not in simlap.aot.TRAIN_SIZES; pass "
                      "--num_train (it sets the LR schedule's length, not the shapes)")
-  return datasets.DatasetInfo(
-      num_classes=d.num_classes, class_names=tuple(map(str, range(d.num_classes))),
-      num_train=num_train, num_eval=0, image_shape=(d.image_size, d.image_size, d.channels),
-      extra_label_keys=tuple(d.extra_label_keys))
+  return datasets.info_from_config(config, num_train)
 
 
 def _per_chip_bytes(tree: Any) -> int:

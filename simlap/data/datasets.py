@@ -128,6 +128,16 @@ def get_dataset_info(config: ConfigDict) -> DatasetInfo:
       extra_label_keys=tuple(d.extra_label_keys))
 
 
+def info_from_config(config: ConfigDict, num_train: int) -> DatasetInfo:
+  """Shapes only, from the config, reading no dataset: for compile-only tools and benchmarks.
+  `num_train` sets the LR schedule's length; class names are the indices."""
+  d = config.dataset
+  return DatasetInfo(
+      num_classes=d.num_classes, class_names=tuple(str(i) for i in range(d.num_classes)),
+      num_train=num_train, num_eval=0, image_shape=(d.image_size, d.image_size, d.channels),
+      extra_label_keys=tuple(d.extra_label_keys))
+
+
 def decoders(builder, image_key: str) -> dict[str, Any] | None:
   """JPEG images stay bytes, so augmentations can decode only their crop window."""
   feature = builder.info.features[image_key]
