@@ -5,6 +5,11 @@ cosine to 0; projector 2048 -> 2048 -> 2048 -> 256; T = 0.1; SimCLR augmentation
 BatchNorm (automatic: the step is one jit over the global batch); bfloat16 compute with float32
 parameters, norms, gates and loss.
 
+`--config=configs/in1k.py:hydra` (or `:moco`) switches to the authors' ResNet-50 momentum-encoder
+recipe (MoCo-v3's): batch 4096, 300 epochs, LARS lr 0.3 x batch/256, weight decay 1.5e-6, 10
+warm-up epochs, T = 0.15, momentum 0.99 -> 1, projector 4096 -> 4096 -> 256 and predictor
+4096 -> 256 without biases, crops from 0.2, BYOL's asymmetric blur and solarization.
+
 `--config=configs/in1k.py:METHOD,smoke` (every config file takes `:METHOD`, from
 simlap.config_schema.METHODS, plus its own variants) runs a few steps of a tiny model (tests
 use it under `tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
@@ -53,11 +58,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 25_000
   c.checkpoint_every = 2_000
   c.keep_checkpoints = 3
+  if method in ("hydra", "moco"):
+    momentum_encoder_recipe(c)
 
   if smoke:  # a few steps of a tiny model on (mocked) data: wiring, not learning
     c.model.backbone = "resnet_tiny"
     c.model.dtype = "float32"
     c.model.projector_hidden = (32,)
+    c.model.predictor_hidden = (32,)
     c.model.projector_dim = 16
     c.gate.embed_dim = 16
     c.gate.hidden_dim = 32
@@ -71,3 +79,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 1
     c.checkpoint_every = 2
   return config_schema.apply_method(c, method)
+
+
+def momentum_encoder_recipe(c: ml_collections.ConfigDict) -> None:
+  """MoCo-v3's ResNet-50 recipe, which the authors' v1 (Hydra-MoCo) trains: in place."""
+  c.model.projector_hidden = (4096, 4096)
+  c.model.predictor_hidden = (4096,)
+  c.model.projector_bias = False
+  c.batch_size = 4096
+  c.num_epochs = 300.0
+  c.optimizer.lr = 0.3
+  c.optimizer.lr_scaling = "linear"
+  c.optimizer.weight_decay = 1.5e-6
+  c.optimizer.warmup_epochs = 10.0
+  c.loss.temperature = 0.15
+  c.moco.momentum = 0.99
+  for view in (c.augment.view1, c.augment.view2):
+    view.crop_scale = (0.2, 1.0)
+    view.saturation = 0.2
+  # BYOL's asymmetric views: always blur the first, rarely blur and sometimes solarize the second.
+  c.augment.view1.blur_prob, c.augment.view1.solarize_prob = 1.0, 0.0
+  c.augment.view2.blur_prob, c.augment.view2.solarize_prob = 0.1, 0.2

@@ -28,6 +28,8 @@ METHODS = {
     "supcon": "SupCon (Khosla et al., L_out) over both views",
     "simclr": "SimCLR NT-Xent, labels unused",
     "ce": "supervised cross-entropy through the linear head",
+    "hydra": "momentum encoder + predictor: MoCo-v3 instance loss + the gated loss (beta 1)",
+    "moco": "MoCo-v3: momentum encoder + predictor, instance loss only (beta = alpha = 0)",
 }
 
 
@@ -92,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # compute dtype; parameters stay float32
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
       projector_dim=256,  # D, the embedding (and gate) dimension
+      projector_bias=True,  # biases in the hidden Dense layers (MoCo-v3 has none)
+      predictor_hidden=(2048,),  # objective "moco" only: the predictor's hidden widths
       probe_stop_gradient=True,  # online linear probe on stop-gradient features
   ))
   c.gate = ml_collections.ConfigDict(dict(
@@ -104,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   # ---- objective (simlap/losses.py) ----
-  c.objective = "simlap"  # simlap | simclr | supcon | ce
+  c.objective = "simlap"  # simlap | simclr | supcon | ce | moco
   c.loss = ml_collections.ConfigDict(dict(
       pair_kind="arbitrary",  # arbitrary | identical | distinct
       variant="cosine",  # cosine | weighted
@@ -113,6 +117,15 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=0.1,
       learn_scale=False,  # learn log(1/T), initialised at log(1/temperature)
       chunk_size=0,  # anchor rows per chunk in the loss; 0 = no chunking
+  ))
+  # ---- objective "moco": a momentum (key) encoder and a predictor (simlap/momentum.py) ----
+  # L = (instance + beta * D(y, y2) + alpha * D(y, y)) / (1 + alpha + beta), D the gated loss
+  # with the momentum keys; instance = MoCo-v3's InfoNCE at loss.temperature.
+  c.moco = ml_collections.ConfigDict(dict(
+      momentum=0.99,  # EMA decay at step 0, cosine to 1 at the last step (0.996 for long runs)
+      beta=1.0,  # weight of the arbitrary-pair gated loss
+      alpha=0.0,  # weight of the identical-pair gated loss ("class loss")
+      gate_warmup_epochs=0.0,  # queries stop-gradient inside D: only the gate learns from it
   ))
 
   # ---- optimisation ----
@@ -147,6 +160,14 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   if method not in METHODS:
     raise ValueError(f"method {method!r} is not one of {sorted(METHODS)}")
   c.method = method
+  if method in ("hydra", "moco"):
+    c.objective = "moco"
+    c.moco.beta = 1.0 if method == "hydra" else 0.0
+    c.moco.alpha = 0.0
+    c.model.probe_stop_gradient = True
+    c.loss.pair_kind, c.loss.variant = "arbitrary", "cosine"
+    c.gate.kind, c.gate.fuse = "sigmoid", "mean"
+    return c
   if method in ("supcon", "simclr", "ce"):
     c.objective = method
     c.model.probe_stop_gradient = method != "ce"
@@ -220,6 +241,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.num_steps <= 0 and not config.num_epochs > 0:
     raise ValueError(f"set config.num_steps > 0 or config.num_epochs > 0 (got "
                      f"{config.num_steps} and {config.num_epochs})")
+  moco = config.moco
+  if not 0.0 <= moco.momentum < 1.0:
+    raise ValueError(f"config.moco.momentum must be in [0, 1), got {moco.momentum}")
+  for name in ("beta", "alpha", "gate_warmup_epochs"):
+    if not moco[name] >= 0:
+      raise ValueError(f"config.moco.{name} must be >= 0, got {moco[name]}")
+  if config.objective == "moco" and not config.model.predictor_hidden:
+    raise ValueError("config.objective='moco' needs a predictor: set "
+                     "config.model.predictor_hidden, e.g. (4096,)")
   if config.objective == "ce" and config.model.probe_stop_gradient:
     raise ValueError("config.objective='ce' trains through the linear head: set "
                      "config.model.probe_stop_gradient=False")

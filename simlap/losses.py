@@ -405,9 +405,12 @@ def nt_xent(anchors: Array, keys: Array, *, scale: float | Array = 10.0,
     labels = jnp.concatenate([index, index])
     return supcon_loss(both, both, labels, labels, scale=scale, exclude_self=True)
   dtype = _compute_dtype(anchors, keys)
-  logits = jnp.asarray(scale, dtype) * (
-      l2_normalize(anchors.astype(dtype)) @ l2_normalize(keys.astype(dtype)).T)
-  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits))
+  a, k = l2_normalize(anchors.astype(dtype)), l2_normalize(keys.astype(dtype))
+  scale = jnp.asarray(scale, dtype)
+  # The positive logit as a row-wise dot, not jnp.diagonal(logits): diagonal lowers to a
+  # platform-dependent conditional, and on XLA:CPU a batch-sharded conditional holding a
+  # collective can run in a different order on each device and deadlock the step.
+  return jnp.mean(jax.nn.logsumexp(scale * (a @ k.T), axis=1) - scale * jnp.sum(a * k, axis=1))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ as two views; embeddings z1, z2 are (B, D), labels y (B,).
   simclr  NT-Xent over the 2B views (SimCLR's form: 2B - 2 negatives per sample).
   supcon  SupCon L_out over the 2B views, self excluded (Khosla et al.).
   ce      cross-entropy of the (not stop-gradient) linear head, both views.
+  moco    the momentum-encoder objective (MoCo-v3; with beta > 0 the paper's v1 "Hydra-MoCo"):
+          queries q = predictor outputs, keys k = momentum-encoder embeddings (no gradient),
+          L = (instance + beta D(y, y2) + alpha D(y, y)) / (1 + alpha + beta); `moco_loss`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import optax
 from simlap import losses
 from simlap.models import gates as gates_lib
 
-OBJECTIVES = ("simlap", "simclr", "supcon", "ce")
+OBJECTIVES = ("simlap", "simclr", "supcon", "ce", "moco")
 
 
 def logit_scale(config: ml_collections.ConfigDict, params: dict) -> jax.Array:
@@ -62,4 +65,54 @@ def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.A
     penalty = gates_lib.gate_penalty(gates)
     metrics["gate_penalty"] = penalty
     loss = loss + config.gate.penalty * penalty
+  return loss, metrics
+
+
+def moco_loss(config: ml_collections.ConfigDict, queries: tuple[jax.Array, jax.Array],
+              keys: tuple[jax.Array, jax.Array], labels: jax.Array,
+              pair_labels: jax.Array | None, gates: jax.Array | None, scale: jax.Array,
+              gate_warmup: jax.Array | bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The momentum-encoder objective for queries (q1, q2) and keys (k1, k2), each (B, D).
+
+    instance = 1/2 [InfoNCE(q1, k2) + InfoNCE(q2, k1)]           (MoCo-v3, logits s q.k)
+    D(y2)    = 1/2 [simlap(q1, k2; g(y, y2)) + simlap(q2, k1; g(y, y2))]
+    L = (instance + beta D(pair_labels) + alpha D(labels)) / (1 + alpha + beta)
+        + gate.penalty * entropy(g)
+
+  `gates` stacks g(y, y2) (B rows, when beta > 0) over g(y, y) (B rows, when alpha > 0).
+  While `gate_warmup` is true the queries are stop-gradient inside D, so D trains only the gate.
+  beta = alpha = 0 skips D entirely: exactly MoCo-v3's loss (as the authors compute it, without
+  MoCo-v3's 2T factor, which only rescales the gradient).
+  """
+  (q1, q2), (k1, k2) = queries, jax.lax.stop_gradient(keys)
+  beta, alpha = float(config.moco.beta), float(config.moco.alpha)
+  instance = 0.5 * (losses.nt_xent(q1, k2, scale=scale) + losses.nt_xent(q2, k1, scale=scale))
+  metrics = {"instance_loss": instance}
+  if not (beta or alpha):
+    return instance, metrics
+  # jnp.where, not a Python branch: the warm-up ends at a step, inside one compiled program.
+  d1, d2 = (jnp.where(gate_warmup, jax.lax.stop_gradient(q), q) for q in (q1, q2))
+  metrics["gate_warmup"] = jnp.asarray(gate_warmup, jnp.float32)
+  kwargs = dict(scale=scale, variant=config.loss.variant, reduction=config.loss.reduction,
+                chunk_size=config.loss.chunk_size or None)
+
+  def disparate(g, y2):
+    return 0.5 * (losses.simlap_loss(d1, k2, g, labels, y2, labels, **kwargs)
+                  + losses.simlap_loss(d2, k1, g, labels, y2, labels, **kwargs))
+
+  num = labels.shape[0]
+  total = instance
+  if beta:
+    g = gates[:num]
+    metrics["disparate_loss"] = disparate(g, pair_labels)
+    metrics.update(losses.subspace_diagnostics(q1, k2, g, labels, pair_labels, labels,
+                                               variant=config.loss.variant))
+    total = total + beta * metrics["disparate_loss"]
+  if alpha:
+    metrics["class_loss"] = disparate(gates[num:] if beta else gates, labels)
+    total = total + alpha * metrics["class_loss"]
+  loss = total / (1.0 + alpha + beta)
+  if config.gate.penalty:
+    metrics["gate_penalty"] = gates_lib.gate_penalty(gates)
+    loss = loss + config.gate.penalty * metrics["gate_penalty"]
   return loss, metrics

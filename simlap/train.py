@@ -1,8 +1,8 @@
 """SimLAP training: `train_and_evaluate(config, workdir)`, read top to bottom in phases.
 
 mesh -> data -> model and shapes (`jax.eval_shape`) -> sharded init (`jax.jit` with
-out_shardings) -> optimizer -> jitted, donated train step -> checkpoint restore -> loop with
-periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
+out_shardings) -> optimizer -> jitted, donated train step (simlap/train_step.py) -> checkpoint
+restore -> loop with periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
 
 Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
 the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: whole weights
@@ -23,143 +23,22 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 from clu import periodic_actions
 
 from simlap import checkpointing
 from simlap import config_schema
 from simlap import features
-from simlap import losses
 from simlap import metrics_io
-from simlap import objectives
+from simlap import momentum as momentum_lib
 from simlap import optim
 from simlap import preemption
 from simlap import sharding
+from simlap import train_step as step_lib
 from simlap import workdir as workdir_lib
 from simlap.data import datasets
 from simlap.data import train_stream
-from simlap.models import model as model_lib
-
-# Codes for TrainState.nonfinite: which quantity first went NaN/Inf.
-_NONFINITE_NAMES = {1: "loss", 2: "gradient norm"}
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; a pytree Orbax saves as is.
-
-  params: {"model": flax params, "log_scale": () when learned}.
-  nonfinite_step / nonfinite: step and code of the first NaN/Inf (-1 / 0 while healthy). A bad
-  update is never applied, so the state stays the last good one and can still be checkpointed.
-  """
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  nonfinite_step: jax.Array
-  nonfinite: jax.Array
-
-
-def build(config: ml_collections.ConfigDict, info: datasets.DatasetInfo):
-  """Model, optimizer and LR schedule for `config` on a dataset described by `info`."""
-  model = model_lib.build_model(config, info.num_classes)
-  tx, schedule = optim.make_optimizer(config, info.num_train,
-                                      separate_probe=config.objective != "ce")
-  return model, tx, schedule
-
-
-def init_state(config, model, tx, image_shape) -> TrainState:
-  """Fresh state; called under `jax.jit` so every leaf is born with its sharding."""
-  rng = jax.random.key(config.seed)
-  params_rng, gate_rng = jax.random.split(rng)
-  images = jnp.zeros((2, *image_shape), jnp.float32)
-  labels = jnp.zeros((2,), jnp.int32)
-  variables = model.init({"params": params_rng, "gate": gate_rng}, images, labels, labels,
-                         train=False)
-  params = {"model": variables["params"]}
-  if config.loss.learn_scale:
-    params["log_scale"] = jnp.log(jnp.float32(1.0 / config.loss.temperature))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                    nonfinite_step=jnp.full((), -1, jnp.int32),
-                    nonfinite=jnp.zeros((), jnp.int32))
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model, tx,
-               schedule, fsdp=None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}.
-
-  `fsdp`: the shardings of (params, batch_stats) under FSDP; None when replicated."""
-  rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-  pair_rng, gate_rng = jax.random.split(rng)
-  labels = batch["label"]
-  num = labels.shape[0]
-  params, stats = sharding.gather((state.params, state.batch_stats), fsdp)
-  pair_labels = None
-  if config.objective == "simlap":
-    pair_labels = losses.sample_pair_labels(pair_rng, labels, kind=config.loss.pair_kind,
-                                            num_classes=model.num_classes)
-
-  def loss_fn(params):
-    variables = {"params": params["model"], "batch_stats": stats}
-    # Both views in one pass: BatchNorm normalises over all 2B images, as in SimCLR.
-    images = jnp.concatenate([batch["view1"], batch["view2"]])
-    out, updates = model.apply(variables, images, labels, pair_labels, train=True,
-                               mutable=["batch_stats"], rngs={"gate": gate_rng})
-    z1, z2 = out["embeddings"][:num], out["embeddings"][num:]
-    labels2 = jnp.concatenate([labels, labels])
-    probe_ce, probe_acc = objectives.probe_loss(out["probe_logits"], labels2)
-    metrics = {"probe_loss": probe_ce, "probe_accuracy": probe_acc}
-    if config.objective == "ce":
-      return probe_ce, (probe_ce, metrics, updates["batch_stats"])
-    scale = objectives.logit_scale(config, params)
-    loss, extra = objectives.contrastive_loss(config, z1, z2, labels, pair_labels,
-                                              out.get("gates"), scale)
-    metrics.update(extra, logit_scale=scale)
-    # The probe sees stop-gradient features: adding its loss trains only the probe.
-    return loss + probe_ce, (loss, metrics, updates["batch_stats"])
-
-  grads, (loss, metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
-  # FSDP: whole weights and BN statistics in, gradient and statistics shards out (sharding.py).
-  grads, batch_stats = sharding.scatter((grads, batch_stats), fsdp)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-
-  # Never apply a non-finite update: keep the last good state and record where it happened.
-  code = jnp.where(~jnp.isfinite(loss), 1, jnp.where(~jnp.isfinite(grad_norm), 2, 0))
-  ok = code == 0
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-  first_bad = (state.nonfinite == 0) & ~ok
-  new_state = TrainState(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      batch_stats=keep(batch_stats, state.batch_stats),
-      opt_state=keep(opt_state, state.opt_state),
-      nonfinite_step=jnp.where(first_bad, state.step, state.nonfinite_step),
-      nonfinite=jnp.where(first_bad, code, state.nonfinite))
-  metrics.update(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step))
-  return new_state, metrics
-
-
-def raise_if_nonfinite(state: TrainState) -> None:
-  """Host check (one scalar fetch): stop the run, naming the step and the metric.
-
-  Steps are numbered as in metrics.jsonl and checkpoints (step s = the state after s updates),
-  so "at step s" is the metrics row whose loss is null, and s - 1 the last good state.
-  """
-  code = int(jax.device_get(state.nonfinite))
-  if code:
-    step = int(jax.device_get(state.nonfinite_step)) + 1
-    raise FloatingPointError(
-        f"non-finite {_NONFINITE_NAMES[code]} at step {step}; that update was not applied and no "
-        f"checkpoint after step {step - 1} was written. Lower the learning rate or check the "
-        "data.")
-
 
 # ------------------------------------------------------------------------------------------------
 # The run.
@@ -191,27 +70,30 @@ class Trainer:
 def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.DatasetInfo
                  ) -> Trainer:
   """Builds the model and compiles nothing yet; shapes come from `jax.eval_shape`."""
-  model, tx, schedule = build(config, info)
+  model, tx, schedule = step_lib.build(config, info)
   view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
-  init_fn = functools.partial(init_state, config, model, tx, view_shape)
+  init_fn = functools.partial(step_lib.init_state, config, model, tx, view_shape)
   abstract = jax.eval_shape(init_fn)
   # The batch is split over devices; the state is replicated, or split too under FSDP.
   state_sharding = sharding.state_shardings(abstract, mesh, config.sharding.params,
                                             config.sharding.fsdp_min_size)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, state_sharding)
-  fsdp = ((state_sharding.params, state_sharding.batch_stats)
-          if config.sharding.params == "fsdp" else None)
+  fsdp = state_sharding if config.sharding.params == "fsdp" else None
+  num_steps = optim.total_steps(config, info.num_train)
+  moco = None
+  if config.objective == "moco":
+    moco = (momentum_lib.momentum_schedule(config, num_steps),
+            momentum_lib.gate_warmup_steps(config, info.num_train))
   step_fn = jax.jit(
-      functools.partial(train_step, config=config, model=model, tx=tx, schedule=schedule,
-                        fsdp=fsdp),
+      functools.partial(step_lib.train_step, config=config, model=model, tx=tx,
+                        schedule=schedule, fsdp=fsdp, moco=moco),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
   return Trainer(model=model, step_fn=step_fn,
                  init_fn=jax.jit(init_fn, out_shardings=state_sharding),
-                 state_sharding=state_sharding, abstract_state=abstract,
-                 num_steps=optim.total_steps(config, info.num_train))
+                 state_sharding=state_sharding, abstract_state=abstract, num_steps=num_steps)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -271,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def save(step, force):
     if force or (step % config.checkpoint_every == 0):
-      raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
+      step_lib.raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
       ckpt.save(step, state, {**meta, "step": step}, force=force)
 
   # ---- the loop: no host transfer except on log, eval and checkpoint steps ----
@@ -292,8 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       report(step)
       log_step = step % config.log_every == 0 or step == num_steps
       # Preemption, stop_at and NaN (raises): the same decision on every process (preemption.py).
-      stop = stop_rule.stop_now(step, check_finite=functools.partial(raise_if_nonfinite, state)
-                                if log_step else None)
+      check = functools.partial(step_lib.raise_if_nonfinite, state) if log_step else None
+      stop = stop_rule.stop_now(step, check_finite=check)
       if log_step:
         host = jax.device_get(metrics)
         writer.write_scalars(step, host)

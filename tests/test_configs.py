@@ -16,7 +16,8 @@ from simlap.models import model as model_lib
 # (module, config argument) for every file in configs/ and the variants it defines.
 CONFIGS = [("default", None), ("default", "supcon"), ("fashion_mnist", None),
            ("fashion_mnist", "ce"), ("cifar10", None), ("in1k", None), ("in1k", "smoke"),
-           ("in1k", "simclr,smoke")]
+           ("in1k", "simclr,smoke"), ("default", "hydra"), ("in1k", "hydra"), ("in1k", "moco"),
+           ("in1k_vit", None), ("in1k_vit", "moco,s16"), ("in1k_vit", "hydra,smoke")]
 
 
 def load(name: str, arg: str | None):
@@ -27,7 +28,8 @@ def load(name: str, arg: str | None):
 def test_config_loads_validates_and_builds_its_model(name, arg):
   config = load(name, arg)
   config_schema.validate(config)
-  assert config.method == config_schema.parse_config_arg(arg, ("smoke",))[0]
+  method = config_schema.parse_config_arg(arg, ("smoke", "s16", "b16"))[0]
+  assert config.method == ("hydra" if name == "in1k_vit" and method == "simlap" else method)
   d = config.dataset
   model = model_lib.build_model(config, d.num_classes)
   images = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), jnp.float32)
@@ -38,6 +40,8 @@ def test_config_loads_validates_and_builds_its_model(name, arg):
   out = jax.eval_shape(functools.partial(model.apply, train=False), variables, images, labels,
                        labels)
   assert out["embeddings"].shape == (2, config.model.projector_dim)
+  if config.objective == "moco":  # the query side ends on the predictor
+    assert out["predictions"].shape == (2, config.model.projector_dim)
   assert out["probe_logits"].shape == (2, d.num_classes)
   # The optimizer builds for the config's recipe (schedule, decay masks) on this param tree.
   tx, schedule = optim.make_optimizer(config, num_train=50_000,
@@ -58,6 +62,10 @@ def test_config_argument_errors_name_the_choices():
     load("in1k", "smok")
   with pytest.raises(ValueError, match="at most one method"):
     load("default", "smoke")  # default.py has no variants
+  with pytest.raises(ValueError, match="momentum-encoder recipe: method 'hydra' or 'moco'"):
+    load("in1k_vit", "supcon")
+  with pytest.raises(ValueError, match="choose one ViT size"):
+    load("in1k_vit", "s16,b16")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -66,6 +74,8 @@ def test_config_argument_errors_name_the_choices():
     ("optimizer.schedule", "step", "config.optimizer.schedule='step' is not one of"),
     ("loss.temperature", 0.0, "config.loss.temperature must be positive"),
     ("objective", "byol", "config.objective='byol' is not one of"),
+    ("moco.momentum", 1.0, r"config.moco.momentum must be in \[0, 1\)"),
+    ("moco.beta", -1.0, "config.moco.beta must be >= 0"),
 ])
 def test_validate_names_the_bad_field(field, value, message):
   config = load("default", None)

@@ -37,6 +37,7 @@ from simlap import config_schema
 from simlap import workdir as workdir_lib
 from simlap import sharding
 from simlap import train
+from simlap import train_step
 from simlap.data import fashion_mnist
 from simlap.data import datasets
 from test_train import tiny_config
@@ -394,11 +395,11 @@ def test_nonfinite_loss_stops_run_and_keeps_last_good_checkpoint(fmnist_data_dir
 def test_nonfinite_gradient_is_named():
   # The gradient code path (finite loss, non-finite gradient) has no cheap real trigger, so
   # the state the train step produces in that case is built directly.
-  state = train.TrainState(step=np.int32(5), params={}, batch_stats={}, opt_state={},
-                           nonfinite_step=np.int32(4), nonfinite=np.int32(2))
+  state = train_step.TrainState(step=np.int32(5), params={}, batch_stats={}, opt_state={},
+                                nonfinite_step=np.int32(4), nonfinite=np.int32(2))
   with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 5;"):
-    train.raise_if_nonfinite(state)
-  train.raise_if_nonfinite(state.replace(nonfinite=np.int32(0)))  # healthy: no error
+    train_step.raise_if_nonfinite(state)
+  train_step.raise_if_nonfinite(state.replace(nonfinite=np.int32(0)))  # healthy: no error
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ Dtype = Any
 class Projector(nn.Module):
   """MLP projector: [Dense -> BN -> ReLU] per hidden width, Dense(D, no bias), LayerNorm.
 
+  The same module is the momentum-encoder objective's predictor (`last_norm="none"`: MoCo-v3's
+  predictor ends on its Linear) and, with `use_bias=False`, MoCo-v3's bias-free MLPs.
+
   LayerNorm comes last, not BatchNorm: the authors found a final BN "prevents the gate from
   closing" (BN forces every dimension to carry unit batch variance, so no dimension can be
   switched off). The hidden layers run in the compute `dtype`; the last Dense and the LayerNorm
@@ -22,23 +25,33 @@ class Projector(nn.Module):
     out_dim: D, the embedding (and gate) dimension.
     bn_momentum: BatchNorm running-average decay.
     dtype: compute dtype of the hidden layers; parameters stay float32.
+    use_bias: biases in the hidden Dense layers (the BN after each makes them redundant;
+      MoCo-v3 omits them).
+    last_norm: "layernorm" or "none" after the last Dense.
   """
   hidden: Sequence[int] = (2048,)
   out_dim: int = 256
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  use_bias: bool = True
+  last_norm: str = "layernorm"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """Features (B, F) -> embeddings (B, out_dim) float32."""
     x = jnp.asarray(x, self.dtype)
     for i, width in enumerate(self.hidden):
-      x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name=f"dense{i}")(x)
+      x = nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+                   name=f"dense{i}")(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
                        dtype=self.dtype, param_dtype=jnp.float32, name=f"bn{i}")(x)
       x = nn.relu(x)
     x = nn.Dense(self.out_dim, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
                  name="out")(x.astype(jnp.float32))
+    if self.last_norm == "none":
+      return x
+    if self.last_norm != "layernorm":
+      raise ValueError(f"last_norm must be 'layernorm' or 'none', got {self.last_norm!r}")
     return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
                         name="norm")(x)
 

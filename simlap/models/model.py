@@ -30,12 +30,15 @@ class SimLAPModel(nn.Module):
     probe: a `LinearHead` on the features.
     probe_stop_gradient: stop the probe's gradient at the features (online linear evaluation).
       False only for the supervised CE baseline, whose loss is the probe's cross-entropy.
+    predictor: embeddings, train -> predictions (B, D) float32; only the momentum-encoder
+      objective has one (MoCo-v3's query-side MLP).
   """
   backbone: nn.Module
   projector: nn.Module
   gate: gates_lib.GateTable
   probe: heads.LinearHead
   probe_stop_gradient: bool = True
+  predictor: nn.Module | None = None
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None,
                pair_labels: jnp.ndarray | None = None, *,
@@ -53,7 +56,8 @@ class SimLAPModel(nn.Module):
         "features": (B, F) float32 pooled backbone features,
         "embeddings": (B, D) float32 projector output (LayerNorm-ed, not L2-normalised),
         "probe_logits": (B, num_classes) float32 linear probe logits,
-        "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given.
+        "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given,
+        "predictions": (B, D) float32 predictor output, only when the model has a predictor.
     """
     features = self.backbone(images, train=train)
     out = {
@@ -63,6 +67,8 @@ class SimLAPModel(nn.Module):
             jax.lax.stop_gradient(features) if self.probe_stop_gradient else features,
             train=train),
     }
+    if self.predictor is not None:
+      out["predictions"] = self.predictor(out["embeddings"], train=train)
     if labels is not None and pair_labels is not None:
       out["gates"] = self.gate(labels, pair_labels, train=train)
     return out
@@ -70,6 +76,12 @@ class SimLAPModel(nn.Module):
   def encode(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     """Backbone features only (kNN / probes): (B, H, W, C) -> (B, F) float32."""
     return self.backbone(images, train=train)
+
+  def key_embeddings(self, images: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Backbone + projector only: the momentum (key) encoder's path, (B, H, W, C) -> (B, D).
+
+    Applied to the momentum encoder's variables, which hold just these two submodules."""
+    return self.projector(self.backbone(images, train=train), train=train)
 
   def gates(self, labels: jnp.ndarray, pair_labels: jnp.ndarray, *,
             train: bool) -> jnp.ndarray:
@@ -103,10 +115,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
   dtype = backbones.parse_dtype(m.get("dtype", "float32"))
   bn_momentum = float(m.get("bn_momentum", 0.9))
   dim = int(m.projector_dim)
+  use_bias = bool(m.get("projector_bias", True))
+  predictor = None
+  if config.get("objective") == "moco":  # MoCo-v3: q = predictor(projector(backbone(x)))
+    predictor = heads.Projector(hidden=tuple(int(w) for w in m.predictor_hidden), out_dim=dim,
+                                bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias,
+                                last_norm="none")
   return SimLAPModel(
       backbone=backbones.build_backbone(m),
       projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
-                                bn_momentum=bn_momentum, dtype=dtype),
+                                bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias),
       gate=gates_lib.GateTable(
           num_classes=int(num_classes), dim=dim, embed_dim=int(g.get("embed_dim", 512)),
           hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
@@ -114,5 +132,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
           noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum),
       probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
+      predictor=predictor,
   )
 
