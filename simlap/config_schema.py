@@ -8,12 +8,15 @@ counts) are computed in code, not here.
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from simlap import losses
 from simlap import objectives
 from simlap import optim
 from simlap import sharding
+from simlap.data import class_trees
 from simlap.models import backbones
 from simlap.models import gates
 
@@ -25,10 +28,15 @@ METHODS = {
     "simlap_weighted": "SimLAP with the 'weighted' logits (authors' latest code)",
     "simlap_product": "SimLAP with the 'product' gate fuse",
     "simlap_distinct": "SimLAP with pairs of distinct classes only",
+    "simlap_selective_a0": "SimLAP with selective pairs, alpha 0: y2 uniform over all classes",
+    "simlap_selective_a2": "SimLAP with selective pairs, alpha 2: close classes (class tree) "
+                           "drawn more often",
     "supcon": "SupCon (Khosla et al., L_out) over both views",
     "simclr": "SimCLR NT-Xent, labels unused",
     "ce": "supervised cross-entropy through the linear head",
 }
+
+SELECTIVE_ALPHAS = {"simlap_selective_a0": 0.0, "simlap_selective_a2": 2.0}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -106,7 +114,12 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- objective (simlap/losses.py) ----
   c.objective = "simlap"  # simlap | simclr | supcon | ce
   c.loss = ml_collections.ConfigDict(dict(
-      pair_kind="arbitrary",  # arbitrary | identical | distinct
+      pair_kind="arbitrary",  # arbitrary | identical | distinct | selective
+      # selective: y2 ~ (1 + d(y1, y2))^-alpha over the dataset's class-tree distances d
+      # (simlap/data/class_trees.py); pairs with d >= max_level never drawn (0 = no cut-off,
+      # 1 = identical pairs only).
+      selective_alpha=0.0,
+      selective_max_level=0,
       variant="cosine",  # cosine | weighted
       reduction="anchor",  # anchor | pair
       symmetric=True,  # 1/2 [L(z1, z2) + L(z2, z1)] with one shared permutation
@@ -154,6 +167,11 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   c.objective = "simlap"
   c.loss.pair_kind = {"simlap_identical_open": "identical",
                       "simlap_distinct": "distinct"}.get(method, "arbitrary")
+  if method in SELECTIVE_ALPHAS:
+    # Only the selective presets touch the selective fields: other methods' configs (and the
+    # config.json of runs saved before these fields existed) stay as they were.
+    c.loss.pair_kind = "selective"
+    c.loss.selective_alpha = SELECTIVE_ALPHAS[method]
   c.gate.kind = "open" if method.endswith("_open") else "sigmoid"
   c.loss.variant = "weighted" if method == "simlap_weighted" else "cosine"
   c.gate.fuse = "product" if method == "simlap_product" else "mean"
@@ -220,6 +238,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.num_steps <= 0 and not config.num_epochs > 0:
     raise ValueError(f"set config.num_steps > 0 or config.num_epochs > 0 (got "
                      f"{config.num_steps} and {config.num_epochs})")
+  if config.objective == "simlap" and loss.pair_kind == "selective":
+    _validate_selective(config)
   if config.objective == "ce" and config.model.probe_stop_gradient:
     raise ValueError("config.objective='ce' trains through the linear head: set "
                      "config.model.probe_stop_gradient=False")
+
+
+def _validate_selective(config: ml_collections.ConfigDict) -> None:
+  """Selective pairs need alpha >= 0, an integer max_level >= 0 and the dataset's class tree."""
+  loss = config.loss
+  alpha, level = loss.selective_alpha, loss.selective_max_level
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
+      math.isfinite(alpha) and alpha >= 0):
+    raise ValueError(f"config.loss.selective_alpha must be a number >= 0, got {alpha!r}")
+  if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+    raise ValueError(f"config.loss.selective_max_level must be an integer >= 0 (0 = no "
+                     f"cut-off, 1 = identical pairs only), got {level!r}")
+  if config.dataset.name not in class_trees.TREES:
+    raise ValueError(f"config.loss.pair_kind='selective' needs a class tree, and "
+                     f"config.dataset.name={config.dataset.name!r} has none (datasets with one: "
+                     f"{sorted(class_trees.TREES)})")

@@ -101,8 +101,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
   params, stats = sharding.gather((state.params, state.batch_stats), fsdp)
   pair_labels = None
   if config.objective == "simlap":
-    pair_labels = losses.sample_pair_labels(pair_rng, labels, kind=config.loss.pair_kind,
-                                            num_classes=model.num_classes)
+    pair_labels = losses.sample_pair_labels(
+        pair_rng, labels, kind=config.loss.pair_kind, num_classes=model.num_classes,
+        **objectives.pair_label_options(config, model.num_classes))
 
   def loss_fn(params):
     variables = {"params": params["model"], "batch_stats": stats}

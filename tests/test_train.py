@@ -142,6 +142,15 @@ def test_gate_kinds_and_penalty_train(fmnist_data_dir, host_batches):
     assert params["log_scale"] != np.log(10.0)  # the learned scale moved
 
 
+def test_selective_pairs_train(fmnist_data_dir, host_batches):
+  # The class-tree distances reach the jitted step as a constant; alpha 2 with a cut-off.
+  mesh = sharding.make_mesh([("data", -1)])
+  config = config_schema.apply_method(tiny_config(fmnist_data_dir), "simlap_selective_a2")
+  config.loss.selective_max_level = 2
+  losses, _, _ = run_steps(config, mesh, host_batches[:2])
+  assert all(np.isfinite(losses)), losses
+
+
 def test_resume_is_exact(fmnist_data_dir, tmp_path):
   config = tiny_config(fmnist_data_dir)
   straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
