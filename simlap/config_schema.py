@@ -150,6 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_at_end = True
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  # Steps whose checkpoints are also saved and never deleted (simlap.compare --eval_fractions
+  # sets them); a tuple, e.g. --config.keep_checkpoint_steps="(468,936)".
+  c.keep_checkpoint_steps = ()
   c.knn_k = 20
   c.knn_temperature = 0.07
   return c
@@ -227,6 +230,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("optimizer.probe_lr", o.probe_lr)]:
     if not value > 0:
       raise ValueError(f"config.{name} must be positive, got {value}")
+  steps = config.keep_checkpoint_steps
+  if not isinstance(steps, (tuple, list)) or not all(
+      isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in steps):
+    raise ValueError(f"config.keep_checkpoint_steps must be a tuple of steps > 0, got {steps!r}")
   min_size = config.sharding.fsdp_min_size
   if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
     raise ValueError(f"config.sharding.fsdp_min_size must be an integer >= 0 (elements), got "
