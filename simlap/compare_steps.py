@@ -71,8 +71,9 @@ def grid_steps(config: Any, fractions: Sequence[str]) -> dict[int, Fraction]:
 
 
 def epochs(step: int, batch_size: int, num_train: int) -> float:
-  """Passes over the train split after `step` steps of `batch_size` images."""
-  return round(step * batch_size / num_train, 4)
+  """Epochs after `step` steps, as the trainer counts them (`optim.steps_per_epoch`: an epoch
+  is num_train // batch_size steps), so a 3-epoch run's last step is 3.0."""
+  return round(step / max(1, num_train // batch_size), 4)
 
 
 def step_dir(rdir: str, step: int) -> str:

@@ -140,6 +140,7 @@ def test_fractions_map_to_steps():
   # The running 3-epoch grid: 1404 steps, checkpoints every 468.
   assert list(compare_steps.fraction_steps(fractions, 1404)) == [468, 936, 1404]
   assert compare_steps.fraction_steps([Fraction(1, 2)], 5) == {3: Fraction(1, 2)}  # halves up
+  assert compare_steps.epochs(936, 128, 60_000) == 2.0  # 468 steps per epoch, as trained
   for bad in ("0", "3/2", "a third"):
     with pytest.raises(ValueError, match="--eval_fractions"):
       compare_steps.parse_fractions([bad])
