@@ -8,6 +8,7 @@ If Orbax's API moves, only this file changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -37,15 +38,27 @@ class _Manager(ocp.CheckpointManager):
 class Checkpointer:
   """Saves every `every_steps` steps (and when forced), keeps the newest `keep`, resumes.
 
+  `keep_steps`: steps that are also saved and never deleted (e.g. the points of training at
+  which `simlap.compare --eval_fractions` evaluates a run).
   Every process must call `save` and `restore` (Orbax coordinates multi-host writes); saves
   are asynchronous, so the next train steps overlap the write.
   """
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int):
+  def __init__(self, directory: str, *, every_steps: int, keep: int,
+               keep_steps: Sequence[int] = ()):
     self.directory = epath.Path(directory)
+    self.keep_steps = frozenset(int(s) for s in keep_steps)
+    policies = ocp.checkpoint_managers
+    save_policy = policies.FixedIntervalPolicy(max(1, every_steps))
+    preservation_policy = policies.LatestN(max(1, keep))
+    if self.keep_steps:
+      save_policy = policies.AnySavePolicy(
+          [save_policy, policies.SpecificStepsPolicy(self.keep_steps)])
+      preservation_policy = policies.AnyPreservationPolicy(
+          [preservation_policy, policies.CustomSteps(sorted(self.keep_steps))])
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(max(1, every_steps)),
-        preservation_policy=ocp.checkpoint_managers.LatestN(max(1, keep)),
+        save_decision_policy=save_policy,
+        preservation_policy=preservation_policy,
         create=True,
         enable_async_checkpointing=True,
     )

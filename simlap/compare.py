@@ -12,6 +12,11 @@ A run directory trained with a different config is an error, never silently mixe
 
 Output: W/comparison.md (one table, mean ± std over seeds, with the budget and the exact
 command in its header) and W/comparison.json (per-run headline numbers and the aggregates).
+
+`--eval_fractions=1/3,2/3,1` also scores every run at those points of its training from its own
+checkpoints (`simlap.compare_steps`): comparison.json gains "per_step" (the same aggregates at
+each step), comparison.md a table per step, and W/comparison_curves.png plots kNN, linear probe,
+5-shot and the projector's effective rank against epochs (mean ± std band over seeds).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Any
 
 import ml_collections
 
+from simlap import compare_steps
 from simlap import config_schema
 from simlap import workdir as workdir_lib
 
@@ -41,19 +47,26 @@ COLUMNS = (
     ("group rec. gate", "group_recovery_gate", "num2"),
     ("group rec. class-mean", "group_recovery_class_mean_projector", "num2"),
 )
+CURVES_PNG = "comparison_curves.png"
+CURVE_PANELS = (("kNN@20 (%)", "knn_20", 100.0), ("linear probe (%)", "linear", 100.0),
+                ("5-shot (%)", "few_shot_5", 100.0),
+                ("effective rank, projector", "effective_rank_projector", 1.0))
 
 
 def run_dir(workdir: str, method: str, seed: int) -> str:
   return os.path.join(workdir, method, f"seed{seed}")
 
 
-def method_config(config: ml_collections.ConfigDict, method: str,
-               seed: int) -> ml_collections.ConfigDict:
-  """A copy of `config` switched to `method` and `seed`; nothing else changes."""
+def method_config(config: ml_collections.ConfigDict, method: str, seed: int,
+                  keep_steps: Sequence[int] = ()) -> ml_collections.ConfigDict:
+  """A copy of `config` switched to `method` and `seed` (and keeping the checkpoints of
+  `keep_steps`, which changes nothing trained); nothing else changes."""
   c = copy.deepcopy(config)
   with c.unlocked():
     config_schema.apply_method(c, method)
     c.seed = int(seed)
+    if keep_steps:
+      c.keep_checkpoint_steps = tuple(int(s) for s in keep_steps)
   return c
 
 
@@ -80,7 +93,7 @@ def run_status(rdir: str) -> tuple[bool, bool]:
 
 def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: Sequence[int],
              workdir: str, *, command: str = "", eval_kwargs: dict[str, Any] | None = None,
-             log=print) -> dict[str, Any]:
+             eval_fractions: Sequence[str] = (), log=print) -> dict[str, Any]:
   """Trains, evaluates and tabulates the grid; returns the comparison dict (also written).
 
   Args:
@@ -90,11 +103,15 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     workdir: W; runs in W/<method>/seed<k>, the table in W/comparison.{md,json}.
     command: the command line to print in the table header.
     eval_kwargs: keyword arguments for `eval_workdir.evaluate_workdir`.
+    eval_fractions: points of training ("1/3", "0.5", ...) at which every run is also
+      scored (`simlap.compare_steps`); the final step always is.
     log: progress printer (one line per event).
 
   Returns:
     {"command", "budget", "methods": {method: {"runs": [summary per seed], "mean_std":
-     {key: [mean, std]}}}, "runs_trained", "runs_evaluated", "seconds"}.
+     {key: [mean, std]}}}, "runs_trained", "runs_evaluated", "seconds"}; with eval_fractions
+    also "per_step": [{"step", "fraction", "epochs", "methods": {method: {"runs",
+    "mean_std"}}}], "step_evaluations" (evaluated by this call) and "curves" (the PNG's name).
   """
   from simlap import eval_workdir  # noqa: PLC0415 - heavy (TF, trainer): not for --help
   from simlap import train  # noqa: PLC0415
@@ -106,12 +123,17 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
   t_start = time.time()
   # Seed-major: an interrupted grid has every method at the first seeds, not half the methods.
   grid = [(m, int(s)) for s in seeds for m in methods]
+  steps = compare_steps.grid_steps(config, eval_fractions)
+  keep = [s for s in steps if s != max(steps, default=0)]
   for m, s in grid:  # fail before hours of training, not after
-    _check_same_config(method_config(config, m, s), run_dir(workdir, m, s))
+    _check_same_config(method_config(config, m, s, keep), run_dir(workdir, m, s))
+    compare_steps.check_available(run_dir(workdir, m, s), steps)
   per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-  budget, trained_now, evaluated_now = None, 0, 0
+  per_step: dict[int, dict[str, list[dict[str, Any]]]] = {
+      step: {m: [] for m in methods} for step in steps}
+  budget, trained_now, evaluated_now, step_evals = None, 0, 0, 0
   for i, (method, seed) in enumerate(grid, 1):
-    rdir, cfg = run_dir(workdir, method, seed), method_config(config, method, seed)
+    rdir, cfg = run_dir(workdir, method, seed), method_config(config, method, seed, keep)
     tag = f"[{i}/{len(grid)}] {method} seed {seed}"
     trained, evaluated = run_status(rdir)
     t = time.time()
@@ -140,6 +162,15 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     budget = budget or {**res["budget"], "dataset": res["dataset"]["name"],
                         "test_split": res["dataset"]["test_split"],
                         "protocol": res["protocol"]}
+    if steps:
+      by_step, n = compare_steps.evaluate_steps(
+          rdir, steps, evaluate=eval_workdir.evaluate_workdir, eval_kwargs=eval_kwargs, log=log,
+          tag=tag)
+      step_evals += n
+      for step, r in by_step.items():
+        per_step[step][method].append({"seed": seed, "step": step, **r["summary"]})
+      log(f"{tag}: kNN@20 by step " + ", ".join(
+          f"{step}: {_fmt(r['summary']['knn_20'])}" for step, r in by_step.items()))
   out = {
       "command": command, "budget": budget, "seeds": [int(s) for s in seeds],
       "methods": {m: {"description": config_schema.METHODS[m], "runs": runs,
@@ -147,6 +178,17 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
       "runs_trained": trained_now, "runs_evaluated": evaluated_now,
       "seconds": round(time.time() - t_start, 1),
   }
+  if steps:
+    out["per_step"] = [
+        {"step": step, "fraction": str(fraction),
+         "epochs": compare_steps.epochs(step, budget["batch_size"], budget["num_train"]),
+         "methods": {m: {"runs": runs, "mean_std": aggregate(runs)}
+                     for m, runs in per_step[step].items()}}
+        for step, fraction in steps.items()]
+    out["step_evaluations"] = step_evals
+    from simlap import plots  # noqa: PLC0415 - matplotlib only when a figure is drawn
+    plots.plot_budget_curves(out["per_step"], os.path.join(workdir, CURVES_PNG), CURVE_PANELS)
+    out["curves"] = CURVES_PNG
   with open(os.path.join(workdir, "comparison.json"), "w", encoding="utf-8") as f:
     json.dump(out, f, indent=1)
   with open(os.path.join(workdir, "comparison.md"), "w", encoding="utf-8") as f:
@@ -211,9 +253,11 @@ def table_markdown(out: dict[str, Any]) -> str:
     rows.append("| " + " | ".join(cells) + " |")
   chance = [r.get("group_recovery_chance") for d in out["methods"].values() for r in d["runs"]]
   chance = [c for c in chance if c is not None]
-  tail = ["", f"Group-recovery chance level: {chance[0]:.3f}." if chance else "",
-          f"{out['runs_trained']} runs trained and {out['runs_evaluated']} evaluated by this "
-          f"invocation in {out['seconds']:.0f} s.", ""]
+  tail = ["", f"Group-recovery chance level: {chance[0]:.3f}." if chance else ""]
+  if out.get("per_step"):
+    tail += compare_steps.steps_markdown(out["per_step"], _cell, out.get("curves"))
+  tail += [f"{out['runs_trained']} runs trained and {out['runs_evaluated']} evaluated by this "
+           f"invocation in {out['seconds']:.0f} s.", ""]
   return "\n".join(head + rows + tail)
 
 
@@ -237,6 +281,8 @@ def define_flags(flag_values=None, sys_argv: list[str] | None = None) -> None:
   flags.DEFINE_string("workdir", None, "Grid root: runs in W/<method>/seed<k>.", flag_values=fv)
   flags.DEFINE_integer("linear_epochs", 30, "Linear-probe epochs.", flag_values=fv)
   flags.DEFINE_bool("plots", True, "Write each run's analysis PNGs.", flag_values=fv)
+  flags.DEFINE_list("eval_fractions", [], "Also score every run at these fractions of its "
+                    "training (e.g. 1/3,2/3,1), from its checkpoints.", flag_values=fv)
 
 
 def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = None
@@ -264,7 +310,7 @@ def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = Non
   return run_grid(fv.config, fv.methods, [int(s) for s in fv.seeds], fv.workdir,
                   command=command,
                   eval_kwargs={"plots": fv.plots, "linear": {"epochs": fv.linear_epochs}},
-                  log=lambda msg: print(msg, flush=True))
+                  eval_fractions=fv.eval_fractions, log=lambda msg: print(msg, flush=True))
 
 
 if __name__ == "__main__":

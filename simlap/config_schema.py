@@ -8,12 +8,15 @@ counts) are computed in code, not here.
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from simlap import losses
 from simlap import objectives
 from simlap import optim
 from simlap import sharding
+from simlap.data import class_trees
 from simlap.models import backbones
 from simlap.models import gates
 
@@ -25,12 +28,17 @@ METHODS = {
     "simlap_weighted": "SimLAP with the 'weighted' logits (authors' latest code)",
     "simlap_product": "SimLAP with the 'product' gate fuse",
     "simlap_distinct": "SimLAP with pairs of distinct classes only",
+    "simlap_selective_a0": "SimLAP with selective pairs, alpha 0: y2 uniform over all classes",
+    "simlap_selective_a2": "SimLAP with selective pairs, alpha 2: close classes (class tree) "
+                           "drawn more often",
     "supcon": "SupCon (Khosla et al., L_out) over both views",
     "simclr": "SimCLR NT-Xent, labels unused",
     "ce": "supervised cross-entropy through the linear head",
     "hydra": "momentum encoder + predictor: MoCo-v3 instance loss + the gated loss (beta 1)",
     "moco": "MoCo-v3: momentum encoder + predictor, instance loss only (beta = alpha = 0)",
 }
+
+SELECTIVE_ALPHAS = {"simlap_selective_a0": 0.0, "simlap_selective_a2": 2.0}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -110,7 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- objective (simlap/losses.py) ----
   c.objective = "simlap"  # simlap | simclr | supcon | ce | moco
   c.loss = ml_collections.ConfigDict(dict(
-      pair_kind="arbitrary",  # arbitrary | identical | distinct
+      pair_kind="arbitrary",  # arbitrary | identical | distinct | selective
+      # selective: y2 ~ (1 + d(y1, y2))^-alpha over the dataset's class-tree distances d
+      # (simlap/data/class_trees.py); pairs with d >= max_level never drawn (0 = no cut-off,
+      # 1 = identical pairs only).
+      selective_alpha=0.0,
+      selective_max_level=0,
       variant="cosine",  # cosine | weighted
       reduction="anchor",  # anchor | pair
       symmetric=True,  # 1/2 [L(z1, z2) + L(z2, z1)] with one shared permutation
@@ -150,6 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_at_end = True
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
+  # Steps whose checkpoints are also saved and never deleted (simlap.compare --eval_fractions
+  # sets them); a tuple, e.g. --config.keep_checkpoint_steps="(468,936)".
+  c.keep_checkpoint_steps = ()
   c.knn_k = 20
   c.knn_temperature = 0.07
   return c
@@ -175,6 +191,11 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   c.objective = "simlap"
   c.loss.pair_kind = {"simlap_identical_open": "identical",
                       "simlap_distinct": "distinct"}.get(method, "arbitrary")
+  if method in SELECTIVE_ALPHAS:
+    # Only the selective presets touch the selective fields: other methods' configs (and the
+    # config.json of runs saved before these fields existed) stay as they were.
+    c.loss.pair_kind = "selective"
+    c.loss.selective_alpha = SELECTIVE_ALPHAS[method]
   c.gate.kind = "open" if method.endswith("_open") else "sigmoid"
   c.loss.variant = "weighted" if method == "simlap_weighted" else "cosine"
   c.gate.fuse = "product" if method == "simlap_product" else "mean"
@@ -230,6 +251,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("optimizer.probe_lr", o.probe_lr)]:
     if not value > 0:
       raise ValueError(f"config.{name} must be positive, got {value}")
+  steps = config.keep_checkpoint_steps
+  if not isinstance(steps, (tuple, list)) or not all(
+      isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in steps):
+    raise ValueError(f"config.keep_checkpoint_steps must be a tuple of steps > 0, got {steps!r}")
   min_size = config.sharding.fsdp_min_size
   if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
     raise ValueError(f"config.sharding.fsdp_min_size must be an integer >= 0 (elements), got "
@@ -250,6 +275,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.objective == "moco" and not config.model.predictor_hidden:
     raise ValueError("config.objective='moco' needs a predictor: set "
                      "config.model.predictor_hidden, e.g. (4096,)")
+  if config.objective in ("simlap", "moco") and loss.pair_kind == "selective":
+    _validate_selective(config)
   if config.objective == "ce" and config.model.probe_stop_gradient:
     raise ValueError("config.objective='ce' trains through the linear head: set "
                      "config.model.probe_stop_gradient=False")
+
+
+def _validate_selective(config: ml_collections.ConfigDict) -> None:
+  """Selective pairs need alpha >= 0, an integer max_level >= 0 and the dataset's class tree."""
+  loss = config.loss
+  alpha, level = loss.selective_alpha, loss.selective_max_level
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
+      math.isfinite(alpha) and alpha >= 0):
+    raise ValueError(f"config.loss.selective_alpha must be a number >= 0, got {alpha!r}")
+  if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+    raise ValueError(f"config.loss.selective_max_level must be an integer >= 0 (0 = no "
+                     f"cut-off, 1 = identical pairs only), got {level!r}")
+  if config.dataset.name not in class_trees.TREES:
+    raise ValueError(f"config.loss.pair_kind='selective' needs a class tree, and "
+                     f"config.dataset.name={config.dataset.name!r} has none (datasets with one: "
+                     f"{sorted(class_trees.TREES)})")

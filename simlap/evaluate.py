@@ -1,9 +1,11 @@
 """CLI: evaluate a training workdir with the fixed frozen-feature protocols.
 
-    python -m simlap.evaluate --workdir=runs/default [--step=S] [--noplots]
+    python -m simlap.evaluate --workdir=runs/default [--step=S] [--out_dir=D] [--noplots]
 
 Restores the checkpoint, scores kNN / linear probe / few-shot / analyses (`eval_workdir`), writes
 W/eval/{results.json, report.md, *.png} and prints one summary line and where those files are.
+With --step=S the files go to W/eval/step_<S>/ instead (where `simlap.compare --eval_fractions`
+keeps them), so W/eval/results.json stays the evaluation of the latest checkpoint.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from absl import flags
 _FLAGS = (
     ("workdir", flags.DEFINE_string, None, "Training workdir (config.json + checkpoints/)."),
     ("step", flags.DEFINE_integer, None, "Checkpoint step; default the latest."),
+    ("out_dir", flags.DEFINE_string, None,
+     "Output folder; default W/eval, or W/eval/step_<S> with --step."),
     ("plots", flags.DEFINE_bool, True, "Write the analysis PNGs."),
     ("linear_epochs", flags.DEFINE_integer, 30, "Linear-probe epochs (the fixed protocol)."),
 )
@@ -31,10 +35,11 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
       define(name, default, help_text, flag_values=fv)
 
 
-def summary_lines(res: dict[str, Any]) -> list[str]:
-  """What the console shows: the headline numbers and where the full results are."""
+def summary_lines(res: dict[str, Any], out_dir: str | None = None) -> list[str]:
+  """What the console shows: the headline numbers and where the full results are (`out_dir`,
+  default W/eval)."""
   s = res["summary"]
-  out_dir = os.path.join(res["workdir"], "eval")
+  out_dir = out_dir or os.path.join(res["workdir"], "eval")
   lines = [f"step {res['step']} ({res['method']}): kNN@20 {100 * s['knn_20']:.2f}  linear "
            f"{100 * s['linear']:.2f}  5-shot {100 * s['few_shot_5']:.2f}  online probe "
            f"{100 * s['online_probe']:.2f}  eff. rank (proj) "
@@ -56,16 +61,19 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   console.filter_console()
   platforms.skip_absent_tpu()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
-    from simlap import eval_workdir  # noqa: PLC0415
+    from simlap import compare_steps, eval_workdir  # noqa: PLC0415
   fv = flags.FLAGS if flag_values is None else flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not fv.workdir:
     raise app.UsageError("--workdir is required")
+  out_dir = fv.out_dir
+  if out_dir is None and fv.step is not None:
+    out_dir = compare_steps.step_dir(fv.workdir, fv.step)
   res = eval_workdir.evaluate_workdir(fv.workdir, fv.step, plots=fv.plots,
-                                      linear={"epochs": fv.linear_epochs})
+                                      linear={"epochs": fv.linear_epochs}, out_dir=out_dir)
   if jax.process_index() == 0:
-    print("\n".join(summary_lines(res)))
+    print("\n".join(summary_lines(res, out_dir)))
   return res
 
 

@@ -33,7 +33,7 @@ Array = jax.Array
 _EPS = 1e-12
 VARIANTS = ("cosine", "weighted")
 REDUCTIONS = ("anchor", "pair")
-PAIR_KINDS = ("arbitrary", "identical", "distinct")
+PAIR_KINDS = ("arbitrary", "identical", "distinct", "selective")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,16 +116,43 @@ def subspace_logits(anchors: Array, keys: Array, gates: Array, *,
 # ------------------------------------------------------------------------------------------------
 # Pair labels.
 # ------------------------------------------------------------------------------------------------
+def selective_pair_weights(distances: Array, *, alpha: float = 0.0,
+                           max_level: float | None = None) -> Array:
+  """Unnormalised probabilities w[y1, y2] = (1 + d[y1, y2])^-alpha of "selective" pairs.
+
+  Args:
+    distances: (C, C) class distances d, d[y, y] = 0 (e.g. a class tree: 0 same class, 1 same
+      group, 2 otherwise).
+    alpha: 0 = uniform over the allowed classes; larger favours close pairs.
+    max_level: cut-off: pairs with d >= max_level get weight 0 (1 = identical pairs only);
+      the identical pair (y, y) is always allowed. None = no cut-off.
+  Returns:
+    (C, C) float32 weights; every row has a positive entry (its diagonal).
+  """
+  d = jnp.asarray(distances, jnp.float32)
+  if d.ndim != 2 or d.shape[0] != d.shape[1]:
+    raise ValueError(f"distances must be a (C, C) matrix, got shape {d.shape}")
+  w = (1.0 + d) ** -jnp.float32(alpha)
+  if max_level is None:
+    return w
+  return jnp.where((d < max_level) | jnp.eye(d.shape[0], dtype=bool), w, 0.0)
+
+
 def sample_pair_labels(rng: Array, labels: Array, *, kind: str = "arbitrary",
-                       num_classes: int | None = None) -> Array:
+                       num_classes: int | None = None, distances: Array | None = None,
+                       alpha: float = 0.0, max_level: float | None = None) -> Array:
   """Pair label y2 for each anchor.
 
   Args:
     rng: a PRNG key.
     labels: (B,) integer anchor labels y1.
     kind: "arbitrary": y1 permuted over the batch (y2 is always a class present in the batch);
-      "identical": y2 = y1; "distinct": y2 = (y1 + U{1..C-1}) mod C, often absent from the batch.
+      "identical": y2 = y1; "distinct": y2 = (y1 + U{1..C-1}) mod C, often absent from the batch;
+      "selective": y2 drawn independently per anchor from all C classes (not from the batch, so
+      it may be absent from it) with probability proportional to `selective_pair_weights`
+      (distances, alpha, max_level) of row y1.
     num_classes: C, required for "distinct".
+    distances, alpha, max_level: "selective" only; distances (C, C) is required.
   Returns:
     (B,) pair labels, same dtype as `labels`.
   """
@@ -138,6 +165,12 @@ def sample_pair_labels(rng: Array, labels: Array, *, kind: str = "arbitrary",
     return labels
   if kind == "arbitrary":
     return labels[jax.random.permutation(rng, labels.shape[0])]
+  if kind == "selective":
+    if distances is None:
+      raise ValueError("kind='selective' needs distances, a (C, C) class-distance matrix")
+    # log 0 = -inf: a cut-off class is never drawn (its Gumbel-max score stays -inf).
+    log_w = jnp.log(selective_pair_weights(distances, alpha=alpha, max_level=max_level))
+    return jax.random.categorical(rng, log_w[labels], axis=-1).astype(labels.dtype)
   if num_classes is None or num_classes < 2:
     raise ValueError(f"kind='distinct' needs num_classes >= 2, got {num_classes}")
   shift = jax.random.randint(rng, labels.shape, 1, num_classes, dtype=labels.dtype)

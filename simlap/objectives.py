@@ -21,6 +21,7 @@ import ml_collections
 import optax
 
 from simlap import losses
+from simlap.data import class_trees
 from simlap.models import gates as gates_lib
 
 OBJECTIVES = ("simlap", "simclr", "supcon", "ce", "moco")
@@ -31,6 +32,19 @@ def logit_scale(config: ml_collections.ConfigDict, params: dict) -> jax.Array:
   if config.loss.learn_scale:
     return jnp.exp(params["log_scale"])
   return jnp.asarray(1.0 / config.loss.temperature, jnp.float32)
+
+
+def pair_label_options(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+  """Extra keyword arguments of `losses.sample_pair_labels` for `config.loss.pair_kind`:
+  for "selective", the dataset's (C, C) class-tree distances, alpha and max_level (None for
+  the config's 0, no cut-off); {} for the other kinds."""
+  loss = config.loss
+  if loss.pair_kind != "selective":
+    return {}
+  return {"distances": jnp.asarray(class_trees.dataset_distances(config.dataset.name,
+                                                                 num_classes)),
+          "alpha": float(loss.selective_alpha),
+          "max_level": loss.selective_max_level or None}
 
 
 def probe_loss(probe_logits: jax.Array, labels2: jax.Array) -> tuple[jax.Array, jax.Array]:

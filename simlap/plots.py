@@ -120,6 +120,40 @@ def intra_inter_figure(stats: Mapping[str, Any], *, title: str = ""):
   return fig
 
 
+def budget_curves_figure(per_step: Sequence[Mapping[str, Any]],
+                         panels: Sequence[tuple[str, str, float]]):
+  """Metrics against epochs, one line per method: the mean over seeds with a ± std band.
+
+  Args:
+    per_step: comparison.json's "per_step" list, [{"epochs", "methods": {method: {"mean_std":
+      {key: [mean, std]}}}}] in training order.
+    panels: (title, summary key, scale) per panel, e.g. ("kNN@20 (%)", "knn_20", 100.0).
+  """
+  methods = list(dict.fromkeys(m for e in per_step for m in e["methods"]))
+  cols = min(len(panels), 2)
+  rows = -(-len(panels) // cols)
+  fig = _figure(width=5.0 * cols, height=3.6 * rows)
+  for i, (title, key, scale) in enumerate(panels):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    for method in methods:
+      points = [(e["epochs"], *e["methods"][method]["mean_std"][key]) for e in per_step
+                if method in e["methods"]]
+      points = [(x, mean * scale, (std or 0.0) * scale) for x, mean, std in points
+                if mean is not None]
+      if not points:  # e.g. gate numbers of a method without a gate
+        continue
+      x, mean, std = (np.asarray(v, np.float64) for v in zip(*points))
+      (line,) = ax.plot(x, mean, marker="o", label=method)
+      ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set(xlabel="epochs", title=title)
+    ax.set_xticks(sorted({e["epochs"] for e in per_step}))  # the evaluated points
+    ax.grid(alpha=0.3)
+  handles, labels = fig.axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6) or 1, fontsize=8)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend under the panels
+  return fig
+
+
 # ----------------------------------------------------------------------------------------------
 # One call per PNG
 # ----------------------------------------------------------------------------------------------
@@ -139,6 +173,11 @@ def plot_spectrum(spectra: Mapping[str, ArrayLike], path: str,
 
 def plot_intra_inter(stats: Mapping[str, Any], path: str, **kw) -> str:
   return save_png(intra_inter_figure(stats, **kw), path)
+
+
+def plot_budget_curves(per_step: Sequence[Mapping[str, Any]], path: str,
+                       panels: Sequence[tuple[str, str, float]]) -> str:
+  return save_png(budget_curves_figure(per_step, panels), path)
 
 
 def write_analysis_plots(out_dir: str, results: Mapping[str, Any], *,

@@ -119,7 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---- restore, or start fresh ----
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint_every,
-                                    keep=config.keep_checkpoints)
+                                    keep=config.keep_checkpoints,
+                                    keep_steps=config.keep_checkpoint_steps)
   logging.info("config: %s on %s (%d train images, %d classes), %s, batch %d, %d steps, %s "
                "lr %g; workdir %s", config.method, config.dataset.name, info.num_train,
                info.num_classes, config.model.backbone, config.batch_size, num_steps,
@@ -152,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                  for k, v in eval_results.items()))
 
   def save(step, force):
-    if force or (step % config.checkpoint_every == 0):
+    if force or step % config.checkpoint_every == 0 or step in ckpt.keep_steps:
       step_lib.raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
       ckpt.save(step, state, {**meta, "step": step}, force=force)
 

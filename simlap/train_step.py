@@ -125,8 +125,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model,
                                   _fields(fsdp, "params", "batch_stats"))
   pair_labels = None
   if config.objective == "simlap" or (config.objective == "moco" and config.moco.beta):
-    pair_labels = losses.sample_pair_labels(pair_rng, batch["label"], kind=config.loss.pair_kind,
-                                            num_classes=model.num_classes)
+    pair_labels = losses.sample_pair_labels(
+        pair_rng, batch["label"], kind=config.loss.pair_kind, num_classes=model.num_classes,
+        **objectives.pair_label_options(config, model.num_classes))
   kwargs = dict(config=config, model=model, batch=batch, pair_labels=pair_labels,
                 gate_rng=gate_rng)
   if config.objective == "moco":

@@ -25,9 +25,9 @@ from simlap import config_schema
 # sharded: Orbax reshards on restore).
 RESUME_MAY_CHANGE = (
     "log_every", "eval_every", "eval_at_end", "eval_batch_size", "knn_k", "knn_temperature",
-    "checkpoint_every", "keep_checkpoints", "mesh", "sharding.params", "sharding.fsdp_min_size",
-    "dataset.data_dir", "dataset.manual_dir", "dataset.source_dir", "dataset.download",
-    "dataset.prefetch",
+    "checkpoint_every", "keep_checkpoints", "keep_checkpoint_steps", "mesh", "sharding.params",
+    "sharding.fsdp_min_size", "dataset.data_dir", "dataset.manual_dir", "dataset.source_dir",
+    "dataset.download", "dataset.prefetch",
 )
 
 

@@ -5,11 +5,17 @@ import os
 import shutil
 from unittest import mock
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
 from absl import flags
 
-from simlap import eval_workdir
+from simlap import checkpointing
 from simlap import compare
+from simlap import compare_steps
+from simlap import eval_workdir
+from simlap import evaluate
 from simlap import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,3 +129,97 @@ def test_changed_config_is_refused(grid):
     run([*argv, "--config.num_steps=6"])
   with pytest.raises(ValueError, match="unknown method"):
     run([*argv, "--methods=simlap,byol"])
+
+
+# --------------------------------------------------------------------------------------------
+# --eval_fractions: every run scored at several points of its training, from its checkpoints.
+# --------------------------------------------------------------------------------------------
+def test_fractions_map_to_steps():
+  fractions = compare_steps.parse_fractions(["2/3", "1/3", "1", "1/3"])
+  assert fractions == [Fraction(1, 3), Fraction(2, 3), Fraction(1)]
+  # The running 3-epoch grid: 1404 steps, checkpoints every 468.
+  assert list(compare_steps.fraction_steps(fractions, 1404)) == [468, 936, 1404]
+  assert compare_steps.fraction_steps([Fraction(1, 2)], 5) == {3: Fraction(1, 2)}  # halves up
+  assert compare_steps.epochs(936, 128, 60_000) == 2.0  # 468 steps per epoch, as trained
+  for bad in ("0", "3/2", "a third"):
+    with pytest.raises(ValueError, match="--eval_fractions"):
+      compare_steps.parse_fractions([bad])
+
+
+def test_runs_saved_before_kept_steps_and_selective_pairs_still_match():
+  # A grid trained before keep_checkpoint_steps and the selective-pair fields existed (their
+  # config.json lacks them) is continued, and scored at 1/3 and 2/3, without a config error.
+  from simlap import config_schema, workdir as workdir_lib  # noqa: PLC0415
+  for method in ("simlap", "simlap_open", "supcon", "ce"):
+    saved = workdir_lib.as_json(compare.method_config(config_schema.base_config(), method, 1))
+    del saved["keep_checkpoint_steps"], saved["loss"]["selective_alpha"]
+    del saved["loss"]["selective_max_level"]
+    now = compare.method_config(config_schema.base_config(), method, 1, keep_steps=(468, 936))
+    assert now.keep_checkpoint_steps == (468, 936)
+    assert workdir_lib.resume_blockers(saved, now) == [], method
+
+
+def test_checkpointer_keeps_the_listed_steps(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), every_steps=2, keep=1,
+                                    keep_steps=(3,))
+  for step in range(1, 7):  # the trainer's rule: interval steps, kept steps, the last one
+    if step % 2 == 0 or step in ckpt.keep_steps:
+      ckpt.save(step, {"w": np.ones(2, np.float32)}, {"step": step}, force=step == 6)
+  ckpt.close()
+  assert compare_steps.checkpoint_steps(str(tmp_path)) == [3, 6]  # the newest 1, and step 3
+
+
+def step_argv(argv, fractions):
+  return [*argv, "--methods=simlap", "--seeds=0", f"--eval_fractions={fractions}"]
+
+
+def test_eval_fractions_score_each_checkpoint(grid, capsys):
+  workdir, argv, _, _ = grid
+  rdir = compare.run_dir(workdir, "simlap", 0)
+  with mock.patch.object(train, "train_and_evaluate") as tr:
+    out = run(step_argv(argv, "1/2,1"))
+  assert tr.call_count == 0 and out["step_evaluations"] == 1  # step 4 is eval/results.json
+  assert "simlap seed 0: evaluated step 2 (1/2 of training)" in capsys.readouterr().out
+  assert [(e["step"], e["fraction"], e["epochs"]) for e in out["per_step"]] == [
+      (2, "1/2", 0.0312), (4, "1", 0.0625)]
+  at = {e["step"]: e["methods"]["simlap"]["runs"][0] for e in out["per_step"]}
+  final = json.load(open(os.path.join(rdir, "eval", "results.json"), encoding="utf-8"))
+  assert final["step"] == 4 and at[4] == {"seed": 0, "step": 4, **final["summary"]}
+  assert at[2]["knn_20"] != at[4]["knn_20"]  # two checkpoints, two models
+  saved = json.load(open(os.path.join(rdir, "eval", "step_2", "results.json"), encoding="utf-8"))
+  assert saved["step"] == 2 and at[2] == {"seed": 0, "step": 2, **saved["summary"]}
+  # The same numbers as `simlap.evaluate --step=2`, which writes to the same place by default.
+  fv = flags.FlagValues()
+  evaluate.define_flags(fv)
+  fv(["simlap.evaluate", f"--workdir={rdir}", "--step=2", "--linear_epochs=2", "--noplots"])
+  direct = evaluate.main(["simlap.evaluate"], fv)
+  assert direct["summary"] == saved["summary"]
+  assert f"results: {os.path.join(rdir, 'eval', 'step_2', 'results.json')}" in (
+      capsys.readouterr().out)
+  table = open(os.path.join(workdir, "comparison.md"), encoding="utf-8").read()
+  assert "## At several points of training" in table
+  assert "| simlap | 2 | 1/2 | 0.0312 | 1 |" in table
+  data = json.load(open(os.path.join(workdir, "comparison.json"), encoding="utf-8"))
+  assert data["per_step"][0]["methods"]["simlap"]["mean_std"]["knn_20"] == [at[2]["knn_20"], 0.0]
+  assert data["curves"] == "comparison_curves.png"
+  assert os.path.getsize(os.path.join(workdir, "comparison_curves.png")) > 10_000
+
+
+def test_eval_fractions_rerun_skips_scored_steps(grid):
+  workdir, argv, _, _ = grid
+  before = json.load(open(os.path.join(workdir, "comparison.json"), encoding="utf-8"))
+  with mock.patch.object(train, "train_and_evaluate") as tr, \
+       mock.patch.object(eval_workdir, "evaluate_workdir") as ev:
+    out = run(step_argv(argv, "1/2,1"))
+  assert tr.call_count == 0 and ev.call_count == 0 and out["step_evaluations"] == 0
+  assert out["per_step"] == before["per_step"]
+
+
+def test_eval_fraction_without_checkpoint_is_a_clear_error(grid):
+  workdir, argv, _, _ = grid
+  with mock.patch.object(train, "train_and_evaluate") as tr, \
+       mock.patch.object(eval_workdir, "evaluate_workdir") as ev, \
+       pytest.raises(ValueError, match=r"no checkpoint and no results at step 1 \(1/4 of "
+                                       r"training\); its checkpoints are at steps \[2, 4\]"):
+    run(step_argv(argv, "1/4,1"))
+  assert tr.call_count == 0 and ev.call_count == 0  # refused before anything ran

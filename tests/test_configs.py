@@ -83,3 +83,35 @@ def test_validate_names_the_bad_field(field, value, message):
   (config[section] if section else config)[key] = value
   with pytest.raises(ValueError, match=message):
     config_schema.validate(config)
+
+
+def test_selective_pairs_validate_with_one_message():
+  config = config_schema.apply_method(load("default", None), "simlap_selective_a2")
+  assert (config.loss.pair_kind, config.loss.selective_alpha) == ("selective", 2.0)
+  config_schema.validate(config)  # Fashion-MNIST has a class tree
+  for field, value, message in [
+      ("selective_alpha", -1.0, "config.loss.selective_alpha must be a number >= 0"),
+      ("selective_max_level", -1, "config.loss.selective_max_level must be an integer >= 0")]:
+    bad = config_schema.apply_method(load("default", None), "simlap_selective_a2")
+    bad.loss[field] = value
+    with pytest.raises(ValueError, match=message):
+      config_schema.validate(bad)
+  cifar = config_schema.apply_method(load("cifar10", None), "simlap_selective_a0")
+  with pytest.raises(ValueError, match="needs a class tree.*'cifar10' has none"):
+    config_schema.validate(cifar)
+  # Other methods leave the selective fields at their defaults (old runs' configs still match).
+  plain = config_schema.apply_method(load("default", None), "simlap")
+  assert plain.loss.selective_alpha == 0.0 and plain.loss.selective_max_level == 0
+
+
+def test_fashion_mnist_class_tree_distances():
+  from simlap.data import class_trees, fashion_mnist  # noqa: PLC0415
+  # One definition: the tree is the analysis groups plus the ungrouped classes as one node.
+  assert [m for _, m in fashion_mnist.CLASS_TREE[:2]] == list(fashion_mnist.GROUPS)
+  assert fashion_mnist.CLASS_TREE[2] == ("other", (1, 3, 8))
+  d = class_trees.dataset_distances("fashion_mnist_local", 10)
+  assert d.shape == (10, 10) and (d == d.T).all() and (d.diagonal() == 0).all()
+  assert d[0, 2] == 1 and d[5, 9] == 1 and d[1, 8] == 1  # tops; footwear; other
+  assert d[0, 5] == 2 and d[3, 4] == 2  # T-shirt/Sandal; Dress/Coat
+  with pytest.raises(ValueError, match="outside"):
+    class_trees.tree_distances((("a", (0, 5)),), 4)

@@ -74,8 +74,17 @@ def random_case(seed, b, n, d, c, kind="arbitrary", dtype=np.float64):
   y1 = rng.integers(0, c, size=b).astype(np.int32)
   yk = rng.integers(0, c, size=n).astype(np.int32)
   y2 = np.asarray(losses.sample_pair_labels(jax.random.key(seed), jnp.asarray(y1), kind=kind,
-                                            num_classes=c))
+                                            num_classes=c, distances=tree_distances(c),
+                                            alpha=2.0))
   return a, k, g, y1, y2, yk
+
+
+def tree_distances(c):
+  """(C, C) distances of a two-group tree: classes 0..C/2-1 and C/2..C-1."""
+  group = np.arange(c) >= c // 2
+  d = np.where(group[:, None] == group[None, :], 1.0, 2.0)
+  np.fill_diagonal(d, 0.0)
+  return d.astype(np.float32)
 
 
 @functools.cache
@@ -302,6 +311,10 @@ def test_misuse_raises_clear_errors():
        "num_classes"),
       (lambda: losses.sample_pair_labels(jax.random.key(0), y, kind="random"), ValueError,
        "kind"),
+      (lambda: losses.sample_pair_labels(jax.random.key(0), y, kind="selective"), ValueError,
+       "distances"),
+      (lambda: losses.sample_pair_labels(jax.random.key(0), y, kind="selective",
+                                         distances=jnp.zeros((3, 4))), ValueError, "(C, C)"),
       (lambda: losses.nt_xent(a, jnp.ones((5, 3))), ValueError, "one key per anchor"),
   ]
   for fn, error, word in cases:
@@ -322,6 +335,56 @@ def test_sample_pair_labels_kinds():
   distinct = losses.sample_pair_labels(rng, y, kind="distinct", num_classes=10)
   assert bool(jnp.all(distinct != y)) and bool(jnp.all((distinct >= 0) & (distinct < 10)))
   assert len(set(np.asarray(distinct - y) % 10)) > 3  # the shift is random, not constant
+
+
+def selective_frequencies(labels, distances, **kw):
+  """(C, C) empirical P(y2 | y1) of jitted selective draws for the anchors `labels`."""
+  c = distances.shape[0]
+  draw = jax.jit(functools.partial(losses.sample_pair_labels, kind="selective", **kw))
+  y2 = np.asarray(draw(jax.random.key(7), labels, distances=jnp.asarray(distances)))
+  y1 = np.asarray(labels)
+  counts = np.zeros((c, c))
+  np.add.at(counts, (y1, y2), 1)
+  return counts / counts.sum(1, keepdims=True), counts
+
+
+def test_selective_pairs_follow_their_weights():
+  d = tree_distances(6)  # groups {0, 1, 2} and {3, 4, 5}
+  y = jnp.tile(jnp.arange(6, dtype=jnp.int32), 4000)  # 4000 anchors per class
+  # alpha = 2, no cut-off: w = 1 (same class), 1/4 (same group), 1/9 (other group).
+  freq, counts = selective_frequencies(y, d, alpha=2.0)
+  want = np.where(d == 0, 1.0, np.where(d == 1, 1 / 4, 1 / 9))
+  want /= want.sum(1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(losses.selective_pair_weights(d, alpha=2.0)),
+                             np.where(d == 0, 1.0, np.where(d == 1, 1 / 4, 1 / 9)), rtol=1e-6)
+  expected = want * counts.sum(1, keepdims=True)
+  chi2 = float(np.sum((counts - expected) ** 2 / expected))
+  assert chi2 < 30 + 6 * np.sqrt(60), chi2  # 30 degrees of freedom: mean 30, std sqrt(60)
+  # alpha = 0 with cut-off 2: uniform over the own group (class included), never across.
+  freq, _ = selective_frequencies(y, d, alpha=0.0, max_level=2)
+  np.testing.assert_array_equal(freq[d == 2], 0.0)
+  np.testing.assert_allclose(freq[d < 2], 1 / 3, atol=0.03)
+  # alpha = 0 without cut-off: uniform over all C classes.
+  freq, _ = selective_frequencies(y, d, alpha=0.0)
+  np.testing.assert_allclose(freq, 1 / 6, atol=0.03)
+  # max_level = 1: identical pairs only, whatever alpha.
+  ident = losses.sample_pair_labels(jax.random.key(1), y, kind="selective",
+                                    distances=jnp.asarray(d), alpha=2.0, max_level=1)
+  np.testing.assert_array_equal(ident, y)
+
+
+def test_selective_pairs_same_on_8_devices_as_on_1(num_devices):
+  # The draw is a function of (key, labels), not of how the batch is laid out over devices.
+  y = jnp.asarray(np.random.default_rng(0).integers(0, 6, 64), jnp.int32)
+  draw = jax.jit(lambda key, y, d, alpha: losses.sample_pair_labels(
+      key, y, kind="selective", distances=d, alpha=alpha, max_level=2))
+  d = jnp.asarray(tree_distances(6))
+  mesh = jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = draw(jax.random.key(3), jax.device_put(y, NamedSharding(mesh, P("data"))), d, 2.0)
+  single = draw(jax.random.key(3), y, d, 2.0)
+  assert len(sharded.sharding.device_set) == num_devices
+  np.testing.assert_array_equal(sharded, single)
+  assert sharded.dtype == y.dtype and not np.array_equal(single, y)
 
 
 def test_subspace_diagnostics():

@@ -142,10 +142,23 @@ def test_gate_kinds_and_penalty_train(fmnist_data_dir, host_batches):
     assert params["log_scale"] != np.log(10.0)  # the learned scale moved
 
 
+def test_selective_pairs_train(fmnist_data_dir, host_batches):
+  # The class-tree distances reach the jitted step as a constant; alpha 2 with a cut-off.
+  mesh = sharding.make_mesh([("data", -1)])
+  config = config_schema.apply_method(tiny_config(fmnist_data_dir), "simlap_selective_a2")
+  config.loss.selective_max_level = 2
+  losses, _, _ = run_steps(config, mesh, host_batches[:2])
+  assert all(np.isfinite(losses)), losses
+
+
 def test_resume_is_exact(fmnist_data_dir, tmp_path):
   config = tiny_config(fmnist_data_dir)
-  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  # The straight run also keeps step 3 (off the every-4 cadence, older than the newest 2):
+  # stored and never deleted, without changing what is trained.
+  keep_3 = tiny_config(fmnist_data_dir, keep_checkpoint_steps=(3,))
+  straight = train.train_and_evaluate(keep_3, str(tmp_path / "straight"))
   assert straight["step"] == 8 and not straight["preempted"]
+  assert sorted(os.listdir(tmp_path / "straight" / "checkpoints"), key=int) == ["3", "4", "8"]
   first = train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_at=4)
   assert first["step"] == 4 and first["preempted"]
   second = train.train_and_evaluate(config, str(tmp_path / "resumed"))

@@ -25,6 +25,11 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 # Pullover, Coat, Shirt} and footwear {Sandal, Sneaker, Ankle boot}; Trouser (1), Dress (3) and
 # Bag (8) belong to no group.
 GROUPS = ((0, 2, 4, 6), (5, 7, 9))
+# The same groups as a two-level class tree (root -> group -> class), for selective class pairs
+# (simlap/data/class_trees.py): tops, footwear, and the classes in no group as a third node.
+_GROUPED = frozenset(c for g in GROUPS for c in g)
+CLASS_TREE = (("tops", GROUPS[0]), ("footwear", GROUPS[1]),
+              ("other", tuple(c for c in range(len(CLASS_NAMES)) if c not in _GROUPED)))
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
