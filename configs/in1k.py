@@ -61,23 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if method in ("hydra", "moco"):
     momentum_encoder_recipe(c)
 
-  if smoke:  # a few steps of a tiny model on (mocked) data: wiring, not learning
-    c.model.backbone = "resnet_tiny"
-    c.model.dtype = "float32"
-    c.model.projector_hidden = (32,)
-    c.model.predictor_hidden = (32,)
-    c.model.projector_dim = 16
-    c.gate.embed_dim = 16
-    c.gate.hidden_dim = 32
-    c.dataset.image_size = 32
-    c.dataset.shuffle_buffer = 64
-    c.augment.eval_crop_fraction = 1.0
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_steps = 3
-    c.optimizer.warmup_epochs = 0.0
-    c.log_every = 1
-    c.checkpoint_every = 2
+  if smoke:
+    smoke_variant(c)
   return config_schema.apply_method(c, method)
 
 
@@ -100,3 +85,23 @@ def momentum_encoder_recipe(c: ml_collections.ConfigDict) -> None:
   # BYOL's asymmetric views: always blur the first, rarely blur and sometimes solarize the second.
   c.augment.view1.blur_prob, c.augment.view1.solarize_prob = 1.0, 0.0
   c.augment.view2.blur_prob, c.augment.view2.solarize_prob = 0.1, 0.2
+
+
+def smoke_variant(c: ml_collections.ConfigDict) -> None:
+  """`:smoke`: a few steps of a tiny model on (mocked) data, wiring not learning; in place."""
+  c.model.backbone = "resnet_tiny"
+  c.model.dtype = "float32"
+  c.model.projector_hidden = (32,)
+  c.model.predictor_hidden = (32,)
+  c.model.projector_dim = 16
+  c.gate.embed_dim = 16
+  c.gate.hidden_dim = 32
+  c.dataset.image_size = 32
+  c.dataset.shuffle_buffer = 64
+  c.augment.eval_crop_fraction = 1.0
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_steps = 3
+  c.optimizer.warmup_epochs = 0.0
+  c.log_every = 1
+  c.checkpoint_every = 2

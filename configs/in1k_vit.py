@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   sizes = [SIZES[v] for v in variants if v in SIZES]
   if len(sizes) > 1:
     raise ValueError(f"config argument {arg!r}: choose one ViT size of {sorted(SIZES)}")
-  c = _in1k().get_config(method)  # ImageNet data, augmentations, the momentum-encoder recipe
+  in1k = _in1k()
+  c = in1k.get_config(method)  # ImageNet data, augmentations, the momentum-encoder recipe
   c.model.backbone = sizes[0] if sizes else "vit_b16"
   c.model.freeze_patch_embed = True  # MoCo-v3's stop-grad-conv1: a fixed random projection
   c.optimizer.name = "adamw"
@@ -57,20 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.temperature = 0.2
 
   if "smoke" in variants:  # a few steps of a tiny ViT on (mocked) data: wiring, not learning
+    in1k.smoke_variant(c)
     c.model.backbone = "vit_tiny"
-    c.model.dtype = "float32"
-    c.model.projector_hidden = (32,)
-    c.model.predictor_hidden = (32,)
-    c.model.projector_dim = 16
-    c.gate.embed_dim = 16
-    c.gate.hidden_dim = 32
-    c.dataset.image_size = 32
-    c.dataset.shuffle_buffer = 64
-    c.augment.eval_crop_fraction = 1.0
-    c.batch_size = 16
-    c.eval_batch_size = 16
-    c.num_steps = 3
-    c.optimizer.warmup_epochs = 0.0
-    c.log_every = 1
-    c.checkpoint_every = 2
   return c

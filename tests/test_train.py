@@ -196,6 +196,10 @@ def run_main(argv):
   from simlap import main  # noqa: PLC0415 - defines absl flags at import
   argv = ["simlap.main", *argv]
   flags.FLAGS.unparse_flags()
+  # config_flags defines a flag per --config.x override it parses; a second in-process run with
+  # the same override would define it again.
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
   # config_flags reads its --config.* overrides from sys.argv, not from the parsed list.
   with mock.patch.object(sys, "argv", argv):
     flags.FLAGS(argv)
@@ -221,11 +225,12 @@ def test_main_default_config_end_to_end(fmnist_data_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_main_in1k_smoke_on_mocked_imagenet(tmp_path, capsys):
+@pytest.mark.parametrize("config", ["in1k.py:smoke", "in1k_vit.py:hydra,smoke"])
+def test_main_in1k_smoke_on_mocked_imagenet(tmp_path, capsys, config):
   workdir = str(tmp_path / "in1k")
   with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
     # The mock intercepts the "download": nothing touches the network.
-    run_main([f"--config={REPO}/configs/in1k.py:smoke", f"--workdir={workdir}",
+    run_main([f"--config={REPO}/configs/{config}", f"--workdir={workdir}",
               "--config.dataset.download=True"])
   out = capsys.readouterr().out
   assert "simlap summary" in out
