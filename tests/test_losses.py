@@ -446,3 +446,20 @@ def test_readme_snippet_runs():
   exec(compile(match.group(1), "README.md", "exec"), namespace)  # noqa: S102
   assert np.isfinite(float(namespace["loss"]))
   assert namespace["grads"][0].shape == namespace["z1"].shape
+
+
+@pytest.mark.parametrize("same_view_negatives", [False, True])
+def test_nt_xent_gradient_has_no_conditional(same_view_negatives):
+  # jnp.diagonal lowers to a platform-dependent conditional (stablehlo.case). Batch-sharded on
+  # XLA:CPU, a conditional holding a collective ran in another order on some devices than on
+  # others and deadlocked the 8-device momentum-encoder step, so the loss avoids it.
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  rows = NamedSharding(mesh, P("data"))
+  x = jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=rows)
+  grad = jax.jit(jax.grad(functools.partial(losses.nt_xent,
+                                            same_view_negatives=same_view_negatives),
+                          argnums=(0, 1)))
+  text = grad.lower(x, x).as_text()
+  assert "stablehlo.case" not in text and "stablehlo.if" not in text
+  diagonal_form = jax.jit(jax.grad(lambda a, k: jnp.mean(jnp.diagonal(a @ k.T))))
+  assert "stablehlo.case" in diagonal_form.lower(x, x).as_text()  # what the check guards
