@@ -85,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
       # resnet_tiny | resnet_small | resnet14 | resnet20 | resnet18 | resnet34 | resnet50 |
       # vit_tiny | vit_ti16 | vit_s16 | vit_b16 | vit_l16 (simlap/models/backbones.py)
       backbone="resnet18",
-      stem="cifar",  # imagenet | cifar | deep; ResNets only, a ViT ignores it
+      # imagenet | timm_deep | cifar | cifar_deep (simlap/models/resnet.py); ResNets only, a ViT
+      # ignores it and output_stride.
+      stem="cifar",
+      output_stride=32,  # 8 | 16 | 32: the largest total stride; later stages dilate (timm)
       width=1.0,  # ResNets: multiplier on the 64 base filters; a ViT's size is its name
       freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
       bn_momentum=0.9,  # 0.99 lags on short runs
