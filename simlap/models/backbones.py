@@ -28,8 +28,9 @@ def family(name: str) -> str:
 def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
   """The backbone `config.model` names: apply(..., images (B, H, W, C), train=) -> (B, F) f32.
 
-  ResNets read backbone, stem, width, output_stride, bn_momentum, dtype; ViTs read backbone, dtype and
-  freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no BatchNorm).
+  ResNets read backbone, stem, width, output_stride, bn_momentum, dtype; ViTs read backbone,
+  dtype and freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no
+  BatchNorm).
   """
   if family(model_config.backbone) == "resnet":
     return resnet.build_backbone(model_config)
