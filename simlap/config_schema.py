@@ -134,6 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
       probe_lr=1e-3,  # the online probe's own optimizer
   ))
 
+  # A workdir (or checkpoint folder) whose latest weights start this run: its converted
+  # modules (simlap.convert) or all of them; fresh optimizer, step 0 (simlap/init_from.py).
+  c.init_from = ml_collections.FieldReference(None, field_type=str)
+
   # ---- loop ----
   c.log_every = 50
   c.eval_every = 0  # 0 = only at the end
