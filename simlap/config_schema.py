@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
       projector_dim=256,  # D, the embedding (and gate) dimension
       probe_stop_gradient=True,  # online linear probe on stop-gradient features
+      # (x - mean) / std per channel before the backbone; () = none, images stay in [0, 1].
+      pixel_mean=(),
+      pixel_std=(),
   ))
   c.gate = ml_collections.ConfigDict(dict(
       kind="sigmoid",  # sigmoid | open | gumbel | stochastic
@@ -206,6 +209,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
+  m = config.model
+  if len(m.pixel_mean) != len(m.pixel_std) or (
+      m.pixel_mean and len(m.pixel_mean) != config.dataset.channels) or any(
+          not s > 0 for s in m.pixel_std):
+    raise ValueError(f"config.model.pixel_mean={m.pixel_mean} and pixel_std={m.pixel_std} must "
+                     f"both be empty or both hold dataset.channels={config.dataset.channels} "
+                     "values, the stds positive")
   # model.stem (ResNets only), width and freeze_patch_embed depend on the backbone's family.
   backbones.check_config(config.model, config.dataset.image_size)
   for name, value in [("batch_size", config.batch_size),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
+from simlap import config_schema
 from simlap.models import gates as gates_lib
 from simlap.models import heads
 from simlap.models import resnet
@@ -173,6 +174,20 @@ def test_authors_cifar_network_param_count():
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
   assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 11_324_992
+
+
+def test_pixel_normalisation_is_applied_before_the_backbone(tiny):
+  mean, std = (0.3,), (0.5,)
+  normalised = model_lib.SimLAPModel(**{f: getattr(tiny["model"], f) for f in (
+      "backbone", "projector", "gate", "probe")}, pixel_mean=mean, pixel_std=std)
+  x = tiny["x"]
+  got = normalised.apply(tiny["init_variables"], x, method="encode")
+  want = tiny["model"].apply(tiny["init_variables"], (x - 0.3) / 0.5, method="encode")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  config = _tiny_config()
+  config.model.update(dict(pixel_mean=(0.1, 0.2), pixel_std=(1.0, 1.0)))  # 1-channel data
+  with pytest.raises(ValueError, match="pixel_mean=.*dataset.channels=1"):
+    config_schema.validate(config)
 
 
 def test_resnet50_param_count():

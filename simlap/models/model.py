@@ -30,12 +30,23 @@ class SimLAPModel(nn.Module):
     probe: a `LinearHead` on the features.
     probe_stop_gradient: stop the probe's gradient at the features (online linear evaluation).
       False only for the supervised CE baseline, whose loss is the probe's cross-entropy.
+    pixel_mean, pixel_std: per-channel input normalisation, (x - mean) / std, applied to the
+      images before the backbone; empty = none (the images arrive in [0, 1]). The authors'
+      recipes normalise, so their converted weights need the same map.
   """
   backbone: nn.Module
   projector: nn.Module
   gate: gates_lib.GateTable
   probe: heads.LinearHead
   probe_stop_gradient: bool = True
+  pixel_mean: tuple[float, ...] = ()
+  pixel_std: tuple[float, ...] = ()
+
+  def _backbone(self, images: jnp.ndarray, train: bool) -> jnp.ndarray:
+    if self.pixel_mean:
+      images = (images - jnp.asarray(self.pixel_mean, images.dtype)) / jnp.asarray(
+          self.pixel_std, images.dtype)
+    return self.backbone(images, train=train)
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None,
                pair_labels: jnp.ndarray | None = None, *,
@@ -55,7 +66,7 @@ class SimLAPModel(nn.Module):
         "probe_logits": (B, num_classes) float32 linear probe logits,
         "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given.
     """
-    features = self.backbone(images, train=train)
+    features = self._backbone(images, train)
     out = {
         "features": features,
         "embeddings": self.projector(features, train=train),
@@ -69,7 +80,7 @@ class SimLAPModel(nn.Module):
 
   def encode(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     """Backbone features only (kNN / probes): (B, H, W, C) -> (B, F) float32."""
-    return self.backbone(images, train=train)
+    return self._backbone(images, train)
 
   def gates(self, labels: jnp.ndarray, pair_labels: jnp.ndarray, *,
             train: bool) -> jnp.ndarray:
@@ -114,5 +125,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
           noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum),
       probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
+      pixel_mean=tuple(float(v) for v in m.get("pixel_mean", ())),
+      pixel_std=tuple(float(v) for v in m.get("pixel_std", ())),
   )
 
