@@ -4,9 +4,10 @@
     python -m simlap.convert --source=resnet18.safetensors --workdir=runs/from_timm \
         --config=configs/cifar10.py [--config.model.output_stride=8 ...] [--skip=fc.]
 
-Sources (`simlap/torch_names.py` has every rule): a timm or torchvision ResNet state dict, or
-the authors' whole SimLAP model (vitookit / FastSSL: `backbone.`, `projector.`, `filter.`,
-`cls_head.`, `scale_logit`). `.safetensors` and `.npz` are read with NumPy alone; `.pth`,
+Sources (`simlap/torch_names.py` has every rule): a timm or torchvision ResNet state dict, the
+authors' whole SimLAP model (vitookit / FastSSL: `backbone.`, `projector.`, `filter.`,
+`cls_head.`, `scale_logit`), or a MoCo-v3 ViT (`base_encoder.`; skip its `head.`,
+`predictor.` and `momentum_encoder.`). `.safetensors` and `.npz` are read with NumPy alone; `.pth`,
 `.pth.tar` and `.pt` need torch, which simlap does not depend on.
 
 The workdir gets config.json (the --config given) and checkpoints/0: a whole TrainState whose
@@ -42,6 +43,8 @@ from simlap import torch_names  # noqa: E402
 from simlap import train  # noqa: E402
 from simlap import workdir as workdir_lib  # noqa: E402
 from simlap.data import datasets  # noqa: E402
+from simlap.models import backbones  # noqa: E402
+from simlap.models import vit  # noqa: E402
 
 PYTORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin")
 _WRAPPERS = ("state_dict", "model", "module")  # dicts that hold the real state dict
@@ -90,6 +93,23 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
 
 
+def check_position_embedding(sd: dict[str, np.ndarray], model_config, image_size: int) -> None:
+  """A ViT source's pos_embed must be simlap's fixed 2-D sin-cos table for this image size:
+  simlap's ViT has no position parameters, so a learned embedding cannot be loaded."""
+  table = next((v for k, v in sd.items() if k.removeprefix("base_encoder.")
+                == torch_names.POS_EMBED), None)
+  if table is None:
+    return
+  size = vit.SIZES[model_config.backbone]
+  grid = image_size // size.patch
+  want = vit.sincos_position_embedding(grid, grid, size.width)
+  got = np.reshape(table, (-1, size.width))
+  if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
+    raise ValueError(f"the source's pos_embed {table.shape} is not simlap's fixed sin-cos "
+                     f"table {want.shape} for {image_size}-px images (a learned or resized "
+                     "embedding?): simlap's ViT has no position parameters to hold it")
+
+
 def to_simlap(sd: dict[str, np.ndarray], fmt: str = "auto",
               skip: Sequence[str] = ()) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
   """(params, batch_stats, converted module names) of a source state dict.
@@ -113,7 +133,10 @@ def convert_to_workdir(source: str, workdir: str, config, *, fmt: str = "auto",
   Raises ValueError naming every variable whose name or shape does not fit `config`'s model.
   """
   config_schema.validate(config)
-  params, stats, modules = to_simlap(read_state_dict(source), fmt, skip)
+  sd = read_state_dict(source)
+  if backbones.family(config.model.backbone) == "vit":
+    check_position_embedding(sd, config.model, config.dataset.image_size)
+  params, stats, modules = to_simlap(sd, fmt, skip)
   mesh = sharding.make_mesh(config.mesh)
   # Shapes only: the schedule's length does not matter for a checkpoint at step 0.
   info = datasets.info_from_config(config, num_train=max(config.batch_size, 1))

@@ -20,6 +20,11 @@ Sources (`detect_format` picks one from the names):
              `projector.` (Linear, BN, ReLU, ..., Linear without bias, LayerNorm), `filter.`
              (label_embedding, mlp = ReLU, BN, Linear, ReLU, BN, Linear), `cls_head.` (the
              online linear head) and FastSSL's learned `scale_logit`.
+  "vit":     a MoCo-v3 (timm-named) ViT: patch_embed.proj, cls_token, blocks.I.{norm1, attn.qkv,
+             attn.proj, norm2, mlp.fc1, mlp.fc2}, norm; a MoCo-v3 checkpoint's `base_encoder.`
+             prefix is removed. pos_embed must equal simlap's fixed sin-cos table (checked, not
+             loaded). MoCo-v3's `head.` projector, `predictor.` and `momentum_encoder.` have no
+             simlap counterpart: --skip them.
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ StateDict = dict[str, np.ndarray]
 Target = tuple[str, tuple[str, ...], str]
 
 DROPPED = ("num_batches_tracked",)  # a step counter; Flax BatchNorm has a fixed momentum
-FORMATS = ("resnet", "simlap")
+FORMATS = ("resnet", "simlap", "vit")
+POS_EMBED = "pos_embed"  # checked against simlap's sin-cos table by the caller, never loaded
 _BN = {"weight": ("params", "scale"), "bias": ("params", "bias"),
        "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
 # timm's deep stem: conv1 is Sequential(conv, bn, relu, conv, bn, relu, conv); bn1 follows.
@@ -133,11 +139,40 @@ def simlap_target(key: str) -> Target | None:
 
 
 _SIMLAP_PREFIXES = ("backbone.", "projector.", "filter.", "cls_head.", "scale_logit")
+# A ViT block's layers -> simlap's module path inside `block{i}`.
+_VIT_BLOCK = {"norm1": ("norm1",), "norm2": ("norm2",), "attn.qkv": ("attn", "qkv"),
+              "attn.proj": ("attn", "proj"), "mlp.fc1": ("fc1",), "mlp.fc2": ("fc2",)}
+
+
+def vit_target(key: str) -> Target | None:
+  """The simlap variable of one MoCo-v3 / timm ViT tensor, or None if no rule matches."""
+  key = key.removeprefix("base_encoder.")
+  if key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+    leaf = "kernel" if key.endswith("weight") else "bias"
+    return "params", ("backbone", "patch_embed", leaf), "conv" if leaf == "kernel" else "copy"
+  if key == "cls_token":
+    return "params", ("backbone", "cls_token"), "flatten"
+  if m := re.fullmatch(r"(norm)\.(weight|bias)", key):
+    return "params", ("backbone", "norm", "scale" if m.group(2) == "weight" else "bias"), "copy"
+  if m := re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+                       r"\.(weight|bias)", key):
+    block, layer, field = m.groups()
+    path = ("backbone", f"block{block}", *_VIT_BLOCK[layer])
+    if layer.startswith("norm"):
+      return "params", (*path, "scale" if field == "weight" else "bias"), "copy"
+    return "params", (*path, "kernel" if field == "weight" else "bias"), (
+        "linear" if field == "weight" else "copy")
+  return None
 
 
 def detect_format(sd: StateDict) -> str:
-  """"simlap" if any name starts like the authors' modules (`backbone.`, ...), else "resnet"."""
-  return "simlap" if any(k.startswith(_SIMLAP_PREFIXES) for k in sd) else "resnet"
+  """"simlap" if any name starts like the authors' modules (`backbone.`, ...), "vit" if it has
+  ViT blocks or MoCo-v3's `base_encoder.`, else "resnet"."""
+  if any(k.startswith(_SIMLAP_PREFIXES) for k in sd):
+    return "simlap"
+  if any(k.startswith(("base_encoder.", "blocks.0.", "patch_embed.")) for k in sd):
+    return "vit"
+  return "resnet"
 
 
 _LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -145,6 +180,7 @@ _LAYOUTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda w: np.transpose(w),  # (out, in) -> (in, out)
     "copy": lambda w: w,
     "scalar": lambda w: np.reshape(w, ()),
+    "flatten": lambda w: np.reshape(w, (-1,)),
 }
 
 
@@ -168,7 +204,10 @@ def convert(sd: StateDict, fmt: str, skip: Iterable[str] = ()) -> dict[str, dict
   skip = tuple(skip)
   keys = [k for k in sd if not k.startswith(skip) and k.rsplit(".", 1)[-1] not in DROPPED]
   targets: dict[str, Target | None] = {}
-  if fmt == "simlap":
+  if fmt == "vit":
+    keys = [k for k in keys if k.removeprefix("base_encoder.") != POS_EMBED]
+    targets.update({k: vit_target(k) for k in keys})
+  elif fmt == "simlap":
     proj = [k for k in keys if k.startswith("projector.")]
     targets.update(_projector_targets(proj, sd))
     targets.update({k: simlap_target(k) for k in keys if k not in targets})

@@ -29,6 +29,7 @@ from simlap.models import gates as gates_lib
 from simlap.models import heads
 from simlap.models import model as model_lib
 from simlap.models import resnet
+from simlap.models import vit
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 MOMENTUM = 0.9  # Flax's decay = 1 - PyTorch's momentum 0.1
@@ -180,6 +181,26 @@ def test_authors_whole_model_through_simlap_model():
   out = jax.jit(functools.partial(model.apply, train=False))(variables, jnp.asarray(x), y, y)
   for name in ("features", "embeddings", "probe_logits", "gates"):
     assert_close(out[name], tensors[f"eval/{name}"], name)
+
+
+def test_moco_v3_vit():
+  tensors = load("moco_vit_tiny")
+  sd = part(tensors, "sd/")
+  config = default_config.get_config()
+  config.model.backbone = "vit_tiny"
+  convert.check_position_embedding(sd, config.model, 28)  # MoCo-v3's table is simlap's
+  params, _, modules = convert.to_simlap(sd)
+  assert modules == ["backbone"]
+  net = vit.build_vit("vit_tiny")
+  x = nhwc(tensors["input"])
+  fresh = jax.eval_shape(net.init, jax.random.key(0), x)
+  init_from.check_same_layout(fresh["params"], params["backbone"], "moco_vit_tiny")
+  out = jax.jit(net.apply)({"params": params["backbone"]}, x)
+  assert_close(out, tensors["eval/features"], "ViT eval")
+  assert_close(out, tensors["train/features"], "ViT train")  # no BatchNorm, no dropout
+  bad = dict(sd, **{"base_encoder.pos_embed": sd["base_encoder.pos_embed"] + 0.1})
+  with pytest.raises(ValueError, match="not simlap's fixed sin-cos table"):
+    convert.check_position_embedding(bad, config.model, 28)
 
 
 def test_unmapped_and_missing_keys_are_named():

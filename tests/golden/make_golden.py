@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 
 import numpy as np
@@ -87,6 +88,29 @@ class NarrowTorchvisionResNet(torchvision.models.resnet.ResNet):
     return super()._make_layer(block, planes // self._div, blocks, stride, dilate)
 
 
+def moco_sincos_position_embedding(model, temperature=10000.0):
+  """MoCo-v3's `build_2d_sincos_position_embedding` (vits.py), for a timm 1.0 ViT."""
+  h, w = model.patch_embed.grid_size
+  grid_w, grid_h = torch.meshgrid(torch.arange(w, dtype=torch.float32),
+                                  torch.arange(h, dtype=torch.float32))
+  pos_dim = model.embed_dim // 4
+  omega = 1.0 / (temperature ** (torch.arange(pos_dim, dtype=torch.float32) / pos_dim))
+  out_w = torch.einsum("m,d->md", [grid_w.flatten(), omega])
+  out_h = torch.einsum("m,d->md", [grid_h.flatten(), omega])
+  pos_emb = torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)],
+                      dim=1)[None, :, :]
+  pe_token = torch.zeros([1, 1, model.embed_dim], dtype=torch.float32)
+  return nn.Parameter(torch.cat([pe_token, pos_emb], dim=1), requires_grad=False)
+
+
+class MoCoEncoder(nn.Module):
+  """Holds a ViT as MoCo-v3's `base_encoder`, so the state dict carries that prefix."""
+
+  def __init__(self, vit):
+    super().__init__()
+    self.base_encoder = vit
+
+
 # ---- helpers
 def randomise_bn(model, gen):
   for m in model.modules():
@@ -96,6 +120,9 @@ def randomise_bn(model, gen):
       m.bias.data = 0.1 * torch.randn(n, generator=gen)
       m.running_mean.data = 0.1 * torch.randn(n, generator=gen)
       m.running_var.data = torch.rand(n, generator=gen) + 0.5
+    if isinstance(m, nn.LayerNorm):
+      m.weight.data = torch.rand(m.weight.shape, generator=gen) + 0.5
+      m.bias.data = 0.1 * torch.randn(m.bias.shape, generator=gen)
 
 
 def bn_counts(model):
@@ -191,6 +218,17 @@ def main():
 
   save("authors_simlap_tiny", model, full, input=torch.randn(4, 1, 16, 16, generator=gen),
        labels=torch.arange(4))
+  # A MoCo-v3 ViT (timm's VisionTransformer with MoCo-v3's fixed sin-cos position embedding),
+  # simlap's vit_tiny size: patch 4, width 32, depth 2, 2 heads, on 28 x 28 x 1.
+  vit = timm.models.vision_transformer.VisionTransformer(
+      img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4,
+      qkv_bias=True, num_classes=0, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))
+  vit.pos_embed = moco_sincos_position_embedding(vit)
+  nn.init.normal_(vit.cls_token, std=0.1)  # MoCo's 1e-6 would hide a mapping error
+  moco = MoCoEncoder(vit)
+  randomise_bn(moco, gen)
+  save("moco_vit_tiny", moco, lambda m, input: {"features": m.base_encoder(input)},
+       input=torch.randn(2, 1, 28, 28, generator=gen))
   print({k: f"{v / 2**10:.0f} KiB" for k, v in sizes.items()})
 
 
