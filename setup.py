@@ -22,6 +22,8 @@ TRAIN_REQUIRES = [
     # tfds 4.9.10 imports importlib_resources without declaring it.
     "importlib_resources==7.1.0",
     "matplotlib==3.11.2",
+    # simlap.convert reads .safetensors checkpoints with NumPy alone (no torch).
+    "safetensors==0.8.0",
 ]
 
 TEST_REQUIRES = [

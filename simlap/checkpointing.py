@@ -104,6 +104,24 @@ class Checkpointer:
                         type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", moved)
     return None
 
+  def restore_arrays(self, step: int | None = None
+                     ) -> tuple[Any, dict[str, Any], int] | None:
+    """(state as nested dicts of NumPy arrays, meta, step) of `step` or the newest; None if
+    there is none. Needs no abstract state: the layout is read from the checkpoint, so another
+    config's checkpoint (another optimizer, another model) can be read for `init_from`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    metadata = self._manager.item_metadata(step)[_STATE]
+    tree = getattr(metadata, "tree", metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        _STATE: ocp.args.StandardRestore(abstract), _META: ocp.args.JsonRestore()}))
+    state = jax.tree.map(np.asarray, restored[_STATE])
+    return state, dict(restored[_META] or {}), step
+
   def _set_aside(self, step: int) -> str:
     """Renames a damaged step directory out of Orbax's view; returns the new name.
 

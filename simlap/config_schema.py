@@ -95,7 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
       # resnet_tiny | resnet_small | resnet14 | resnet20 | resnet18 | resnet34 | resnet50 |
       # vit_tiny | vit_ti16 | vit_s16 | vit_b16 | vit_l16 (simlap/models/backbones.py)
       backbone="resnet18",
-      stem="cifar",  # imagenet | cifar | deep; ResNets only, a ViT ignores it
+      # imagenet | timm_deep | cifar | cifar_deep (simlap/models/resnet.py); ResNets only, a ViT
+      # ignores it and output_stride.
+      stem="cifar",
+      output_stride=32,  # 8 | 16 | 32: the largest total stride; later stages dilate (timm)
       width=1.0,  # ResNets: multiplier on the 64 base filters; a ViT's size is its name
       freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
       bn_momentum=0.9,  # 0.99 lags on short runs
@@ -105,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
       projector_bias=True,  # biases in the hidden Dense layers (MoCo-v3 has none)
       predictor_hidden=(2048,),  # objective "moco" only: the predictor's hidden widths
       probe_stop_gradient=True,  # online linear probe on stop-gradient features
+      # (x - mean) / std per channel before the backbone; () = none, images stay in [0, 1].
+      pixel_mean=(),
+      pixel_std=(),
   ))
   c.gate = ml_collections.ConfigDict(dict(
       kind="sigmoid",  # sigmoid | open | gumbel | stochastic
@@ -156,6 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
       schedule="cosine",  # cosine | constant
       probe_lr=1e-3,  # the online probe's own optimizer
   ))
+
+  # A workdir (or checkpoint folder) whose latest weights start this run: its converted
+  # modules (simlap.convert) or all of them; fresh optimizer, step 0 (simlap/init_from.py).
+  c.init_from = ml_collections.FieldReference(None, field_type=str)
 
   # ---- loop ----
   c.log_every = 50
@@ -241,6 +251,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
+  m = config.model
+  if len(m.pixel_mean) != len(m.pixel_std) or (
+      m.pixel_mean and len(m.pixel_mean) != config.dataset.channels) or any(
+          not s > 0 for s in m.pixel_std):
+    raise ValueError(f"config.model.pixel_mean={m.pixel_mean} and pixel_std={m.pixel_std} must "
+                     f"both be empty or both hold dataset.channels={config.dataset.channels} "
+                     "values, the stds positive")
   # model.stem (ResNets only), width and freeze_patch_embed depend on the backbone's family.
   backbones.check_config(config.model, config.dataset.image_size)
   for name, value in [("batch_size", config.batch_size),

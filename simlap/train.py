@@ -30,6 +30,7 @@ from clu import periodic_actions
 from simlap import checkpointing
 from simlap import config_schema
 from simlap import features
+from simlap import init_from
 from simlap import metrics_io
 from simlap import momentum as momentum_lib
 from simlap import optim
@@ -127,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.optimizer.name, optim.peak_learning_rate(config), workdir)
   restored = ckpt.restore(trainer.abstract_state)
   if restored is None:
-    state = trainer.init_fn()
+    state = init_from.maybe_load(config, trainer.init_fn())  # config.init_from's weights
     logging.info("starting from scratch: %d steps", num_steps)
   else:
     state, _, step = restored

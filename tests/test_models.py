@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
+from simlap import config_schema
 from simlap.models import gates as gates_lib
 from simlap.models import heads
 from simlap.models import resnet
@@ -96,10 +97,10 @@ def tiny():
 # ---------------------------------------------------------------- backbones
 
 
-def test_resnet_tiny_runs_deep_stem():
+def test_resnet_tiny_runs_cifar_deep_stem():
   # The "cifar" stem runs in the `tiny` fixture, "imagenet" in the eval_shape test below.
   config = _tiny_config()
-  config.model.stem = "deep"
+  config.model.stem = "cifar_deep"
   net = resnet.build_backbone(config.model)
   x = _images(size=12)
 
@@ -118,7 +119,8 @@ def test_resnet_tiny_runs_deep_stem():
 
 
 @pytest.mark.parametrize("name,stem,width,size,expected", [
-    ("resnet18", "deep", 1.0, 32, 512),
+    ("resnet18", "cifar_deep", 1.0, 32, 512),
+    ("resnet18", "timm_deep", 1.0, 32, 512),
     ("resnet18", "cifar", 0.5, 32, 256),
     ("resnet_tiny", "imagenet", 1.0, 32, 32),
     ("resnet34", "imagenet", 1.0, 64, 512),
@@ -134,6 +136,58 @@ def test_backbone_shapes_eval_shape(name, stem, width, size, expected):
   out = jax.eval_shape(functools.partial(net.apply, train=False), variables, x)
   assert out.shape == (2, expected) and out.dtype == jnp.float32
   assert resnet.feature_dim(config.model) == expected
+
+
+def _stage_maps(config, size):
+  """Spatial side of every block's output, in order, from shapes alone."""
+  net = resnet.build_backbone(config.model)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
+  _, state = jax.eval_shape(functools.partial(net.apply, train=False,
+                                              capture_intermediates=True), variables, x)
+  inter = state["intermediates"]
+  return {k: v["__call__"][0].shape[1] for k, v in inter.items() if k.startswith("stage")}
+
+
+def test_authors_cifar_network_geometry():
+  # timm resnet18(stem_type="deep", output_stride=8): stride-4 stem, stages 3-4 dilated.
+  assert resnet.stage_geometry(4, 4, 8) == [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)]
+  assert resnet.stage_geometry(4, 4, 16) == [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)]
+  assert resnet.stage_geometry(4, 4, 32) == [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)]
+  assert resnet.stage_geometry(3, 1, 32) == [(1, 1, 1), (2, 1, 1), (2, 1, 1)]
+  config = _tiny_config()
+  config.model.update(dict(backbone="resnet18", stem="timm_deep", output_stride=8))
+  maps = _stage_maps(config, 32)
+  assert [maps[f"stage{i}_block1"] for i in (1, 2, 3, 4)] == [8, 4, 4, 4]
+  config.model.update(dict(stem="cifar_deep", output_stride=32))
+  maps = _stage_maps(config, 32)
+  assert [maps[f"stage{i}_block1"] for i in (1, 2, 3, 4)] == [32, 16, 8, 4]
+
+
+def test_authors_cifar_network_param_count():
+  # timm.create_model("resnet18", stem_type="deep", output_stride=8, num_classes=0): its stem
+  # is 3 -> 64 -> 64 -> 128 (timm's default stem_width 64), and block 1 of stage 1 gets a
+  # 128 -> 64 projection; counted with timm 1.0.31.
+  config = _tiny_config()
+  config.model.update(dict(backbone="resnet18", stem="timm_deep", output_stride=8))
+  net = resnet.build_backbone(config.model)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
+  assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 11_324_992
+
+
+def test_pixel_normalisation_is_applied_before_the_backbone(tiny):
+  mean, std = (0.3,), (0.5,)
+  normalised = model_lib.SimLAPModel(**{f: getattr(tiny["model"], f) for f in (
+      "backbone", "projector", "gate", "probe")}, pixel_mean=mean, pixel_std=std)
+  x = tiny["x"]
+  got = normalised.apply(tiny["init_variables"], x, method="encode")
+  want = tiny["model"].apply(tiny["init_variables"], (x - 0.3) / 0.5, method="encode")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+  config = _tiny_config()
+  config.model.update(dict(pixel_mean=(0.1, 0.2), pixel_std=(1.0, 1.0)))  # 1-channel data
+  with pytest.raises(ValueError, match="pixel_mean=.*dataset.channels=1"):
+    config_schema.validate(config)
 
 
 def test_resnet50_param_count():

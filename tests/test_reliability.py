@@ -349,6 +349,11 @@ def test_fields_added_since_a_run_was_saved_block_only_when_not_default():
       "model.freeze_patch_embed: None -> True"]
   config.model.freeze_patch_embed = False
   config.sharding.params = "fsdp"  # a resumable key even where it is new
+  config.init_from = "runs/converted"  # read only when a run starts
+  # Another output stride is another network: it blocks.
+  config.model.output_stride = 8
+  assert workdir_lib.resume_blockers(old, config) == ["model.output_stride: 32 -> 8"]
+  config.model.output_stride = 32
   config.batch_size = 2 * config.batch_size
   assert workdir_lib.resume_blockers(old, config) == [
       f"batch_size: {config.batch_size // 2} -> {config.batch_size}"]

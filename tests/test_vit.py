@@ -226,6 +226,14 @@ def test_registry_and_config_checks():
   bad.model.update(freeze_patch_embed=False, stem="nope")
   with pytest.raises(ValueError, match="config.model.stem='nope'"):
     config_schema.validate(bad)
+  bad.model.stem = "deep"  # the old name of "cifar_deep": the message says which is which
+  with pytest.raises(ValueError, match="'deep' is now 'cifar_deep'.*'timm_deep'"):
+    config_schema.validate(bad)
+  bad.model.update(stem="timm_deep", output_stride=4)
+  with pytest.raises(ValueError, match=r"output_stride=4 is not one of \(8, 16, 32\)"):
+    config_schema.validate(bad)
+  config.model.output_stride = 4  # a ViT ignores it, as it ignores the stem
+  config_schema.validate(config)
 
 
 # ---------------------------------------------------------------- the real trainer

@@ -28,8 +28,9 @@ def family(name: str) -> str:
 def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
   """The backbone `config.model` names: apply(..., images (B, H, W, C), train=) -> (B, F) f32.
 
-  ResNets read backbone, stem, width, bn_momentum, dtype; ViTs read backbone, dtype and
-  freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no BatchNorm).
+  ResNets read backbone, stem, width, output_stride, bn_momentum, dtype; ViTs read backbone,
+  dtype and freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no
+  BatchNorm).
   """
   if family(model_config.backbone) == "resnet":
     return resnet.build_backbone(model_config)
@@ -48,15 +49,24 @@ def feature_dim(model_config: ml_collections.ConfigDict) -> int:
 def check_config(model_config: ml_collections.ConfigDict, image_size: int) -> None:
   """The family-specific checks of `config_schema.validate`; ValueError naming the field.
 
-  `model.stem` is checked for ResNets only: a ViT has none and ignores it, so a recipe that sets
-  one (configs/in1k.py) still takes `--config.model.backbone=vit_s16`. `model.width` and
-  `model.freeze_patch_embed` are refused where they would silently do nothing.
+  `model.stem` and `model.output_stride` are checked for ResNets only: a ViT has neither and
+  ignores them, so a recipe that sets them (configs/in1k.py) still takes
+  `--config.model.backbone=vit_s16`. `model.width` and `model.freeze_patch_embed` are refused
+  where they would silently do nothing.
   """
   name = model_config.backbone
   freeze = bool(model_config.get("freeze_patch_embed", False))
   if family(name) == "resnet":
-    if model_config.stem not in resnet.STEMS:
-      raise ValueError(f"config.model.stem={model_config.stem!r} is not one of {resnet.STEMS}")
+    stem = model_config.stem
+    if stem not in resnet.STEMS:
+      # "deep" was the stride-1 three-conv stem's old name; timm's "deep" is another network.
+      hint = (" ('deep' is now 'cifar_deep', three stride-1 convs; timm's deep stem, the "
+              "authors' CIFAR network, is 'timm_deep')" if stem == "deep" else "")
+      raise ValueError(f"config.model.stem={stem!r} is not one of {resnet.STEMS}{hint}")
+    output_stride = model_config.get("output_stride", 32)
+    if output_stride not in resnet.OUTPUT_STRIDES:
+      raise ValueError(f"config.model.output_stride={output_stride!r} is not one of "
+                       f"{resnet.OUTPUT_STRIDES} (the largest total stride; later stages dilate)")
     if freeze:
       raise ValueError(f"config.model.freeze_patch_embed=True needs a ViT backbone, not {name!r}")
     return

@@ -32,6 +32,9 @@ class SimLAPModel(nn.Module):
       False only for the supervised CE baseline, whose loss is the probe's cross-entropy.
     predictor: embeddings, train -> predictions (B, D) float32; only the momentum-encoder
       objective has one (MoCo-v3's query-side MLP).
+    pixel_mean, pixel_std: per-channel input normalisation, (x - mean) / std, applied to the
+      images before the backbone; empty = none (the images arrive in [0, 1]). The authors'
+      recipes normalise, so their converted weights need the same map.
   """
   backbone: nn.Module
   projector: nn.Module
@@ -39,6 +42,14 @@ class SimLAPModel(nn.Module):
   probe: heads.LinearHead
   probe_stop_gradient: bool = True
   predictor: nn.Module | None = None
+  pixel_mean: tuple[float, ...] = ()
+  pixel_std: tuple[float, ...] = ()
+
+  def _backbone(self, images: jnp.ndarray, train: bool) -> jnp.ndarray:
+    if self.pixel_mean:
+      images = (images - jnp.asarray(self.pixel_mean, images.dtype)) / jnp.asarray(
+          self.pixel_std, images.dtype)
+    return self.backbone(images, train=train)
 
   def __call__(self, images: jnp.ndarray, labels: jnp.ndarray | None = None,
                pair_labels: jnp.ndarray | None = None, *,
@@ -59,7 +70,7 @@ class SimLAPModel(nn.Module):
         "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given,
         "predictions": (B, D) float32 predictor output, only when the model has a predictor.
     """
-    features = self.backbone(images, train=train)
+    features = self._backbone(images, train)
     out = {
         "features": features,
         "embeddings": self.projector(features, train=train),
@@ -75,13 +86,13 @@ class SimLAPModel(nn.Module):
 
   def encode(self, images: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
     """Backbone features only (kNN / probes): (B, H, W, C) -> (B, F) float32."""
-    return self.backbone(images, train=train)
+    return self._backbone(images, train)
 
   def key_embeddings(self, images: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """Backbone + projector only: the momentum (key) encoder's path, (B, H, W, C) -> (B, D).
 
     Applied to the momentum encoder's variables, which hold just these two submodules."""
-    return self.projector(self.backbone(images, train=train), train=train)
+    return self.projector(self._backbone(images, train), train=train)
 
   def gates(self, labels: jnp.ndarray, pair_labels: jnp.ndarray, *,
             train: bool) -> jnp.ndarray:
@@ -133,5 +144,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
       probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
       predictor=predictor,
+      pixel_mean=tuple(float(v) for v in m.get("pixel_mean", ())),
+      pixel_std=tuple(float(v) for v in m.get("pixel_std", ())),
   )
 

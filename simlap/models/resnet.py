@@ -1,5 +1,9 @@
 """ResNet backbones in Flax Linen: basic-block ResNet-18/34, bottleneck ResNet-50, small CIFAR nets.
 
+Layer for layer the same networks as timm's and torchvision's `ResNet` (conv-BN-ReLU order,
+torch-style symmetric padding, the stride on the 3x3 conv of a bottleneck: "v1.5"), so their
+weights load through `simlap.convert` and give the same outputs (tests/test_golden.py).
+
 Layout is NHWC. Parameters are float32 (`param_dtype`); convolutions and activations run in the
 compute `dtype` (bfloat16 for mixed precision) while BatchNorm reduces its statistics in float32
 (Flax's `force_float32_reductions`) and the pooled features are returned as float32, so every
@@ -8,12 +12,22 @@ head and loss downstream works in float32.
 BatchNorm has no `axis_name`: the train step is a `jax.jit` over *global* arrays, so the batch
 mean/variance are already computed over the whole (sharded) batch — synchronized BN for free.
 
-Stems (`stem=`):
-  "imagenet": 7x7 stride-2 conv + 3x3 stride-2 max-pool (output stride 32).
-  "cifar":    one 3x3 stride-1 conv, no pool (output stride 8 with four stages).
-  "deep":     three 3x3 stride-1 convs (w/2, w/2, w), no pool, standard stage strides (maps
-              32, 16, 8, 4 for 32x32 input). Not the authors' CIFAR ResNet-18 (timm's deep
-              stem has a stride-2 conv and a max-pool, and dilated stages 3-4: maps 8, 4, 4, 4).
+Stems (`stem=`), with w the variant's stem width (64 for ResNet-18/34/50):
+  "imagenet":   7x7 stride-2 conv (3 -> w), BN, ReLU, 3x3 stride-2 max-pool: stride 4.
+  "timm_deep":  timm's `stem_type="deep"`: 3x3 stride-2 conv (3 -> w), BN, ReLU, 3x3 conv
+                (w -> w), BN, ReLU, 3x3 conv (w -> 2w), BN, ReLU, 3x3 stride-2 max-pool:
+                stride 4. With 2w channels out, the first block gets a 1x1 projection shortcut
+                (2w -> w), as in timm.
+  "cifar":      one 3x3 stride-1 conv, no pool: stride 1.
+  "cifar_deep": three 3x3 stride-1 convs (w/2, w/2, w), each with BN and ReLU, no pool:
+                stride 1. A deep stem at full resolution; it is in neither timm nor torchvision.
+
+Stages: the first keeps the resolution, each later one halves it, until the network's total
+stride reaches `output_stride` (8, 16 or 32). From there on, stages dilate their 3x3 convs
+instead (dilation 2, then 4), as timm's `output_stride` does: the first block of a dilated
+stage runs its first 3x3 conv at the previous stage's dilation. The authors' CIFAR-10 network
+is timm's `resnet18(stem_type="deep", output_stride=8)` = `stem="timm_deep"`,
+`output_stride=8`: maps 8, 4, 4, 4 on a 32x32 input (and 16 after the stem's first conv).
 """
 from __future__ import annotations
 from collections.abc import Callable, Sequence
@@ -31,15 +45,27 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 1) at stride 2.
 
 
+def _conv3(conv: Callable[..., nn.Module], features: int, strides: int,
+           dilation: int) -> nn.Module:
+  """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1."""
+  return conv(features, (3, 3), (strides, strides), padding=((dilation, dilation),) * 2,
+              kernel_dilation=(dilation, dilation))
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs; the second BN's gamma starts at zero so the block is identity at init.
 
   Attributes:
     features: output channels.
     strides: stride of the first conv (and of the projection shortcut).
+    dilation: dilation of the 3x3 convs.
+    first_dilation: dilation of the first 3x3 conv (timm: the previous stage's, in the first
+      block of a dilated stage); None = `dilation`.
   """
   features: int
   strides: int = 1
+  dilation: int = 1
+  first_dilation: int | None = None
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
 
@@ -47,9 +73,10 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """(B, H, W, Cin) -> (B, H/s, W/s, features)."""
     residual = x
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD3)(x)
+    first = self.first_dilation or self.dilation
+    y = _conv3(self.conv, self.features, self.strides, first)(x)
     y = nn.relu(self.norm()(y))
-    y = self.conv(self.features, (3, 3), padding=_PAD3)(y)
+    y = _conv3(self.conv, self.features, 1, self.dilation)(y)
     # Zero gamma: the residual branch outputs 0 at init, so deep nets start as shallow ones
     # (Goyal et al. 2017; the authors' ResNet-50 recipe uses it).
     y = self.norm(scale_init=nn.initializers.zeros)(y)
@@ -61,9 +88,14 @@ class BasicBlock(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-  """1x1 -> 3x3 (strided, as torchvision "v1.5") -> 1x1 x4 expansion; last BN gamma zero."""
+  """1x1 -> 3x3 (strided, as torchvision "v1.5") -> 1x1 x4 expansion; last BN gamma zero.
+
+  The one 3x3 conv runs at `first_dilation or dilation` (timm's Bottleneck).
+  """
   features: int
   strides: int = 1
+  dilation: int = 1
+  first_dilation: int | None = None
   conv: Callable[..., nn.Module] = nn.Conv
   norm: Callable[..., nn.Module] = nn.BatchNorm
 
@@ -72,7 +104,7 @@ class BottleneckBlock(nn.Module):
     """(B, H, W, Cin) -> (B, H/s, W/s, 4 * features)."""
     residual = x
     y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD3)(y)
+    y = _conv3(self.conv, self.features, self.strides, self.first_dilation or self.dilation)(y)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.features * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
@@ -90,8 +122,9 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
     widths: channels of each stage (before the bottleneck expansion).
     block: "basic" or "bottleneck".
-    stem: "imagenet" | "cifar" | "deep" (see module docstring).
-    stem_width: channels out of the stem.
+    stem: one of `STEMS` (see the module docstring).
+    stem_width: the stem's width w (its output has 2w channels for "timm_deep", else w).
+    output_stride: 8, 16 or 32, the largest total stride; later stages dilate instead.
     bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
     dtype: compute dtype; parameters and BN statistics stay float32.
   """
@@ -100,6 +133,7 @@ class ResNet(nn.Module):
   block: str = "basic"
   stem: str = "cifar"
   stem_width: int = 64
+  output_stride: int = 32
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
 
@@ -122,7 +156,13 @@ class ResNet(nn.Module):
     elif self.stem == "cifar":
       x = conv(self.stem_width, (3, 3), padding=_PAD3, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-    elif self.stem == "deep":
+    elif self.stem == "timm_deep":
+      w = self.stem_width
+      for i, (width, s) in enumerate(((w, 2), (w, 1), (2 * w, 1))):
+        x = conv(width, (3, 3), (s, s), padding=_PAD3, name=f"stem_conv{i}")(x)
+        x = nn.relu(norm(name=f"stem_bn{i}")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=_PAD3)
+    elif self.stem == "cifar_deep":
       half = max(self.stem_width // 2, 1)
       for i, w in enumerate((half, half, self.stem_width)):
         x = conv(w, (3, 3), padding=_PAD3, name=f"stem_conv{i}")(x)
@@ -136,10 +176,13 @@ class ResNet(nn.Module):
       block_cls = BottleneckBlock
     else:
       raise ValueError(f"unknown block {self.block!r}; expected basic | bottleneck")
-    for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
+    for i, (n, w, (strides, dilation, first_dilation)) in enumerate(zip(
+        self.stage_sizes, self.widths, stage_geometry(len(self.stage_sizes), STEM_STRIDE[self.stem],
+                                                      self.output_stride))):
       for j in range(n):
-        strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(w, strides, conv=conv, norm=norm, name=f"stage{i + 1}_block{j + 1}")(x)
+        x = block_cls(w, strides if j == 0 else 1, dilation=dilation,
+                      first_dilation=first_dilation if j == 0 else dilation, conv=conv,
+                      norm=norm, name=f"stage{i + 1}_block{j + 1}")(x)
     # Pool in float32: the mean over H*W is a reduction bf16 would round badly.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
@@ -162,7 +205,33 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
 }
 
 
-STEMS = ("imagenet", "cifar", "deep")
+# stem -> its stride (the resolution it divides the image by).
+STEM_STRIDE = {"imagenet": 4, "timm_deep": 4, "cifar": 1, "cifar_deep": 1}
+STEMS = tuple(STEM_STRIDE)
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def stage_geometry(num_stages: int, stem_stride: int,
+                   output_stride: int = 32) -> list[tuple[int, int, int]]:
+  """(stride, dilation, first_dilation) of each stage, by timm's `make_blocks` rule.
+
+  Stage 1 keeps the resolution and each later one halves it while the total stride is below
+  `output_stride`; past it a stage keeps the resolution and doubles the dilation instead. The
+  first block's first 3x3 conv runs at the previous stage's dilation (`first_dilation`), the
+  rest at the stage's.
+  """
+  if output_stride not in OUTPUT_STRIDES:
+    raise ValueError(f"output_stride {output_stride} is not one of {OUTPUT_STRIDES}")
+  out, net_stride, dilation, previous = [], stem_stride, 1, 1
+  for i in range(num_stages):
+    stride = 1 if i == 0 else 2
+    if net_stride >= output_stride:
+      dilation, stride = dilation * stride, 1
+    else:
+      net_stride *= stride
+    out.append((stride, dilation, previous))
+    previous = dilation
+  return out
 DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
 
 
@@ -176,7 +245,7 @@ def parse_dtype(name: str | Dtype) -> Dtype:
 
 
 def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
-  """ResNet from `config.model` (backbone, stem, width, bn_momentum, dtype).
+  """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype).
 
   Args:
     model_config: the `config.model` ConfigDict.
@@ -196,6 +265,7 @@ def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
       block=block,
       stem=model_config.get("stem", "cifar"),
       stem_width=scale(stem_width),
+      output_stride=int(model_config.get("output_stride", 32)),
       bn_momentum=float(model_config.get("bn_momentum", 0.9)),
       dtype=parse_dtype(model_config.get("dtype", "float32")),
   )
