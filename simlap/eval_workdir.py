@@ -10,7 +10,8 @@ split -> `simlap.evaluators` and the analyses of `simlap.analysis` (on the test 
 results.json + report.md + PNGs. A URL workdir (gs://) is read and written through tf.io.gfile;
 its PNGs are drawn locally and copied.
 
-Gates exist only for objective "simlap" with a non-open gate; otherwise every gate entry is null.
+Gates exist only where the objective trains them (`objectives.trains_gates`: simlap, or moco with a
+gated term, and a non-open gate); otherwise every gate entry is null.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from simlap import checkpointing
 from simlap import evaluators
 from simlap import features
 from simlap import geometry
+from simlap import objectives
 from simlap import optim
 from simlap import report
 from simlap import sharding
@@ -92,7 +94,7 @@ def gate_tables(config, model, state, num_classes: int):
 
   BatchNorm runs in inference mode (the gate module's analysis methods), read-only.
   """
-  if config.objective != "simlap" or config.gate.kind == "open":
+  if not objectives.trains_gates(config):
     return None, None, None
   variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
   class_gates = jax.jit(lambda v: model.apply(v, method="class_gates"))(variables)

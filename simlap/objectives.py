@@ -27,6 +27,14 @@ from simlap.models import gates as gates_lib
 OBJECTIVES = ("simlap", "simclr", "supcon", "ce", "moco")
 
 
+def trains_gates(config: ml_collections.ConfigDict) -> bool:
+  """Whether the objective learns the gate table: simlap, or moco with a gated term (beta or
+  alpha > 0), with a gate that is not the open one."""
+  gated = config.objective == "simlap" or (
+      config.objective == "moco" and (config.moco.beta or config.moco.alpha))
+  return bool(gated) and config.gate.kind != "open"
+
+
 def logit_scale(config: ml_collections.ConfigDict, params: dict) -> jax.Array:
   """s = 1 / temperature, or exp(learned log s) when loss.learn_scale."""
   if config.loss.learn_scale:
