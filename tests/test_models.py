@@ -500,16 +500,3 @@ def test_probe_stop_gradient(tiny, stop_gradient):
   else:
     assert backbone_max > 0.0
   assert float(jnp.abs(grads["probe"]["fc"]["kernel"]).max()) > 0.0
-
-
-@pytest.mark.parametrize("dilation,size", [(2, 4), (4, 4), (2, 5), (4, 7), (3, 8)])
-def test_dilated_conv_by_phases_equals_the_dilated_conv(dilation, size):
-  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
-  conv = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)))
-  variables = conv.init(jax.random.key(1), x)
-  by_phases = resnet.dilated_by_phases(lambda y: conv.apply(variables, y), x, dilation=dilation)
-  direct = nn.Conv(5, (3, 3), padding=((dilation, dilation),) * 2,
-                   kernel_dilation=(dilation, dilation)).apply(variables, x)
-  np.testing.assert_allclose(by_phases, direct, rtol=1e-5, atol=1e-5)
-  undilated = conv.apply(variables, x)  # what the check would accept if phases were ignored
-  assert not np.allclose(by_phases, undilated, atol=1e-3)

@@ -46,38 +46,10 @@ _PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 
 
 
 def _conv3(conv: Callable[..., nn.Module], features: int, strides: int,
-           dilation: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
-  """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1.
-
-  A dilated one (stride 1 only, as in timm) runs as an undilated conv on the d x d phase grids
-  of the map (`dilated_by_phases`); its parameters are those of the plain conv.
-  """
-  layer = conv(features, (3, 3), (strides, strides), padding=_PAD3)
-  if dilation == 1:
-    return layer
-  if strides != 1:
-    raise ValueError(f"a dilated 3x3 conv must have stride 1, got stride {strides}")
-  return functools.partial(dilated_by_phases, layer, dilation=dilation)
-
-
-def dilated_by_phases(layer: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray, *,
-                      dilation: int) -> jnp.ndarray:
-  """`layer` (a stride-1 3x3 conv padded by 1) dilated by d: (B, H, W, C) -> (B, H, W, C').
-
-  out[h] = sum_k w[k] x[h + (k - 1) d] only reads pixels of h's own phase (h mod d), so the map
-  is cut into its d x d phase grids (space-to-batch), each convolved without dilation, and put
-  back; zero rows padded to a multiple of d read as the zero padding would. Exactly the dilated
-  conv, but XLA:CPU runs dilated kernels as a (2d + 1)^2-tap kernel full of zeros: on the
-  authors' CIFAR network (4 x 4 maps at dilation 2 and 4) that cost 2x and 4x per conv.
-  """
-  d = dilation
-  b, h, w, c = x.shape
-  hp, wp = -(-h // d) * d, -(-w // d) * d
-  x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-  x = x.reshape(b, hp // d, d, wp // d, d, c).transpose(0, 2, 4, 1, 3, 5)
-  y = layer(x.reshape(b * d * d, hp // d, wp // d, c))
-  y = y.reshape(b, d, d, hp // d, wp // d, y.shape[-1]).transpose(0, 3, 1, 4, 2, 5)
-  return y.reshape(b, hp, wp, y.shape[-1])[:, :h, :w]
+           dilation: int) -> nn.Module:
+  """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1."""
+  return conv(features, (3, 3), (strides, strides), padding=((dilation, dilation),) * 2,
+              kernel_dilation=(dilation, dilation))
 
 
 class BasicBlock(nn.Module):
