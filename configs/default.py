@@ -15,7 +15,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone = "resnet_small"  # ResNet-8; width 1.5 or 2 costs ~3x the step time on CPU
   c.model.projector_hidden = (512,)
   c.model.projector_dim = 128
-  c.model.predictor_hidden = (512,)  # the momentum-encoder methods (hydra, moco) only
   # Batch 128 (256 views a step): on 2 CPU cores a 256-view step costs ~1.3x less per image than
   # a 512-view one (activations stay in cache), and twice the updates per epoch help a 3-epoch run.
   c.batch_size = 128

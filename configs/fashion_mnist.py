@@ -14,7 +14,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.backbone = "resnet_small"
   c.model.projector_hidden = (1024,)
   c.model.projector_dim = 128
-  c.model.predictor_hidden = (1024,)  # the momentum-encoder methods (hydra, moco) only
   c.num_epochs = 30.0
   c.optimizer.warmup_epochs = 2.0
   c.eval_every = 2000

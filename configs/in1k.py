@@ -92,7 +92,6 @@ def smoke_variant(c: ml_collections.ConfigDict) -> None:
   c.model.backbone = "resnet_tiny"
   c.model.dtype = "float32"
   c.model.projector_hidden = (32,)
-  c.model.predictor_hidden = (32,)
   c.model.projector_dim = 16
   c.gate.embed_dim = 16
   c.gate.hidden_dim = 32

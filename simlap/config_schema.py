@@ -106,7 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
       projector_dim=256,  # D, the embedding (and gate) dimension
       projector_bias=True,  # biases in the hidden Dense layers (MoCo-v3 has none)
-      predictor_hidden=(2048,),  # objective "moco" only: the predictor's hidden widths
+      # objective "moco" only: the predictor's hidden widths; () = the projector's last hidden
+      # width, as in MoCo-v3 (mlp_dim for both)
+      predictor_hidden=(),
       probe_stop_gradient=True,  # online linear probe on stop-gradient features
       # (x - mean) / std per channel before the backbone; () = none, images stay in [0, 1].
       pixel_mean=(),
@@ -289,9 +291,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("beta", "alpha", "gate_warmup_epochs"):
     if not moco[name] >= 0:
       raise ValueError(f"config.moco.{name} must be >= 0, got {moco[name]}")
-  if config.objective == "moco" and not config.model.predictor_hidden:
-    raise ValueError("config.objective='moco' needs a predictor: set "
-                     "config.model.predictor_hidden, e.g. (4096,)")
   if config.objective in ("simlap", "moco") and loss.pair_kind == "selective":
     _validate_selective(config)
   if config.objective == "ce" and config.model.probe_stop_gradient:

@@ -115,3 +115,30 @@ def test_fashion_mnist_class_tree_distances():
   assert d[0, 5] == 2 and d[3, 4] == 2  # T-shirt/Sandal; Dress/Coat
   with pytest.raises(ValueError, match="outside"):
     class_trees.tree_distances((("a", (0, 5)),), 4)
+
+
+# Fields added to the schema after runs of these configs were saved. A config file that set one
+# of them away from its default would strand those runs (resume and simlap.compare refuse a
+# changed config), so the files must leave them at their defaults.
+_ADDED_FIELDS = ("moco", "model.predictor_hidden", "model.projector_bias", "model.output_stride",
+                 "model.pixel_mean", "model.pixel_std", "init_from", "keep_checkpoint_steps",
+                 "loss.selective_alpha", "loss.selective_max_level")
+
+
+@pytest.mark.parametrize("name", ["default", "fashion_mnist"])
+@pytest.mark.parametrize("method", ["simlap", "simlap_open", "supcon", "simlap_weighted", "simclr",
+                                    "ce"])
+def test_runs_saved_before_the_new_fields_still_resume(name, method):
+  from simlap import workdir as workdir_lib  # noqa: PLC0415
+  config = load(name, method)
+  saved = workdir_lib.as_json(config)
+  for field in _ADDED_FIELDS:
+    *parents, key = field.split(".")
+    node = saved
+    for parent in parents:
+      node = node[parent]
+    node.pop(key, None)
+  assert workdir_lib.resume_blockers(saved, config) == []
+  changed = load(name, method)
+  changed.model.predictor_hidden = (512,)  # what the check exists for
+  assert workdir_lib.resume_blockers(saved, changed) == ["model.predictor_hidden: None -> [512]"]

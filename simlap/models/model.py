@@ -129,7 +129,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
   use_bias = bool(m.get("projector_bias", True))
   predictor = None
   if config.get("objective") == "moco":  # MoCo-v3: q = predictor(projector(backbone(x)))
-    predictor = heads.Projector(hidden=tuple(int(w) for w in m.predictor_hidden), out_dim=dim,
+    # () = the projector's last hidden width (MoCo-v3 uses mlp_dim for both), or D if it has none.
+    widths = tuple(m.get("predictor_hidden", ())) or tuple(m.projector_hidden[-1:]) or (dim,)
+    predictor = heads.Projector(hidden=tuple(int(w) for w in widths), out_dim=dim,
                                 bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias,
                                 last_norm="none")
   return SimLAPModel(
