@@ -47,7 +47,7 @@ def momentum_schedule(config: ml_collections.ConfigDict, num_steps: int) -> opta
 
 def gate_warmup_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   """Steps during which the gated loss trains only the gate (config.moco.gate_warmup_epochs)."""
-  return int(round(config.moco.gate_warmup_epochs * optim.steps_per_epoch(config, num_train)))
+  return optim.epochs_to_steps(config, config.moco.gate_warmup_epochs, num_train)
 
 
 def ema_update(ema: Any, params: Any, momentum: jax.Array) -> Any:

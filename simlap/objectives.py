@@ -62,6 +62,13 @@ def probe_loss(probe_logits: jax.Array, labels2: jax.Array) -> tuple[jax.Array, 
   return ce, accuracy
 
 
+def _simlap_loss_options(config: ml_collections.ConfigDict, scale: jax.Array) -> dict:
+  """`losses.simlap_loss` keyword arguments from config.loss (simlap and moco objectives)."""
+  loss = config.loss
+  return dict(scale=scale, variant=loss.variant, reduction=loss.reduction,
+              chunk_size=loss.chunk_size or None)
+
+
 def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.Array,
                      labels: jax.Array, pair_labels: jax.Array | None, gates: jax.Array | None,
                      scale: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -75,8 +82,7 @@ def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.A
     return losses.supcon_loss(z, z, y, y, scale=scale, exclude_self=True), {}
   if objective != "simlap":
     raise ValueError(f"objective {objective!r} has no contrastive loss")
-  kwargs = dict(scale=scale, variant=config.loss.variant, reduction=config.loss.reduction,
-                chunk_size=config.loss.chunk_size or None)
+  kwargs = _simlap_loss_options(config, scale)
   loss = losses.simlap_loss(z1, z2, gates, labels, pair_labels, labels, **kwargs)
   if config.loss.symmetric:  # both views as anchors, one shared permutation
     loss = 0.5 * (loss + losses.simlap_loss(z2, z1, gates, labels, pair_labels, labels,
@@ -115,8 +121,7 @@ def moco_loss(config: ml_collections.ConfigDict, queries: tuple[jax.Array, jax.A
   # jnp.where, not a Python branch: the warm-up ends at a step, inside one compiled program.
   d1, d2 = (jnp.where(gate_warmup, jax.lax.stop_gradient(q), q) for q in (q1, q2))
   metrics["gate_warmup"] = jnp.asarray(gate_warmup, jnp.float32)
-  kwargs = dict(scale=scale, variant=config.loss.variant, reduction=config.loss.reduction,
-                chunk_size=config.loss.chunk_size or None)
+  kwargs = _simlap_loss_options(config, scale)
 
   def disparate(g, y2):
     return 0.5 * (losses.simlap_loss(d1, k2, g, labels, y2, labels, **kwargs)

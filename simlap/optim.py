@@ -36,13 +36,17 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
   return max(1, num_train // config.batch_size)
 
 
+def epochs_to_steps(config: ml_collections.ConfigDict, epochs: float, num_train: int) -> int:
+  """A span given in epochs (warm-ups), in steps, rounded to the nearest."""
+  return int(round(epochs * steps_per_epoch(config, num_train)))
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int
                            ) -> optax.Schedule:
   """Linear warmup from 0 over warmup_epochs, then cosine to 0 (or constant)."""
   peak = peak_learning_rate(config)
   steps = total_steps(config, num_train)
-  warmup = min(steps - 1, int(round(config.optimizer.warmup_epochs *
-                                    steps_per_epoch(config, num_train))))
+  warmup = min(steps - 1, epochs_to_steps(config, config.optimizer.warmup_epochs, num_train))
   warmup = max(0, warmup)
   if config.optimizer.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.0)
