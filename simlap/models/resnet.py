@@ -38,6 +38,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from simlap.models import dilated_conv
+from simlap.models import pooling
+
 Dtype = Any
 
 # He-normal on fan-out, the torchvision ResNet default the authors trained with.
@@ -48,8 +51,11 @@ _PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 
 def _conv3(conv: Callable[..., nn.Module], features: int, strides: int,
            dilation: int) -> nn.Module:
   """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1."""
+  if dilation == 1:
+    return conv(features, (3, 3), (strides, strides), padding=_PAD3)
   return conv(features, (3, 3), (strides, strides), padding=((dilation, dilation),) * 2,
-              kernel_dilation=(dilation, dilation))
+              kernel_dilation=(dilation, dilation),
+              conv_general_dilated=dilated_conv.conv_general_dilated)
 
 
 class BasicBlock(nn.Module):
@@ -152,7 +158,7 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=_PAD3)
+      x = pooling.max_pool(x, (3, 3), (2, 2), _PAD3)
     elif self.stem == "cifar":
       x = conv(self.stem_width, (3, 3), padding=_PAD3, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
@@ -161,7 +167,7 @@ class ResNet(nn.Module):
       for i, (width, s) in enumerate(((w, 2), (w, 1), (2 * w, 1))):
         x = conv(width, (3, 3), (s, s), padding=_PAD3, name=f"stem_conv{i}")(x)
         x = nn.relu(norm(name=f"stem_bn{i}")(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=_PAD3)
+      x = pooling.max_pool(x, (3, 3), (2, 2), _PAD3)
     elif self.stem == "cifar_deep":
       half = max(self.stem_width // 2, 1)
       for i, w in enumerate((half, half, self.stem_width)):
