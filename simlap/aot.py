@@ -123,6 +123,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   from simlap import train  # noqa: PLC0415
   config = copy.deepcopy(config)
   config.batch_size = global_batch
+  config.model.conv_impl = "xla"  # the TPU's program, not the CPU host's ("auto" would pick cpu)
   config_schema.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   sharding.check_batch_divisible(global_batch, mesh)

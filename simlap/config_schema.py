@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
       freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
       bn_momentum=0.9,  # 0.99 lags on short runs
       dtype="float32",  # compute dtype; parameters stay float32
+      # ResNets: auto | xla | cpu. "cpu" computes dilated and large convs in the forms XLA:CPU
+      # runs fast (simlap/models/cpu_conv.py; same parameters and numbers); "auto" = "cpu" on a
+      # CPU backend. It never changes what is learned, so a resumed run may change it.
+      conv_impl="auto",
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
       projector_dim=256,  # D, the embedding (and gate) dimension
       projector_bias=True,  # biases in the hidden Dense layers (MoCo-v3 has none)
@@ -245,6 +249,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("loss.reduction", loss.reduction, losses.REDUCTIONS),
       ("model.backbone", config.model.backbone, tuple(sorted(backbones.BACKBONES))),
       ("model.dtype", config.model.dtype, backbones.DTYPES),
+      ("model.conv_impl", config.model.conv_impl, backbones.CONV_IMPLS),
       ("gate.kind", config.gate.kind, gates.GATE_KINDS),
       ("gate.fuse", config.gate.fuse, gates.FUSES),
       ("optimizer.name", o.name, optim.OPTIMIZERS),

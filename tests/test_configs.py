@@ -122,7 +122,7 @@ def test_fashion_mnist_class_tree_distances():
 # changed config), so the files must leave them at their defaults.
 _ADDED_FIELDS = ("moco", "model.predictor_hidden", "model.projector_bias", "model.output_stride",
                  "model.pixel_mean", "model.pixel_std", "init_from", "keep_checkpoint_steps",
-                 "loss.selective_alpha", "loss.selective_max_level")
+                 "loss.selective_alpha", "loss.selective_max_level", "model.conv_impl")
 
 
 @pytest.mark.parametrize("name", ["default", "fashion_mnist"])

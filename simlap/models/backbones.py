@@ -16,6 +16,7 @@ BACKBONES: dict[str, str] = {**{name: "resnet" for name in resnet.VARIANTS},
                              **{name: "vit" for name in vit.SIZES}}
 DTYPES = resnet.DTYPES  # compute dtypes every family takes; parameters stay float32
 parse_dtype = resnet.parse_dtype
+CONV_IMPLS = resnet.CONV_IMPLS  # ResNets only
 
 
 def family(name: str) -> str:

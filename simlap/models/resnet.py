@@ -35,10 +35,11 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from simlap.models import dilated_conv
+from simlap.models import cpu_conv
 from simlap.models import pooling
 
 Dtype = Any
@@ -51,11 +52,8 @@ _PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 
 def _conv3(conv: Callable[..., nn.Module], features: int, strides: int,
            dilation: int) -> nn.Module:
   """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1."""
-  if dilation == 1:
-    return conv(features, (3, 3), (strides, strides), padding=_PAD3)
   return conv(features, (3, 3), (strides, strides), padding=((dilation, dilation),) * 2,
-              kernel_dilation=(dilation, dilation),
-              conv_general_dilated=dilated_conv.conv_general_dilated)
+              kernel_dilation=(dilation, dilation))
 
 
 class BasicBlock(nn.Module):
@@ -133,6 +131,8 @@ class ResNet(nn.Module):
     output_stride: 8, 16 or 32, the largest total stride; later stages dilate instead.
     bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
     dtype: compute dtype; parameters and BN statistics stay float32.
+    conv_impl: "xla" (`lax.conv_general_dilated`) or "cpu" (`cpu_conv`: the same numbers in the
+      forms XLA:CPU runs fast; the parameters are the same).
   """
   stage_sizes: Sequence[int]
   widths: Sequence[int]
@@ -142,14 +142,19 @@ class ResNet(nn.Module):
   output_stride: int = 32
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """Images (B, H, W, C) -> pooled features (B, F) float32, F = widths[-1] (x4 bottleneck)."""
     if len(self.stage_sizes) != len(self.widths):
       raise ValueError(f"stage_sizes {self.stage_sizes} and widths {self.widths} differ in length")
+    if self.conv_impl not in ("xla", "cpu"):
+      raise ValueError(f"unknown conv_impl {self.conv_impl!r}; expected xla | cpu")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=_conv_init)
+                             param_dtype=jnp.float32, kernel_init=_conv_init,
+                             conv_general_dilated=(cpu_conv.conv_general_dilated
+                                                   if self.conv_impl == "cpu" else None))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=jnp.float32)
@@ -239,6 +244,18 @@ def stage_geometry(num_stages: int, stem_stride: int,
     previous = dilation
   return out
 DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
+# "auto": "cpu" where JAX's default backend is the CPU, else "xla" (simlap.aot sets "xla" when it
+# compiles for a TPU from a CPU host).
+CONV_IMPLS = ("auto", "xla", "cpu")
+
+
+def resolve_conv_impl(name: str) -> str:
+  """"auto" -> "cpu" on a CPU backend, else "xla"; "xla" and "cpu" as given."""
+  if name not in CONV_IMPLS:
+    raise ValueError(f"unknown conv_impl {name!r}; expected one of {CONV_IMPLS}")
+  if name == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return name
 
 
 def parse_dtype(name: str | Dtype) -> Dtype:
@@ -251,7 +268,8 @@ def parse_dtype(name: str | Dtype) -> Dtype:
 
 
 def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
-  """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype).
+  """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype,
+  conv_impl).
 
   Args:
     model_config: the `config.model` ConfigDict.
@@ -274,6 +292,7 @@ def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
       output_stride=int(model_config.get("output_stride", 32)),
       bn_momentum=float(model_config.get("bn_momentum", 0.9)),
       dtype=parse_dtype(model_config.get("dtype", "float32")),
+      conv_impl=resolve_conv_impl(model_config.get("conv_impl", "auto")),
   )
 
 
