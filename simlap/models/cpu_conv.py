@@ -115,6 +115,17 @@ def dilated_conv(lhs: jax.Array, rhs: jax.Array, padding: Padding,
   return jnp.concatenate(out_rows, axis=1)
 
 
+def pointwise_conv(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], precision: Any = None,
+                   preferred_element_type: Any = None) -> jax.Array:
+  """A 1x1 conv (no padding: "SAME" and "VALID" agree for 1x1) as the matmul it is.
+
+  lhs: (B, H, W, Cin); rhs: (1, 1, Cin, Cout). Returns (B, ceil(H / sh), ceil(W / sw), Cout).
+  """
+  x = lhs[:, ::strides[0], ::strides[1], :]
+  return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision,
+                    preferred_element_type=preferred_element_type)
+
+
 def _lax_conv(lhs, rhs, strides, padding, dimension_numbers, precision):
   return jax.lax.conv_general_dilated(lhs, rhs, strides, padding,
                                       dimension_numbers=dimension_numbers, precision=precision)
@@ -174,8 +185,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
               preferred_element_type=preferred_element_type)
   plain = (_is_nhwc(dimension_numbers) and lhs.ndim == 4
            and tuple(lhs_dilation or (1, 1)) == (1, 1) and feature_group_count == 1
-           and batch_group_count == 1 and not isinstance(padding, str))
-  if not plain:
+           and batch_group_count == 1)
+  if plain and rhs.shape[:2] == (1, 1) and (
+      padding in ("SAME", "VALID") or not any(p for pair in padding for p in pair)):
+    return pointwise_conv(lhs, rhs, tuple(window_strides), precision, preferred_element_type)
+  if not plain or isinstance(padding, str):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   rhs_dilation = tuple(int(d) for d in rhs_dilation or (1, 1))
