@@ -243,6 +243,8 @@ def stage_geometry(num_stages: int, stem_stride: int,
     out.append((stride, dilation, previous))
     previous = dilation
   return out
+
+
 DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
 # "auto": "cpu" where JAX's default backend is the CPU, else "xla" (simlap.aot sets "xla" when it
 # compiles for a TPU from a CPU host).
