@@ -4,7 +4,7 @@
 kernel parameter keeps its (kh, kw, Cin, Cout) shape and name: checkpoints, the converter and
 the golden tests see the same network. Values agree with the lax conv up to float summation
 order, gradients too (taps that read only padding get exact zeros, as from the lax conv).
-`model.conv_impl = "cpu"` selects it (the default "auto" does on CPU hosts; see resnet.py). Two
+`model.conv_impl = "cpu"` selects it (the default "auto" does on CPU hosts; see resnet.py). Three
 measured XLA:CPU weaknesses are worked around; every other conv goes to the lax conv unchanged.
 
 1. **Dilated stride-1 convs on small maps** (`dilated_conv`). The authors' CIFAR network (timm
@@ -27,7 +27,12 @@ measured XLA:CPU weaknesses are worked around; every other conv goes to the lax 
    interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every device
    alike, without moving data between devices.
 
-`benchmarks/conv_bench.py` and `benchmarks/step_bench.py` measure the effect.
+3. **1x1 convs** (`pointwise_conv`). For a 1x1 conv's kernel gradient XLA:CPU transposes the
+   activations to a batch-minor layout first (24 of 64 CPU-seconds of a ResNet-50 step at batch
+   32). A 1x1 conv is a matmul over the (strided) pixels, and is computed as one.
+
+`benchmarks/conv_bench.py` and `benchmarks/step_bench.py` measure the effect
+(docs/performance.md).
 """
 from __future__ import annotations
 
@@ -174,7 +179,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                          feature_group_count: int = 1, batch_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-  """`lax.conv_general_dilated`, by `dilated_conv` or `chunked_kernel_grad_conv` where they apply.
+  """`lax.conv_general_dilated`, by `pointwise_conv`, `dilated_conv` or
+  `chunked_kernel_grad_conv` where they apply.
 
   lhs: (B, H, W, Cin); rhs: (kh, kw, Cin, Cout); padding: ((lo, hi), (lo, hi)). Returns
   (B, H', W', Cout). Any other form goes to `lax.conv_general_dilated` as given.
