@@ -1,4 +1,4 @@
-"""simlap.models.pooling.max_pool against nn.max_pool: equal outputs and gradients, ties included."""
+"""simlap.models.pooling.max_pool against nn.max_pool: equal outputs and gradients, with ties."""
 from __future__ import annotations
 
 import flax.linen as nn
