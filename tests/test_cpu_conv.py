@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from simlap import sharding
 from simlap.models import cpu_conv
 from simlap.models import resnet
-from simlap import sharding
 
 DN = ("NHWC", "HWIO", "NHWC")
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -23,7 +23,7 @@ def lax_conv(x, w, padding, dilation):
 
 def fast_conv(x, w, padding, dilation):
   return cpu_conv.conv_general_dilated(x, w, (1, 1), padding, rhs_dilation=dilation,
-                                           dimension_numbers=DN)
+                                       dimension_numbers=DN)
 
 
 def _inputs(h, w, kernel=(3, 3), cin=3, cout=5):
