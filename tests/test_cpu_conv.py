@@ -2,6 +2,8 @@
 on one device and batch-sharded over eight, and the ResNet built on it against the lax ResNet."""
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -190,21 +192,28 @@ def test_chunked_kernel_gradient_matches_the_lax_conv(monkeypatch, strides):
 
 
 def test_chunked_kernel_gradient_on_eight_devices_matches_one(monkeypatch, num_devices):
-  """Batch-sharded over 8 devices, the interleaved chunks give the single-device gradient."""
-  monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 4 * 4 * 4 * (3 + 5) * 4)
+  """Batch-sharded over 8 devices, the interleaved chunks give the single-device gradient, and
+  the program moves no activations between devices: its one collective is the all-reduce of the
+  kernel gradient (contiguous chunks would need collective-permutes)."""
+  monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 16 * 4 * 4 * (3 + 5) * 4)
   kx, kp = jax.random.split(jax.random.key(5))
-  x = jax.random.normal(kx, (32, 4, 4, 3))
+  x = jax.random.normal(kx, (64, 4, 4, 3))
   _, w = _inputs(4, 4)
-  probe = jax.random.normal(kp, (32, 4, 4, 5))
+  probe = jax.random.normal(kp, (64, 4, 4, 5))
+  assert cpu_conv.kernel_grad_chunks(x.shape, probe.shape, 4) == 4
   step = jax.jit(lambda x, w, p: _conv_grads(cpu_conv.conv_general_dilated, x, w, p))
   one = step(x, w, probe)
-  mesh = sharding.make_mesh()
-  batch = sharding.batch_sharding(mesh)
-  eight = step(jax.device_put(x, batch), w, jax.device_put(probe, batch))
+  batch = sharding.batch_sharding(sharding.make_mesh())
+  x8, probe8 = jax.device_put(x, batch), jax.device_put(probe, batch)
+  eight = step(x8, w, probe8)
   ref = jax.jit(lambda x, w, p: _conv_grads(jax.lax.conv_general_dilated, x, w, p))(x, w, probe)
   for a, b, c in zip(jax.tree.leaves(eight), jax.tree.leaves(one), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, **TOL)
     np.testing.assert_allclose(a, c, **TOL)
+  program = step.lower(x8, w, probe8).compile().as_text()
+  collectives = set(re.findall(
+      r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)\(", program))
+  assert collectives == {"all-reduce"}
 
 
 def test_the_authors_resnet_is_the_same_function_under_both_conv_impls(monkeypatch):
