@@ -204,9 +204,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     out = dilated_conv(lhs, rhs, padding, rhs_dilation, precision, preferred_element_type)
     if out is not None:
       return out
-  out_shape = jax.eval_shape(
-      lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, **args), lhs, rhs).shape
+  lax_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, **args)  # noqa: E731
+  if max(rhs_dilation) > 1 or preferred_element_type is not None:
+    return lax_conv(lhs, rhs)
+  out_shape = jax.eval_shape(lax_conv, lhs, rhs).shape
   chunks = kernel_grad_chunks(lhs.shape, out_shape, jnp.dtype(lhs.dtype).itemsize)
-  if chunks == 1 or max(rhs_dilation) > 1 or preferred_element_type is not None:
-    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, **args)
+  if chunks == 1:
+    return lax_conv(lhs, rhs)
   return chunked_kernel_grad_conv(lhs, rhs, strides, padding, _NHWC, precision, chunks)
