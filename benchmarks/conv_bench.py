@@ -6,8 +6,10 @@ Two Markdown tables, every form checked against the lax conv before it is timed:
 1. A stride-1 3x3 conv with torch-style padding (256 -> 256 channels on 4 x 4 maps, the shape of
    the authors' CIFAR network's stage 3) at dilation 1, 2 and 4: the lax conv; the same conv on
    the map's d x d phase grids (space-to-batch); `cpu_conv.dilated_conv` (live-tap regions).
-2. The kernel gradient of the deep stem's 16 x 16 x 64 -> 128 3x3 conv: the lax VJP against
-   `cpu_conv.chunked_kernel_grad_conv`'s sum over batch chunks, and forward + both gradients.
+2. Kernel gradients of two 3x3 convs over many pixels (the deep stem's 16 x 16 x 64 -> 128 conv
+   and ResNet-50's first 56 x 56 x 64 -> 64 conv at batch 32): the lax VJP against
+   `cpu_conv.chunked_kernel_grad_conv`'s sum over 2, 4, 8, ... batch chunks, down to 0.5 MiB of
+   operands per chunk; the chunk count `model.conv_impl="cpu"` picks is marked.
 """
 from __future__ import annotations
 
@@ -77,28 +79,39 @@ def dilated_table(batch: int, steps: int) -> None:
 
 
 def kernel_grad_table(batch: int, steps: int) -> None:
-  kx, kw, kg = jax.random.split(jax.random.key(1), 3)
-  x = jax.random.normal(kx, (batch, 16, 16, 64))
-  w = jax.random.normal(kw, (3, 3, 64, 128)) / 30
-  g = jax.random.normal(kg, (batch, 16, 16, 128))
+  """The lax kernel gradient against chunked ones, for a range of chunk sizes."""
   pad = ((1, 1), (1, 1))
-  chunks = cpu_conv.kernel_grad_chunks(x.shape, g.shape, 4)
-  forms = {
-      "lax conv": lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pad,
-                                                            dimension_numbers=DN),
-      f"chunked kernel gradient, {chunks} chunks (cpu_conv)":
-          lambda x, w: cpu_conv.chunked_kernel_grad_conv(x, w, (1, 1), pad, DN, None, chunks)}
-  print(f"\n### Kernel gradient of a 3x3 conv, batch {batch}, 16x16 maps, 64 -> 128 channels")
-  print("| form | kernel gradient ms | forward + both gradients ms |")
-  print("|---|---|---|")
-  ref = None
-  for name, form in forms.items():
-    dw = jax.jit(lambda x, g, w, f=form: jax.vjp(lambda w: f(x, w), w)[1](g)[0])
-    full = jax.jit(jax.grad(lambda x, w, f=form: jnp.sum(f(x, w) * g), argnums=(0, 1)))
-    out = dw(x, g, w)
-    ref = out if ref is None else ref
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-3)
-    print(f"| {name} | {_ms(dw, x, g, w, steps=steps):.1f} | {_ms(full, x, w, steps=steps):.1f} |")
+  lax_conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (1, 1), pad, dimension_numbers=DN)
+  # The authors' deep stem's 64 -> 128 conv at 2 views x batch / 2, and ResNet-50's first 3x3
+  # conv at 224 px, batch 32.
+  for n, size, c_in, c_out in ((batch, 16, 64, 128), (32, 56, 64, 64)):
+    kx, kw, kg = jax.random.split(jax.random.key(1), 3)
+    x = jax.random.normal(kx, (n, size, size, c_in))
+    w = jax.random.normal(kw, (3, 3, c_in, c_out)) / 30
+    g = jax.random.normal(kg, (n, size, size, c_out))
+    picked = cpu_conv.kernel_grad_chunks(x.shape, g.shape, 4)
+    mib = (x.size + g.size) * 4 / 2**20
+    print(f"\n### Kernel gradient of a 3x3 conv, batch {n}, {size}x{size} maps, {c_in} -> {c_out}"
+          f" channels ({mib:.0f} MiB of operands)")
+    print("| form | MiB per chunk | kernel gradient ms | forward + both gradients ms |")
+    print("|---|---|---|---|")
+    ref = None
+    chunks = 1
+    while chunks <= n and mib / chunks >= 0.5:
+      form = lax_conv if chunks == 1 else (
+          lambda x, w, c=chunks: cpu_conv.chunked_kernel_grad_conv(x, w, (1, 1), pad, DN, None, c))
+      name = "lax conv" if chunks == 1 else f"{chunks} chunks"
+      if chunks == picked:
+        name += " (cpu_conv's choice)"
+      dw = jax.jit(lambda x, g, w, f=form: jax.vjp(lambda w: f(x, w), w)[1](g)[0])
+      full = jax.jit(jax.grad(lambda x, w, f=form: jnp.sum(f(x, w) * g), argnums=(0, 1)))
+      out = dw(x, g, w)
+      ref = out if ref is None else ref
+      np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * float(jnp.abs(ref).max()))
+      print(f"| {name} | {mib / chunks:.1f} | {_ms(dw, x, g, w, steps=steps):.1f} | "
+            f"{_ms(full, x, w, steps=steps):.1f} |", flush=True)
+      chunks *= 2
 
 
 def main() -> None:

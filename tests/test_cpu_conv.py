@@ -153,10 +153,13 @@ def test_nn_conv_keeps_its_parameters_and_output():
 
 
 def test_kernel_grad_chunks_keep_each_chunk_under_the_byte_limit():
-  # 512 images of 16x16x64 in and out: 64 MiB of operands -> 4 chunks of 16 MiB.
-  assert cpu_conv.kernel_grad_chunks((512, 16, 16, 64), (512, 16, 16, 64), 4) == 4
-  assert cpu_conv.kernel_grad_chunks((128, 16, 16, 64), (128, 16, 16, 64), 4) == 1
+  # 64 images of 16x16x64 in and out: 8 MiB of operands -> 4 chunks of 2 MiB.
+  assert cpu_conv.kernel_grad_chunks((64, 16, 16, 64), (64, 16, 16, 64), 4) == 4
+  assert cpu_conv.kernel_grad_chunks((16, 16, 16, 64), (16, 16, 16, 64), 4) == 1
   assert cpu_conv.kernel_grad_chunks((6, 256, 256, 64), (6, 256, 256, 64), 4) == 2  # 6 = 2 x 3
+  # 512 images: 64 MiB -> 32 chunks of 2 MiB; 2048 images would take 128: capped at MAX_CHUNKS.
+  assert cpu_conv.kernel_grad_chunks((512, 16, 16, 64), (512, 16, 16, 64), 4) == 32
+  assert cpu_conv.kernel_grad_chunks((2048, 16, 16, 64), (2048, 16, 16, 64), 4) == 32
 
 
 def _conv_grads(conv, x, w, probe, strides=(1, 1)):

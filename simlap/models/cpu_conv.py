@@ -20,9 +20,9 @@ measured XLA:CPU weaknesses are worked around; every other conv goes to the lax 
    reads real pixels almost everywhere and the lax conv is kept.
 2. **The kernel gradient of convs over many pixels** (`chunked_kernel_grad_conv`). XLA:CPU's
    kernel-gradient convolution slows down per pixel once its two operands (input and output
-   gradient) outgrow the caches: on the 2-core AMD EPYC VM, a 16 x 16 x 64 -> 64 3x3 conv costs
-   0.70 us per output pixel at 32k pixels (16 MiB of operands) and 2.49 us at 131k (64 MiB).
-   The custom VJP computes that gradient as the sum of the kernel gradients of batch chunks of
+   gradient) outgrow the caches: on the 2-core AMD EPYC VM, the kernel gradient of a 16 x 16 x
+   64 -> 128 3x3 conv over 512 images (96 MiB of operands) takes 400 ms whole and 100 ms as 32
+   chunks of 3 MiB. The custom VJP computes that gradient as the sum of the kernel gradients of batch chunks of
    at most `CHUNK_BYTES` each; the forward pass and the input gradient stay whole. The chunks
    interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every device
    alike, without moving data between devices.
@@ -46,8 +46,11 @@ import numpy as np
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
-# Largest input + output-gradient bytes of one chunk of a kernel gradient (see 2. above).
-CHUNK_BYTES = 16 * 2**20
+# Largest input + output-gradient bytes of one chunk of a kernel gradient, and most chunks (see
+# 2. above). Below about 3 MiB per chunk the time per pixel stops falling (`conv_bench`); the cap
+# bounds the program's size.
+CHUNK_BYTES = 2 * 2**20
+MAX_CHUNKS = 32
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -138,11 +141,12 @@ def _lax_conv(lhs, rhs, strides, padding, dimension_numbers, precision):
 
 def kernel_grad_chunks(lhs_shape: Sequence[int], out_shape: Sequence[int], itemsize: int) -> int:
   """How many batch chunks keep a kernel gradient's operands under CHUNK_BYTES (a power of 2
-  that divides the batch; 1 = no chunking)."""
+  that divides the batch, at most MAX_CHUNKS; 1 = no chunking)."""
   batch = lhs_shape[0]
   per_image = (int(np.prod(lhs_shape[1:])) + int(np.prod(out_shape[1:]))) * itemsize
   chunks = 1
-  while batch % (2 * chunks) == 0 and batch * per_image // chunks > CHUNK_BYTES:
+  while (chunks < MAX_CHUNKS and batch % (2 * chunks) == 0
+         and batch * per_image // chunks > CHUNK_BYTES):
     chunks *= 2
   return chunks
 
