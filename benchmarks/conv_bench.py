@@ -8,7 +8,7 @@ Two Markdown tables, every form checked against the lax conv before it is timed:
    the map's d x d phase grids (space-to-batch); `cpu_conv.dilated_conv` (live-tap regions).
 2. Kernel gradients of two 3x3 convs over many pixels (the deep stem's 16 x 16 x 64 -> 128 conv
    and ResNet-50's first 56 x 56 x 64 -> 64 conv at batch 32): the lax VJP against
-   `cpu_conv.chunked_kernel_grad_conv`'s sum over 2, 4, 8, ... batch chunks, down to 0.5 MiB of
+   `cpu_conv.batch_chunked_conv`'s sum over 2, 4, 8, ... batch chunks, down to 0.5 MiB of
    operands per chunk; the chunk count `model.conv_impl="cpu"` picks is marked.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def kernel_grad_table(batch: int, steps: int) -> None:
     chunks = 1
     while chunks <= n and mib / chunks >= 0.5:
       form = lax_conv if chunks == 1 else (
-          lambda x, w, c=chunks: cpu_conv.chunked_kernel_grad_conv(x, w, (1, 1), pad, DN, None, c))
+          lambda x, w, c=chunks: cpu_conv.batch_chunked_conv(x, w, (1, 1), pad, DN, None, c, 1))
       name = "lax conv" if chunks == 1 else f"{chunks} chunks"
       if chunks == picked:
         name += " (cpu_conv's choice)"

@@ -162,6 +162,14 @@ def test_kernel_grad_chunks_keep_each_chunk_under_the_byte_limit():
   assert cpu_conv.kernel_grad_chunks((2048, 16, 16, 64), (2048, 16, 16, 64), 4) == 32
 
 
+def test_io_chunks_split_only_large_convs_and_divide_the_batch():
+  # 64 images of 16x16x64 in and 16x16x128 out: 12 MiB, below the 16 MiB threshold.
+  assert cpu_conv.io_chunks((64, 16, 16, 64), (64, 16, 16, 128), 4) == 1
+  assert cpu_conv.io_chunks((128, 16, 16, 64), (128, 16, 16, 128), 4) == 4  # 24 MiB
+  assert cpu_conv.io_chunks((6, 256, 256, 64), (6, 256, 256, 64), 4) == 2  # 6 = 2 x 3
+  assert cpu_conv.io_chunks((5, 256, 256, 64), (5, 256, 256, 64), 4) == 1
+
+
 def _conv_grads(conv, x, w, probe, strides=(1, 1)):
   def loss(x, w):
     y = conv(x, w, strides, ((1, 1), (1, 1)), dimension_numbers=DN)
@@ -194,16 +202,44 @@ def test_chunked_kernel_gradient_matches_the_lax_conv(monkeypatch, strides):
   assert program.count("stablehlo.convolution") == 2 + 8
 
 
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_chunked_forward_and_input_gradient_match_the_lax_conv(monkeypatch, strides):
+  """With both byte limits lowered, 16 images take 4 chunks in the forward pass and the input
+  gradient (4 + 4 convs) and 2 in the kernel gradient; all three equal the lax conv's."""
+  monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 8 * 8 * 8 * (3 + 5) * 4)
+  monkeypatch.setattr(cpu_conv, "IO_CHUNK_MIN_BYTES", 1)
+  x = jax.random.normal(jax.random.key(8), (16, 8, 8, 3))
+  _, w = _inputs(8, 8)
+  out_shape = jax.eval_shape(lambda x: jax.lax.conv_general_dilated(
+      x, w, strides, ((1, 1), (1, 1)), dimension_numbers=DN), x).shape
+  assert cpu_conv.io_chunks(x.shape, out_shape, 4) == 4
+  # Distinct rows of the probe catch chunks reassembled in the wrong batch order.
+  probe = jax.random.normal(jax.random.key(9), out_shape)
+  fast = jax.jit(lambda x, w, p: _conv_grads(cpu_conv.conv_general_dilated, x, w, p, strides))
+  (grads, out) = fast(x, w, probe)
+  (ref_grads, ref) = jax.jit(lambda x, w, p: _conv_grads(jax.lax.conv_general_dilated, x, w, p,
+                                                          strides))(x, w, probe)
+  np.testing.assert_allclose(out, ref, **TOL)
+  for a, b in zip(grads, ref_grads):
+    np.testing.assert_allclose(a, b, **TOL)
+  kernel_chunks = cpu_conv.kernel_grad_chunks(x.shape, out_shape, 4)
+  assert kernel_chunks == 2
+  program = fast.lower(x, w, probe).as_text()
+  assert program.count("stablehlo.convolution") == 4 + 4 + kernel_chunks
+
+
 def test_chunked_kernel_gradient_on_eight_devices_matches_one(monkeypatch, num_devices):
   """Batch-sharded over 8 devices, the interleaved chunks give the single-device gradient, and
   the program moves no activations between devices: its one collective is the all-reduce of the
   kernel gradient (contiguous chunks would need collective-permutes)."""
   monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 16 * 4 * 4 * (3 + 5) * 4)
+  monkeypatch.setattr(cpu_conv, "IO_CHUNK_MIN_BYTES", 1)  # forward and input gradient too
   kx, kp = jax.random.split(jax.random.key(5))
   x = jax.random.normal(kx, (64, 4, 4, 3))
   _, w = _inputs(4, 4)
   probe = jax.random.normal(kp, (64, 4, 4, 5))
   assert cpu_conv.kernel_grad_chunks(x.shape, probe.shape, 4) == 4
+  assert cpu_conv.io_chunks(x.shape, probe.shape, 4) == 4
   step = jax.jit(lambda x, w, p: _conv_grads(cpu_conv.conv_general_dilated, x, w, p))
   one = step(x, w, probe)
   batch = sharding.batch_sharding(sharding.make_mesh())
@@ -221,9 +257,11 @@ def test_chunked_kernel_gradient_on_eight_devices_matches_one(monkeypatch, num_d
 
 def test_the_authors_resnet_is_the_same_function_under_both_conv_impls(monkeypatch):
   """timm's deep stem and output stride 8 (one block per stage, 1/16 width) on 32 px: dilation 2
-  and 4 on 4x4 maps and, with the byte limit lowered, chunked kernel gradients in the stem:
-  outputs, BN statistics and parameter gradients agree with the lax ResNet."""
+  and 4 on 4x4 maps and, with the byte limits lowered, chunked kernel gradients, forward passes
+  and input gradients in the stem: outputs, BN statistics and parameter gradients agree with the
+  lax ResNet."""
   monkeypatch.setattr(cpu_conv, "CHUNK_BYTES", 64 * 2**10)
+  monkeypatch.setattr(cpu_conv, "IO_CHUNK_MIN_BYTES", 64 * 2**10)  # the three stem convs
   nets = {impl: resnet.ResNet(stage_sizes=(1, 1, 1, 1), widths=(4, 8, 16, 32), stem="timm_deep",
                               stem_width=4, output_stride=8, conv_impl=impl)
           for impl in ("xla", "cpu")}

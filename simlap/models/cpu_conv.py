@@ -18,14 +18,15 @@ measured XLA:CPU weaknesses are worked around; every other conv goes to the lax 
    on 4 x 4 maps, 1/9 at dilation 4, and no XLA:CPU dilated convolution (2.5-4x the cost of the
    undilated one). Taken where it skips at least half the multiply-adds; on larger maps the conv
    reads real pixels almost everywhere and the lax conv is kept.
-2. **The kernel gradient of convs over many pixels** (`chunked_kernel_grad_conv`). XLA:CPU's
-   kernel-gradient convolution slows down per pixel once its two operands (input and output
-   gradient) outgrow the caches: on the 2-core AMD EPYC VM, the kernel gradient of a 16 x 16 x
-   64 -> 128 3x3 conv over 512 images (96 MiB of operands) takes 400 ms whole and 100 ms as 32
-   chunks of 3 MiB. The custom VJP computes that gradient as the sum of the kernel gradients of batch chunks of
-   at most `CHUNK_BYTES` each; the forward pass and the input gradient stay whole. The chunks
-   interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every device
-   alike, without moving data between devices.
+2. **Convs over many pixels** (`batch_chunked_conv`). XLA:CPU's convolutions slow down per
+   pixel once their operands outgrow the caches, the kernel gradient most: on the 2-core AMD
+   EPYC VM, the kernel gradient of a 16 x 16 x 64 -> 128 3x3 conv over 512 images (96 MiB of
+   operands) takes 400 ms whole and 100 ms as the sum over 32 batch chunks of 3 MiB; its forward
+   pass takes 137 ms whole and 113 ms in 4 chunks. The custom VJP computes the kernel gradient
+   as a sum over batch chunks of at most `CHUNK_BYTES` each, and the forward pass and the input
+   gradient of convs with at least `IO_CHUNK_MIN_BYTES` of operands in `IO_CHUNKS` chunks. The
+   chunks interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every
+   device alike, without moving data between devices.
 
 3. **1x1 convs** (`pointwise_conv`). For a 1x1 conv's kernel gradient XLA:CPU transposes the
    activations to a batch-minor layout first (24 of 64 CPU-seconds of a ResNet-50 step at batch
@@ -51,6 +52,10 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # bounds the program's size.
 CHUNK_BYTES = 2 * 2**20
 MAX_CHUNKS = 32
+# Forward passes and input gradients gain less from chunks, and only from a few large ones: on
+# 16-96 MiB convs 4 chunks were 10-40 % faster, 8 and 16 often slower than 4 (`conv_bench`).
+IO_CHUNKS = 4
+IO_CHUNK_MIN_BYTES = 16 * 2**20
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -151,31 +156,63 @@ def kernel_grad_chunks(lhs_shape: Sequence[int], out_shape: Sequence[int], items
   return chunks
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def chunked_kernel_grad_conv(lhs, rhs, strides, padding, dimension_numbers, precision, chunks):
-  """The lax conv (NHWC), whose kernel gradient sums `chunks` interleaved batch chunks."""
-  return _lax_conv(lhs, rhs, strides, padding, dimension_numbers, precision)
+def io_chunks(lhs_shape: Sequence[int], out_shape: Sequence[int], itemsize: int) -> int:
+  """How many batch chunks a conv's forward pass and input gradient take: IO_CHUNKS (or the
+  largest power of 2 below it that divides the batch) from IO_CHUNK_MIN_BYTES of input + output,
+  else 1."""
+  total = (int(np.prod(lhs_shape)) + int(np.prod(out_shape))) * itemsize
+  if total < IO_CHUNK_MIN_BYTES:
+    return 1
+  chunks = 1
+  while chunks < IO_CHUNKS and lhs_shape[0] % (2 * chunks) == 0:
+    chunks *= 2
+  return chunks
 
 
-def _chunked_fwd(lhs, rhs, strides, padding, dimension_numbers, precision, chunks):
-  return _lax_conv(lhs, rhs, strides, padding, dimension_numbers, precision), (lhs, rhs)
+def _split(a: jax.Array, chunks: int) -> jax.Array:
+  """(B, ...) -> (B / c, c, ...): chunk k = [:, k] holds images k, k + c, ...; a batch-sharded
+  leading axis stays sharded, so each device reads only its own images."""
+  return a.reshape(a.shape[0] // chunks, chunks, *a.shape[1:])
 
 
-def _chunked_bwd(strides, padding, dimension_numbers, precision, chunks, residuals, g):
+def _by_chunks(fn, chunks: int, *arrays: jax.Array) -> jax.Array:
+  """fn over interleaved batch chunks of `arrays`, reassembled in batch order."""
+  if chunks == 1:
+    return fn(*arrays)
+  split = [_split(a, chunks) for a in arrays]
+  out = jnp.stack([fn(*(a[:, k] for a in split)) for k in range(chunks)], axis=1)
+  return out.reshape(-1, *out.shape[2:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def batch_chunked_conv(lhs, rhs, strides, padding, dimension_numbers, precision, chunks,
+                       io_chunks):
+  """The lax conv (NHWC) over `io_chunks` interleaved batch chunks; its input gradient takes the
+  same chunks, its kernel gradient sums `chunks` of them."""
+  conv = functools.partial(_lax_conv, strides=strides, padding=padding,
+                           dimension_numbers=dimension_numbers, precision=precision)
+  return _by_chunks(lambda x: conv(x, rhs), io_chunks, lhs)
+
+
+def _chunked_fwd(lhs, rhs, strides, padding, dimension_numbers, precision, chunks, io_chunks):
+  out = batch_chunked_conv(lhs, rhs, strides, padding, dimension_numbers, precision, chunks,
+                           io_chunks)
+  return out, (lhs, rhs)
+
+
+def _chunked_bwd(strides, padding, dimension_numbers, precision, chunks, io_chunks, residuals,
+                 g):
   lhs, rhs = residuals
   conv = functools.partial(_lax_conv, strides=strides, padding=padding,
                            dimension_numbers=dimension_numbers, precision=precision)
-  d_lhs = jax.vjp(lambda x: conv(x, rhs), lhs)[1](g)[0]
-  # (B, ...) -> (B / c, c, ...): chunk k holds images k, k + c, ...; a batch-sharded leading
-  # axis stays sharded, so each device reads only its own images.
-  lhs_c = lhs.reshape(lhs.shape[0] // chunks, chunks, *lhs.shape[1:])
-  g_c = g.reshape(g.shape[0] // chunks, chunks, *g.shape[1:])
+  d_lhs = _by_chunks(lambda x, g: jax.vjp(lambda x: conv(x, rhs), x)[1](g)[0], io_chunks, lhs, g)
+  lhs_c, g_c = _split(lhs, chunks), _split(g, chunks)
   d_rhs = sum(jax.vjp(lambda w, k=k: conv(lhs_c[:, k], w), rhs)[1](g_c[:, k])[0]
               for k in range(chunks))
   return d_lhs, d_rhs
 
 
-chunked_kernel_grad_conv.defvjp(_chunked_fwd, _chunked_bwd)
+batch_chunked_conv.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -184,7 +221,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          feature_group_count: int = 1, batch_group_count: int = 1,
                          precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
   """`lax.conv_general_dilated`, by `pointwise_conv`, `dilated_conv` or
-  `chunked_kernel_grad_conv` where they apply.
+  `batch_chunked_conv` where they apply.
 
   lhs: (B, H, W, Cin); rhs: (kh, kw, Cin, Cout); padding: ((lo, hi), (lo, hi)). Returns
   (B, H', W', Cout). Any other form goes to `lax.conv_general_dilated` as given.
@@ -212,7 +249,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   if max(rhs_dilation) > 1 or preferred_element_type is not None:
     return lax_conv(lhs, rhs)
   out_shape = jax.eval_shape(lax_conv, lhs, rhs).shape
-  chunks = kernel_grad_chunks(lhs.shape, out_shape, jnp.dtype(lhs.dtype).itemsize)
-  if chunks == 1:
+  itemsize = jnp.dtype(lhs.dtype).itemsize
+  chunks = kernel_grad_chunks(lhs.shape, out_shape, itemsize)
+  n_io = io_chunks(lhs.shape, out_shape, itemsize)
+  if chunks == 1 and n_io == 1:
     return lax_conv(lhs, rhs)
-  return chunked_kernel_grad_conv(lhs, rhs, strides, padding, _NHWC, precision, chunks)
+  return batch_chunked_conv(lhs, rhs, strides, padding, _NHWC, precision, chunks, n_io)
