@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.conv_bench [--batch=512 --steps=5]
 
-Two Markdown tables, every form checked against the lax conv before it is timed:
+Markdown tables, every form checked against the lax conv before it is timed:
 1. A stride-1 3x3 conv with torch-style padding (256 -> 256 channels on 4 x 4 maps, the shape of
    the authors' CIFAR network's stage 3) at dilation 1, 2 and 4: the lax conv; the same conv on
    the map's d x d phase grids (space-to-batch); `cpu_conv.dilated_conv` (live-tap regions).
@@ -10,10 +10,13 @@ Two Markdown tables, every form checked against the lax conv before it is timed:
    and ResNet-50's first 56 x 56 x 64 -> 64 conv at batch 32): the lax VJP against
    `cpu_conv.batch_chunked_conv`'s sum over 2, 4, 8, ... batch chunks, down to 0.5 MiB of
    operands per chunk; the chunk count `model.conv_impl="cpu"` picks is marked.
+3. The forward pass and the input gradient of the same two convs, whole and in 2 to 16 batch
+   chunks.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -78,29 +81,42 @@ def dilated_table(batch: int, steps: int) -> None:
             f"{_ms(grad, x, w, steps=steps):.1f} |")
 
 
-def kernel_grad_table(batch: int, steps: int) -> None:
-  """The lax kernel gradient against chunked ones, for a range of chunk sizes."""
-  pad = ((1, 1), (1, 1))
-  lax_conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-      x, w, (1, 1), pad, dimension_numbers=DN)
-  # The authors' deep stem's 64 -> 128 conv at 2 views x batch / 2, and ResNet-50's first 3x3
-  # conv at 224 px, batch 32.
+_PAD = ((1, 1), (1, 1))
+
+
+def _lax_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, w, (1, 1), _PAD, dimension_numbers=DN)
+
+
+def _chunked_conv(x: jax.Array, w: jax.Array, kernel_chunks: int, io_chunks: int) -> jax.Array:
+  return cpu_conv.batch_chunked_conv(x, w, (1, 1), _PAD, DN, None, kernel_chunks, io_chunks)
+
+
+def _large_convs(batch: int):
+  """The authors' deep stem's 64 -> 128 conv at 2 views x batch / 2, and ResNet-50's first 3x3
+  conv at 224 px, batch 32: (title, input, kernel, output gradient, MiB of input + output)."""
   for n, size, c_in, c_out in ((batch, 16, 64, 128), (32, 56, 64, 64)):
     kx, kw, kg = jax.random.split(jax.random.key(1), 3)
     x = jax.random.normal(kx, (n, size, size, c_in))
     w = jax.random.normal(kw, (3, 3, c_in, c_out)) / 30
     g = jax.random.normal(kg, (n, size, size, c_out))
-    picked = cpu_conv.kernel_grad_chunks(x.shape, g.shape, 4)
     mib = (x.size + g.size) * 4 / 2**20
-    print(f"\n### Kernel gradient of a 3x3 conv, batch {n}, {size}x{size} maps, {c_in} -> {c_out}"
-          f" channels ({mib:.0f} MiB of operands)")
+    yield (f"3x3 conv, batch {n}, {size}x{size} maps, {c_in} -> {c_out} channels "
+           f"({mib:.0f} MiB of operands)", x, w, g, mib)
+
+
+def kernel_grad_table(batch: int, steps: int) -> None:
+  """The lax kernel gradient against chunked ones, for a range of chunk sizes."""
+  for title, x, w, g, mib in _large_convs(batch):
+    picked = cpu_conv.kernel_grad_chunks(x.shape, g.shape, 4)
+    print(f"\n### Kernel gradient of a {title}")
     print("| form | MiB per chunk | kernel gradient ms | forward + both gradients ms |")
     print("|---|---|---|---|")
     ref = None
     chunks = 1
-    while chunks <= n and mib / chunks >= 0.5:
-      form = lax_conv if chunks == 1 else (
-          lambda x, w, c=chunks: cpu_conv.batch_chunked_conv(x, w, (1, 1), pad, DN, None, c, 1))
+    while chunks <= x.shape[0] and mib / chunks >= 0.5:
+      form = _lax_conv if chunks == 1 else functools.partial(
+          _chunked_conv, kernel_chunks=chunks, io_chunks=1)
       name = "lax conv" if chunks == 1 else f"{chunks} chunks"
       if chunks == picked:
         name += " (cpu_conv's choice)"
@@ -114,6 +130,29 @@ def kernel_grad_table(batch: int, steps: int) -> None:
       chunks *= 2
 
 
+def forward_table(batch: int, steps: int) -> None:
+  """The forward pass and the input gradient, whole and in 2 to 16 batch chunks."""
+  for title, x, w, g, mib in _large_convs(batch):
+    picked = cpu_conv.io_chunks(x.shape, g.shape, 4)
+    print(f"\n### Forward pass and input gradient of a {title}")
+    print("| form | MiB per chunk | forward ms | input gradient ms |")
+    print("|---|---|---|---|")
+    ref = None
+    for chunks in (1, 2, 4, 8, 16):
+      form = functools.partial(_chunked_conv, kernel_chunks=1, io_chunks=chunks)
+      name = "lax conv" if chunks == 1 else f"{chunks} chunks"
+      if chunks == picked:
+        name += " (cpu_conv's choice)"
+      fwd = jax.jit(form)
+      dx = jax.jit(lambda x, g, w, f=form: jax.vjp(lambda x: f(x, w), x)[1](g)[0])
+      out = (fwd(x, w), dx(x, g, w))
+      ref = out if ref is None else ref
+      for a, b in zip(out, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+      print(f"| {name} | {mib / chunks:.1f} | {_ms(fwd, x, w, steps=steps):.1f} | "
+            f"{_ms(dx, x, g, w, steps=steps):.1f} |", flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=512, help="images (2 views x batch 256)")
@@ -123,6 +162,7 @@ def main() -> None:
   print(f"# {jax.devices()[0].platform}, median of {args.steps} calls")
   dilated_table(args.batch, args.steps)
   kernel_grad_table(args.batch, args.steps)
+  forward_table(args.batch, args.steps)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Train-step benchmark: compile time, median step time, views/s and MFU on the current backend.
 
   python -m benchmarks.step_bench --config=configs/default.py [--batch=256] [--dtype=bf16|f32]
-      [--steps=20] [--warmup=3] [--config.model.backbone=resnet50 ...]
+      [--steps=20] [--warmup=3] [--profile_ops=30] [--config.model.backbone=resnet50 ...]
 
 The step is the real jitted, donated train step of simlap.train on a device-resident batch of
 random images (the input pipeline has its own benchmark, input_bench.py), so the number is the
 model + loss + optimizer cost alone. Views/s counts both augmented views of every image.
 MFU = XLA's FLOP count of the compiled step / step time / the device's peak (bf16 dense peak
 for bf16, fp32 otherwise; listed below for common accelerators, none for CPU).
+`--profile_ops=N` then profiles 3 more steps and prints the N slowest XLA ops and the time per
+op kind (benchmarks/op_profile.py).
 """
 from __future__ import annotations
 import os
@@ -23,6 +25,7 @@ from ml_collections import config_flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
+from benchmarks import op_profile  # noqa: E402
 from simlap import platforms  # noqa: E402
 from simlap import sharding  # noqa: E402
 from simlap import train  # noqa: E402
@@ -33,6 +36,7 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (images); 0 = the config
 _DTYPE = flags.DEFINE_enum("dtype", "", ["", "bf16", "f32"], "Compute dtype override.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_PROFILE_OPS = flags.DEFINE_integer("profile_ops", 0, "Also print the N slowest ops (0: no).")
 
 # Dense peak TFLOP/s per chip: (bf16, fp32). From the vendors' data sheets.
 PEAK_TFLOPS = {
@@ -107,6 +111,9 @@ def main(argv):
         f"{images:.0f} | {2 * images:.0f} | {2 * images / jax.device_count():.0f} | "
         f"{flops / 1e9:.1f} | {memory.temp_size_in_bytes / 2**20:.0f} | "
         f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a (no peak for this device)'} |")
+  if _PROFILE_OPS.value:
+    op_profile.print_op_tables(lambda s: compiled(s, batch)[0], state, compiled.as_text(),
+                               _PROFILE_OPS.value)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ measured XLA:CPU weaknesses are worked around; every other conv goes to the lax 
    map size only the centre tap is ever live. Each (row region, column region) block of the
    output is one matmul of its live taps' shifted maps, concatenated on the channel axis
    (im2col), with those taps' (taps * Cin, Cout) kernel: 4/9 of the multiply-adds at dilation 2
-   on 4 x 4 maps, 1/9 at dilation 4, and no XLA:CPU dilated convolution (2.5-4x the cost of the
+   on 4 x 4 maps, 1/9 at dilation 4, and no XLA:CPU dilated convolution (2.3-4.3x the cost of the
    undilated one). Taken where it skips at least half the multiply-adds; on larger maps the conv
    reads real pixels almost everywhere and the lax conv is kept.
 2. **Convs over many pixels** (`batch_chunked_conv`). XLA:CPU's convolutions slow down per
    pixel once their operands outgrow the caches, the kernel gradient most: on the 2-core AMD
    EPYC VM, the kernel gradient of a 16 x 16 x 64 -> 128 3x3 conv over 512 images (96 MiB of
-   operands) takes 400 ms whole and 100 ms as the sum over 32 batch chunks of 3 MiB; its forward
-   pass takes 137 ms whole and 113 ms in 4 chunks. The custom VJP computes the kernel gradient
+   operands) takes 423 ms whole and 98 ms as the sum over 32 batch chunks of 3 MiB; its forward
+   pass takes 135 ms whole and 113 ms in 4 chunks. The custom VJP computes the kernel gradient
    as a sum over batch chunks of at most `CHUNK_BYTES` each, and the forward pass and the input
    gradient of convs with at least `IO_CHUNK_MIN_BYTES` of operands in `IO_CHUNKS` chunks. The
    chunks interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every
@@ -52,8 +52,9 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 # bounds the program's size.
 CHUNK_BYTES = 2 * 2**20
 MAX_CHUNKS = 32
-# Forward passes and input gradients gain less from chunks, and only from a few large ones: on
-# 16-96 MiB convs 4 chunks were 10-40 % faster, 8 and 16 often slower than 4 (`conv_bench`).
+# Forward passes and input gradients gain less from chunks, and only large ones: 4 chunks took
+# 10-40 % off the forward passes of the two 49-96 MiB convs of `conv_bench`; more chunks helped
+# one and hurt the other.
 IO_CHUNKS = 4
 IO_CHUNK_MIN_BYTES = 16 * 2**20
 
