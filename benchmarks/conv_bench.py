@@ -105,6 +105,11 @@ def _large_convs(batch: int):
            f"({mib:.0f} MiB of operands)", x, w, g, mib)
 
 
+def _row_name(chunks: int, picked: int) -> str:
+  name = "lax conv" if chunks == 1 else f"{chunks} chunks"
+  return name + (" (cpu_conv's choice)" if chunks == picked else "")
+
+
 def kernel_grad_table(batch: int, steps: int) -> None:
   """The lax kernel gradient against chunked ones, for a range of chunk sizes."""
   for title, x, w, g, mib in _large_convs(batch):
@@ -117,9 +122,7 @@ def kernel_grad_table(batch: int, steps: int) -> None:
     while chunks <= x.shape[0] and mib / chunks >= 0.5:
       form = _lax_conv if chunks == 1 else functools.partial(
           _chunked_conv, kernel_chunks=chunks, io_chunks=1)
-      name = "lax conv" if chunks == 1 else f"{chunks} chunks"
-      if chunks == picked:
-        name += " (cpu_conv's choice)"
+      name = _row_name(chunks, picked)
       dw = jax.jit(lambda x, g, w, f=form: jax.vjp(lambda w: f(x, w), w)[1](g)[0])
       full = jax.jit(jax.grad(lambda x, w, f=form: jnp.sum(f(x, w) * g), argnums=(0, 1)))
       out = dw(x, g, w)
@@ -140,9 +143,7 @@ def forward_table(batch: int, steps: int) -> None:
     ref = None
     for chunks in (1, 2, 4, 8, 16):
       form = functools.partial(_chunked_conv, kernel_chunks=1, io_chunks=chunks)
-      name = "lax conv" if chunks == 1 else f"{chunks} chunks"
-      if chunks == picked:
-        name += " (cpu_conv's choice)"
+      name = _row_name(chunks, picked)
       fwd = jax.jit(form)
       dx = jax.jit(lambda x, g, w, f=form: jax.vjp(lambda x: f(x, w), x)[1](g)[0])
       out = (fwd(x, w), dx(x, g, w))
