@@ -8,8 +8,8 @@ random images (the input pipeline has its own benchmark, input_bench.py), so the
 model + loss + optimizer cost alone. Views/s counts both augmented views of every image.
 MFU = XLA's FLOP count of the compiled step / step time / the device's peak (bf16 dense peak
 for bf16, fp32 otherwise; listed below for common accelerators, none for CPU).
-`--profile_ops=N` then profiles 3 more steps and prints the N slowest XLA ops and the time per
-op kind (benchmarks/op_profile.py).
+`--profile_ops=N` then profiles 3 more steps and prints the N costliest JAX operations and the
+time per XLA op kind (benchmarks/op_profile.py).
 """
 from __future__ import annotations
 import os
@@ -36,7 +36,7 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (images); 0 = the config
 _DTYPE = flags.DEFINE_enum("dtype", "", ["", "bf16", "f32"], "Compute dtype override.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_PROFILE_OPS = flags.DEFINE_integer("profile_ops", 0, "Also print the N slowest ops (0: no).")
+_PROFILE_OPS = flags.DEFINE_integer("profile_ops", 0, "Also print the N costliest ops (0: no).")
 
 # Dense peak TFLOP/s per chip: (bf16, fp32). From the vendors' data sheets.
 PEAK_TFLOPS = {
