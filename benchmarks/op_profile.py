@@ -19,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from typing import Any, Callable
 
 import jax
@@ -28,15 +29,20 @@ _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (?:.*?metadata=\{op_nam
                           re.M)
 
 
+def hlo_ops(hlo_text: str) -> dict[str, str]:
+  """{instruction name: the JAX operation it came from, "" if unknown} of a compiled program's
+  text (`compiled.as_text()`)."""
+  return dict(_INSTRUCTION.findall(hlo_text))
+
+
 def op_times(step: Callable[[Any], Any], carry: Any, steps: int,
-             hlo_text: str) -> tuple[dict[str, float], dict[str, int], Any]:
-  """Runs `carry = step(carry)` `steps` times under the profiler; `hlo_text` is the compiled
-  program's (`compiled.as_text()`): only its instructions count as ops, not the runtime's own
-  trace events (dispatch, locks, thread pools, Python frames).
+             instructions: Collection[str]) -> tuple[dict[str, float], dict[str, int], Any]:
+  """Runs `carry = step(carry)` `steps` times under the profiler. Only trace events named after
+  one of the program's `instructions` (`hlo_ops`) count as ops, not the runtime's own (dispatch,
+  locks, thread pools, Python frames).
 
   Returns ({op name: ms per step}, {op name: calls per step}, the last carry).
   """
-  instructions = {name for name, _ in _INSTRUCTION.findall(hlo_text)}
   with tempfile.TemporaryDirectory() as logdir:
     jax.profiler.start_trace(logdir, create_perfetto_trace=True)
     for _ in range(steps):
@@ -62,12 +68,12 @@ def op_times(step: Callable[[Any], Any], carry: Any, steps: int,
 def print_op_tables(step: Callable[[Any], Any], carry: Any, hlo_text: str, top: int,
                     steps: int = 3) -> Any:
   """Prints the `top` ops by time and the time per op kind; returns the last carry."""
-  ms, calls, carry = op_times(step, carry, steps, hlo_text)
-  source = {name: origin for name, origin in _INSTRUCTION.findall(hlo_text) if origin}
+  source = hlo_ops(hlo_text)
+  ms, calls, carry = op_times(step, carry, steps, source)
   by_source: dict[str, float] = collections.Counter()
   ops: dict[str, int] = collections.Counter()
   for name, t in ms.items():
-    origin = re.sub(r"^jit\([^)]*\)/", "", source.get(name, f"(no metadata) {name}"))
+    origin = re.sub(r"^jit\([^)]*\)/", "", source[name] or f"(no metadata) {name}")
     by_source[origin] += t
     ops[origin] += calls[name]
   print(f"\n### The {top} costliest JAX operations (mean of {steps} profiled steps; CPU time)")
