@@ -83,6 +83,7 @@ class Row:
   argument_gib: float | None = None  # the compiler's: state + this chip's batch
   temp_gib: float | None = None
   tflop_per_chip: float | None = None
+  hbm_gib_accessed: float | None = None  # the compiler's "bytes accessed" per step, per chip
   collective_mib: dict[str, float] | None = None
   est_step_ms: float | None = None
   est_views_per_s_chip: float | None = None
@@ -123,7 +124,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   from simlap import train  # noqa: PLC0415
   config = copy.deepcopy(config)
   config.batch_size = global_batch
-  config.model.conv_impl = "xla"  # the TPU's program, not the CPU host's ("auto" would pick cpu)
+  config.model.conv_impl = "xla"  # never the CPU forms on a TPU, whatever the config asks for
   config_schema.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   sharding.check_batch_divisible(global_batch, mesh)
@@ -164,6 +165,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   return Row(**row, compile_s=compile_s, fits=fits, total_gib=total, state_gib=state_gib,
              argument_gib=mem.argument_size_in_bytes / _GIB,
              temp_gib=mem.temp_size_in_bytes / _GIB, tflop_per_chip=cost["flops"] / 1e12,
+             hbm_gib_accessed=cost.get("bytes accessed", 0.0) / _GIB,
              collective_mib={k: v / 2 ** 20 for k, v in payload.items()},
              est_step_ms=1e3 * times[bound],
              est_views_per_s_chip=2 * global_batch / chips / times[bound], bound=bound,

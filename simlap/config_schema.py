@@ -103,9 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
       freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
       bn_momentum=0.9,  # 0.99 lags on short runs
       dtype="float32",  # compute dtype; parameters stay float32
-      # ResNets: auto | xla | cpu. "cpu" computes dilated and large convs in the forms XLA:CPU
-      # runs fast (simlap/models/cpu_conv.py; same parameters and numbers); "auto" = "cpu" on a
-      # CPU backend. It never changes what is learned, so a resumed run may change it.
+      # ResNets: auto | xla | cpu. "cpu" computes convs and the max pool in the forms XLA:CPU
+      # runs fast (models/cpu_conv.py, models/pooling.py; same parameters and numbers), which
+      # cost a TPU HBM; "auto" = "cpu" when compiling for a CPU, "xla" for TPU and GPU. It never
+      # changes what is learned, so a resumed run may change it.
       conv_impl="auto",
       projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
       projector_dim=256,  # D, the embedding (and gate) dimension

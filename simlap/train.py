@@ -71,7 +71,9 @@ class Trainer:
 def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.DatasetInfo
                  ) -> Trainer:
   """Builds the model and compiles nothing yet; shapes come from `jax.eval_shape`."""
-  model, tx, schedule = step_lib.build(config, info)
+  # The mesh's devices, not JAX's default backend, say what the step is compiled for: a TPU
+  # compile from a CPU host (simlap.aot) gets the TPU's ops.
+  model, tx, schedule = step_lib.build(config, info, mesh.devices.flat[0].platform)
   view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
   init_fn = functools.partial(step_lib.init_state, config, model, tx, view_shape)
   abstract = jax.eval_shape(init_fn)

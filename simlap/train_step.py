@@ -52,9 +52,11 @@ class MomentumTrainState(TrainState):
   momentum: Any
 
 
-def build(config: ml_collections.ConfigDict, info: datasets.DatasetInfo):
-  """Model, optimizer and LR schedule for `config` on a dataset described by `info`."""
-  model = model_lib.build_model(config, info.num_classes)
+def build(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
+          platform: str | None = None):
+  """Model, optimizer and LR schedule for `config` on a dataset described by `info`; `platform`
+  is the one the step is compiled for (None = JAX's default backend)."""
+  model = model_lib.build_model(config, info.num_classes, platform)
   tx, schedule = optim.make_optimizer(config, info.num_train,
                                       separate_probe=config.objective != "ce")
   return model, tx, schedule

@@ -28,7 +28,7 @@ RESUME_MAY_CHANGE = (
     "checkpoint_every", "keep_checkpoints", "keep_checkpoint_steps", "mesh", "sharding.params",
     "sharding.fsdp_min_size", "dataset.data_dir", "dataset.manual_dir", "dataset.source_dir",
     "dataset.download", "dataset.prefetch",
-    "model.conv_impl",  # how convs are computed, not what: the same parameters and numbers
+    "model.conv_impl",  # how convs and pools are computed, not what: the same numbers
     "init_from",  # read only when a run starts: a resumed run has its own weights
 )
 

@@ -26,15 +26,17 @@ def family(name: str) -> str:
   return BACKBONES[name]
 
 
-def build_backbone(model_config: ml_collections.ConfigDict) -> nn.Module:
+def build_backbone(model_config: ml_collections.ConfigDict,
+                   platform: str | None = None) -> nn.Module:
   """The backbone `config.model` names: apply(..., images (B, H, W, C), train=) -> (B, F) f32.
 
   ResNets read backbone, stem, width, output_stride, bn_momentum, dtype; ViTs read backbone,
   dtype and freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no
-  BatchNorm).
+  BatchNorm). `platform` is what the program is compiled for: it picks the ResNets' CPU or XLA
+  forms (`resnet.resolve_conv_impl`); None = JAX's default backend.
   """
   if family(model_config.backbone) == "resnet":
-    return resnet.build_backbone(model_config)
+    return resnet.build_backbone(model_config, platform)
   return vit.build_vit(model_config.backbone,
                        dtype=parse_dtype(model_config.get("dtype", "float32")),
                        freeze_patch_embed=bool(model_config.get("freeze_patch_embed", False)))

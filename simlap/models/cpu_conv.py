@@ -4,8 +4,9 @@
 kernel parameter keeps its (kh, kw, Cin, Cout) shape and name: checkpoints, the converter and
 the golden tests see the same network. Values agree with the lax conv up to float summation
 order, gradients too (taps that read only padding get exact zeros, as from the lax conv).
-`model.conv_impl = "cpu"` selects it (the default "auto" does on CPU hosts; see resnet.py). Three
-measured XLA:CPU weaknesses are worked around; every other conv goes to the lax conv unchanged.
+`model.conv_impl = "cpu"` selects it (the default "auto" does for CPU compiles only; resnet.py).
+Three measured XLA:CPU weaknesses are worked around; every other conv goes to the lax conv
+unchanged.
 
 1. **Dilated stride-1 convs on small maps** (`dilated_conv`). The authors' CIFAR network (timm
    resnet18, output stride 8) runs stages 3 and 4 at dilation 2 and 4 on 4 x 4 maps, where most

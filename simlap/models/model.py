@@ -112,12 +112,15 @@ class SimLAPModel(nn.Module):
     return self.gate.num_classes
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPModel:
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                platform: str | None = None) -> SimLAPModel:
   """SimLAPModel from `config.model` and `config.gate`.
 
   Args:
     config: the full experiment config (reads `model.*` and `gate.*`).
     num_classes: C, for the gate table and the probe.
+    platform: the platform the program is compiled for ("cpu", "tpu", "cuda", ...), which
+      `model.conv_impl="auto"` resolves against; None = JAX's default backend.
 
   Returns:
     An unbound `SimLAPModel`.
@@ -135,7 +138,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> SimLAPMo
                                 bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias,
                                 last_norm="none")
   return SimLAPModel(
-      backbone=backbones.build_backbone(m),
+      backbone=backbones.build_backbone(m, platform),
       projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
                                 bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias),
       gate=gates_lib.GateTable(

@@ -7,6 +7,9 @@ took 20 % of the whole train step. Here the pool is the maximum of the window's 
 views of the padded input, and the gradient goes to the *first* view (row-major window order)
 that holds the maximum: the element `select_and_scatter_add` and PyTorch's max-pool pick, so the
 gradients are identical, ties included (tests/test_pooling.py).
+
+For XLA:CPU only (`model.conv_impl`): compiled for a TPU, the k*k views and masks are
+materialised, about 9x the HBM traffic of `select_and_scatter_add` (docs/tpu.md).
 """
 from __future__ import annotations
 

@@ -49,6 +49,11 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _PAD3 = ((1, 1), (1, 1))  # torch-style symmetric padding; "SAME" would pad (0, 1) at stride 2.
 
 
+def _xla_max_pool(x, window, strides, padding):
+  """`nn.max_pool` (`reduce_window`; its gradient is `select_and_scatter_add`): the TPU/GPU form."""
+  return nn.max_pool(x, window, strides, padding)
+
+
 def _conv3(conv: Callable[..., nn.Module], features: int, strides: int,
            dilation: int) -> nn.Module:
   """A 3x3 conv padded as torch pads it (`padding=dilation`): the map keeps its size at stride 1."""
@@ -131,8 +136,9 @@ class ResNet(nn.Module):
     output_stride: 8, 16 or 32, the largest total stride; later stages dilate instead.
     bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
     dtype: compute dtype; parameters and BN statistics stay float32.
-    conv_impl: "xla" (`lax.conv_general_dilated`) or "cpu" (`cpu_conv`: the same numbers in the
-      forms XLA:CPU runs fast; the parameters are the same).
+    conv_impl: "xla" (`lax.conv_general_dilated`, `nn.max_pool`: what TPUs and GPUs run) or
+      "cpu" (`cpu_conv` and `pooling.max_pool`: the same numbers in the forms XLA:CPU runs fast,
+      and which cost a TPU HBM; the parameters are the same).
   """
   stage_sizes: Sequence[int]
   widths: Sequence[int]
@@ -158,12 +164,13 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=jnp.float32)
+    max_pool = pooling.max_pool if self.conv_impl == "cpu" else _xla_max_pool
     x = jnp.asarray(x, self.dtype)
 
     if self.stem == "imagenet":
       x = conv(self.stem_width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
-      x = pooling.max_pool(x, (3, 3), (2, 2), _PAD3)
+      x = max_pool(x, (3, 3), (2, 2), _PAD3)
     elif self.stem == "cifar":
       x = conv(self.stem_width, (3, 3), padding=_PAD3, name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
@@ -172,7 +179,7 @@ class ResNet(nn.Module):
       for i, (width, s) in enumerate(((w, 2), (w, 1), (2 * w, 1))):
         x = conv(width, (3, 3), (s, s), padding=_PAD3, name=f"stem_conv{i}")(x)
         x = nn.relu(norm(name=f"stem_bn{i}")(x))
-      x = pooling.max_pool(x, (3, 3), (2, 2), _PAD3)
+      x = max_pool(x, (3, 3), (2, 2), _PAD3)
     elif self.stem == "cifar_deep":
       half = max(self.stem_width // 2, 1)
       for i, w in enumerate((half, half, self.stem_width)):
@@ -246,17 +253,24 @@ def stage_geometry(num_stages: int, stem_stride: int,
 
 
 DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes; parameters stay float32
-# "auto": "cpu" where JAX's default backend is the CPU, else "xla" (simlap.aot sets "xla" when it
-# compiles for a TPU from a CPU host).
+# "auto": "cpu" where the program is compiled for a CPU, "xla" for every other platform (TPU,
+# GPU): the CPU forms are workarounds for XLA:CPU and cost a TPU HBM (docs/tpu.md).
 CONV_IMPLS = ("auto", "xla", "cpu")
 
 
-def resolve_conv_impl(name: str) -> str:
-  """"auto" -> "cpu" on a CPU backend, else "xla"; "xla" and "cpu" as given."""
+def resolve_conv_impl(name: str, platform: str | None = None) -> str:
+  """"auto" -> "cpu" when `platform` is "cpu", else "xla"; "xla" and "cpu" as given.
+
+  Args:
+    name: `config.model.conv_impl`.
+    platform: the platform the program is compiled for, as `jax.Device.platform` names it
+      ("cpu", "tpu", "cuda", "rocm", ...); None = JAX's default backend. A compile for TPU
+      devices from a CPU host passes "tpu".
+  """
   if name not in CONV_IMPLS:
     raise ValueError(f"unknown conv_impl {name!r}; expected one of {CONV_IMPLS}")
   if name == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return "cpu" if (platform or jax.default_backend()) == "cpu" else "xla"
   return name
 
 
@@ -269,12 +283,14 @@ def parse_dtype(name: str | Dtype) -> Dtype:
   return name
 
 
-def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
+def build_backbone(model_config: ml_collections.ConfigDict,
+                   platform: str | None = None) -> ResNet:
   """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype,
   conv_impl).
 
   Args:
     model_config: the `config.model` ConfigDict.
+    platform: what the program is compiled for (`resolve_conv_impl`); None = the default backend.
 
   Returns:
     An unbound `ResNet`; `apply(..., images (B, H, W, C), train=...)` gives (B, F) float32.
@@ -294,7 +310,7 @@ def build_backbone(model_config: ml_collections.ConfigDict) -> ResNet:
       output_stride=int(model_config.get("output_stride", 32)),
       bn_momentum=float(model_config.get("bn_momentum", 0.9)),
       dtype=parse_dtype(model_config.get("dtype", "float32")),
-      conv_impl=resolve_conv_impl(model_config.get("conv_impl", "auto")),
+      conv_impl=resolve_conv_impl(model_config.get("conv_impl", "auto"), platform),
   )
 
 
