@@ -71,9 +71,8 @@ def corrupt(image: np.ndarray, name: str, severity: int, seed: int = 0,
   if name == "glass_blur":
     return ops.glass_blur(image[None], constants(name, severity, *image.shape[:2]),
                           [image_rng(seed, name, severity, index)])[0]
-  out = ops.IMPLEMENTATIONS[name](image, constants(name, severity, *image.shape[:2]),
-                                  image_rng(seed, name, severity, index))
-  return out.reshape(image.shape)
+  return ops.IMPLEMENTATIONS[name](image, constants(name, severity, *image.shape[:2]),
+                                   image_rng(seed, name, severity, index))
 
 
 def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0,
