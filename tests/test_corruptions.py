@@ -127,7 +127,8 @@ def test_other_seed_or_image_index_other_bytes(fmnist, name):
 
 
 def test_seeded_bytes_are_stable_across_processes():
-  """Digests of a fixed input: catch a seed derived from per-process state (hash(), time)."""
+  """Digests of a fixed input: catch a seed derived from per-process state (hash(), time).
+  They hold while NumPy keeps its Generator streams (PCG64, normal, random) unchanged."""
   got = {name: hashlib.sha256(C.corrupt(scene(32), name, 4, seed=5, index=9)).hexdigest()[:16]
          for name in ("gaussian_noise", "impulse_noise", "motion_blur")}
   assert got == {"gaussian_noise": "6985896598f9ee1b", "impulse_noise": "a338ab2448ad82e9",
@@ -168,6 +169,11 @@ def test_severity_grid_png(fmnist, tmp_path):
                                 cell_px=64)
   with Image.open(tmp_path / "rgb.png") as im:
     assert im.size == (w2, h2) == (140 + 6 * 64, 30 + 2 * 64)
+
+
+def test_empty_batch(fmnist):
+  for name in ("glass_blur", "fog"):
+    assert C.corrupt_batch(fmnist[:0], name, 3).shape == (0, 28, 28, 1)
 
 
 def test_bad_input_is_one_clear_error(fmnist):

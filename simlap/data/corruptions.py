@@ -82,13 +82,13 @@ def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0,
   _check_image(images, "images", 4)
   check_name_severity(name, severity)
   _check_seed(seed, start_index)
-  if severity == 0:
+  if severity == 0 or len(images) == 0:
     return images.copy()
   if name == "glass_blur":  # its sequential pixel loop runs once for the whole batch
     rngs = [image_rng(seed, name, severity, start_index + i) for i in range(len(images))]
     return ops.glass_blur(images, constants(name, severity, *images.shape[1:3]), rngs)
   return np.stack([corrupt(x, name, severity, seed, start_index + i)
-                   for i, x in enumerate(images)]) if len(images) else images.copy()
+                   for i, x in enumerate(images)])
 
 
 def save_severity_grid(image: np.ndarray, path: str, seed: int = 0,
