@@ -1,0 +1,143 @@
+"""ImageNet-C / CIFAR-10-C common corruptions (Hendrycks & Dietterich, ICLR 2019) in NumPy.
+
+Source of the definitions and constants: the authors' public code, github.com/hendrycks/robustness,
+`ImageNet-C/imagenet_c/imagenet_c/corruptions.py` (the ImageNet-C table, for 224-px images) and
+`ImageNet-C/create_c/make_cifar_c.py` (the CIFAR-10-C table, for 32-px images). This module is a
+re-implementation with NumPy, scipy.ndimage and Pillow only (the reference also needs OpenCV,
+scikit-image and ImageMagick's Wand); docs/method.md ("Corruptions") lists where it departs.
+
+Which table: images whose longer side is <= 64 px (`SMALL_IMAGE_MAX_SIDE`; the embedded
+Fashion-MNIST is 28 x 28 x 1) get the CIFAR-10-C constants, larger ones the ImageNet-C constants.
+Sizes the reference hard-codes for 32 or 224 px are computed for the image instead: the glass-blur
+loop bounds, the pixelate size, the fog fractal (the next power of two >= the longer side, cropped),
+the elastic transform's scale (CIFAR: side x fraction, as the reference's IMSIZE; ImageNet: side x
+244/224 x fraction, which is the reference's 244 x fraction at 224 px). Blur radii, zoom factors
+and noise levels are per pixel and stay as the table gives them.
+
+Corruptions (`CORRUPTIONS`, 14 of the 15): gaussian_noise, shot_noise, impulse_noise,
+defocus_blur, glass_blur, motion_blur, zoom_blur, snow, fog, brightness, contrast,
+elastic_transform, pixelate, jpeg_compression. Missing (`MISSING`): frost, which blends in crops of
+the authors' six frost photographs; they ship only with the reference code and cannot be made
+here. Motion blur and snow use ImageMagick's MotionBlurImage kernel (a one-sided Gaussian along a
+line, `2 ceil(radius) + 1` taps, edge pixels repeated, 16-bit rounding then 8-bit), re-implemented
+in `corruption_ops` and checked against ImageMagick 6.9.11 (tests/golden/).
+
+This module is the API (checks, seeding, batching, the picture); the constants are in
+`corruption_tables`, the pixel operations in `corruption_ops`.
+scripts/check_corruptions_reference.py runs the reference's own code next to this one: at 32 and
+224 px every corruption gives the same bytes, except defocus blur and the elastic transform at
+224 px, off by one gray level in some pixels (OpenCV's float32 arithmetic); docs/method.md.
+
+Images are uint8 (H, W, C) with C in {1, 3}; the output has the input's shape and dtype. As the
+reference's dataset scripts do (`np.uint8(...)`), float results in [0, 1] are scaled by 255 and
+truncated. Severity 0 is the identity; 1-5 index the tables. Randomness comes from a NumPy
+Generator seeded with (seed, crc32(corruption name), severity, image index) (`image_rng`), so a
+fixed seed gives fixed bytes, for any batching, on one NumPy/Pillow version.
+"""
+from __future__ import annotations
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from simlap.data import corruption_ops as ops
+from simlap.data.corruption_ops import imagemagick_motion_blur, motion_blur_kernel
+from simlap.data.corruption_tables import (CIFAR, CORRUPTIONS, IMAGENET, MISSING, SEVERITIES,
+                                           SMALL_IMAGE_MAX_SIDE, check_name_severity, constants,
+                                           table_for)
+
+__all__ = ["CIFAR", "CORRUPTIONS", "IMAGENET", "MISSING", "SEVERITIES", "SMALL_IMAGE_MAX_SIDE",
+           "constants", "corrupt", "corrupt_batch", "image_rng", "imagemagick_motion_blur",
+           "motion_blur_kernel", "save_severity_grid", "table_for"]
+GRID_LEFT_PX, GRID_TOP_PX = 140, 30  # save_severity_grid's margins for names and severities
+
+
+def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:
+  """The Generator of one (seed, corruption, severity, image index): fixed bytes per seed."""
+  return np.random.default_rng([seed, zlib.crc32(name.encode()), severity, index])
+
+
+def corrupt(image: np.ndarray, name: str, severity: int, seed: int = 0,
+            index: int = 0) -> np.ndarray:
+  """One image uint8 (H, W, C), C in {1, 3} -> the corrupted uint8 (H, W, C).
+
+  `index` is the image's position in its dataset; it and `seed` select the random stream.
+  """
+  _check_image(image, "image", 3)
+  check_name_severity(name, severity)
+  _check_seed(seed, index)
+  if severity == 0:
+    return image.copy()
+  if name == "glass_blur":
+    return ops.glass_blur(image[None], constants(name, severity, *image.shape[:2]),
+                          [image_rng(seed, name, severity, index)])[0]
+  return ops.IMPLEMENTATIONS[name](image, constants(name, severity, *image.shape[:2]),
+                                   image_rng(seed, name, severity, index))
+
+
+def corrupt_batch(images: np.ndarray, name: str, severity: int, seed: int = 0,
+                  start_index: int = 0) -> np.ndarray:
+  """Images uint8 (N, H, W, C) -> corrupted uint8 (N, H, W, C); image i uses index
+  start_index + i, so any split of a dataset into batches gives the same bytes."""
+  _check_image(images, "images", 4)
+  check_name_severity(name, severity)
+  _check_seed(seed, start_index)
+  if severity == 0 or len(images) == 0:
+    return images.copy()
+  if name == "glass_blur":  # its sequential pixel loop runs once for the whole batch
+    rngs = [image_rng(seed, name, severity, start_index + i) for i in range(len(images))]
+    return ops.glass_blur(images, constants(name, severity, *images.shape[1:3]), rngs)
+  return np.stack([corrupt(x, name, severity, seed, start_index + i)
+                   for i, x in enumerate(images)])
+
+
+def save_severity_grid(image: np.ndarray, path: str, seed: int = 0,
+                       names: Sequence[str] = CORRUPTIONS, index: int = 0,
+                       cell_px: int = 100, dpi: int = 100) -> tuple[int, int]:
+  """Writes a PNG of `image` uint8 (H, W, C) under each corruption (rows) at severities 0-5
+  (columns). Returns its (height, width) in pixels: cell_px per cell, plus GRID_LEFT_PX for the
+  names and GRID_TOP_PX for the severities."""
+  # Only the report needs matplotlib; a Figure on its own Agg canvas leaves pyplot's state alone.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415
+  _check_image(image, "image", 3)
+  for name in names:
+    check_name_severity(name, 0)
+  left, top = GRID_LEFT_PX, GRID_TOP_PX
+  cols, rows = 1 + len(SEVERITIES), len(names)
+  width, height = left + cols * cell_px, top + rows * cell_px
+  fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+  FigureCanvasAgg(fig)
+  gray = image.shape[-1] == 1
+  for r, name in enumerate(names):
+    for s in range(cols):
+      x = corrupt(image, name, s, seed, index)
+      ax = fig.add_axes(((left + s * cell_px) / width, 1 - (top + (r + 1) * cell_px) / height,
+                         cell_px / width, cell_px / height))
+      ax.imshow(x[..., 0] if gray else x, cmap="gray" if gray else None, vmin=0, vmax=255,
+                interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if s == 0:
+        ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center", fontsize=9)
+      if r == 0:
+        ax.set_title(f"severity {s}" if cell_px >= 90 else str(s), fontsize=9)
+  fig.savefig(path, dpi=dpi, format="png")
+  return height, width
+
+
+# ---- checks ----
+
+def _check_image(x: np.ndarray, what: str, ndim: int) -> None:
+  if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != ndim \
+      or x.shape[-1] not in (1, 3):
+    shape = "(H, W, C)" if ndim == 3 else "(N, H, W, C)"
+    got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+    raise ValueError(f"{what} must be a uint8 array {shape} with C in {{1, 3}}, got {got}")
+  if x.shape[-3] < 8 or x.shape[-2] < 8:
+    raise ValueError(f"{what} must be at least 8 x 8 pixels, got {x.shape[-3]} x {x.shape[-2]}")
+
+
+def _check_seed(seed: int, index: int) -> None:
+  if seed < 0 or index < 0:
+    raise ValueError(f"seed and image index must be >= 0, got {seed} and {index}")
