@@ -105,6 +105,12 @@ def test_identical_images_stay_in_one_split():
   assert len(splits["test"]) == 8
   test = {images[i].tobytes() for i in splits["test"]}
   assert not test & {images[i].tobytes() for i in splits["train"]}
+  # Nine copies of one image and one other: test wants 2, the nine cannot go, whatever the
+  # hash order; one copy in test would be found by kNN in the train bank.
+  images = np.repeat(images[:1], 10, axis=0)
+  images[7] = 255 - images[7]
+  splits = array_builder.split_indices(images, np.zeros(10, np.uint8))
+  assert splits["test"].tolist() == [7]
 
 
 def _bilinear_1d(n_in: int, n_out: int) -> np.ndarray:
