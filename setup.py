@@ -32,7 +32,7 @@ TRAIN_REQUIRES = [
 # metadata pulls far more than simlap reads (docs/datasets.md has the measurements).
 NO_DEPS_REQUIRES = [
     # The `animal_mnist` transfer target reads its pickled arrays; its Requires-Dist adds the
-    # full tensorflow (573 MB wheel, over tensorflow-cpu's files) and pandas, for its loader only.
+    # full tensorflow (572 MB wheel, over tensorflow-cpu's files) and pandas, for its loader only.
     "animal-mnist==0.4",
 ]
 
