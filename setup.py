@@ -24,6 +24,16 @@ TRAIN_REQUIRES = [
     "matplotlib==3.11.2",
     # simlap.convert reads .safetensors checkpoints with NumPy alone (no torch).
     "safetensors==0.8.0",
+    # The `digits` transfer target reads sklearn/datasets/data/digits.csv.gz from this wheel.
+    "scikit-learn==1.9.1",
+]
+
+# Installed with `pip install --no-deps` by scripts/setup.sh: data-only use of a wheel whose
+# metadata pulls far more than simlap reads (docs/datasets.md has the measurements).
+NO_DEPS_REQUIRES = [
+    # The `animal_mnist` transfer target reads its pickled arrays; its Requires-Dist adds the
+    # full tensorflow (572 MB wheel, over tensorflow-cpu's files) and pandas, for its loader only.
+    "animal-mnist==0.4",
 ]
 
 TEST_REQUIRES = [

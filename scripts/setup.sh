@@ -30,6 +30,9 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "[setup] installing simlap[train,test] into .venv (pinned; takes about a minute)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[train,test]"
+  # Data-only wheels, without their dependencies (setup.py's NO_DEPS_REQUIRES says why).
+  nodeps=$(sed -n '/^NO_DEPS_REQUIRES = \[/,/^\]/s/^ *"\([^"]*\)",.*/\1/p' setup.py)
+  .venv/bin/python -m pip install -q --no-deps $nodeps
   # libtpu (about 210 MB) lets simlap.aot compile for TPU slices on this host. Its wheels are
   # Linux x86-64 only; elsewhere simlap.aot and its tests say that it is missing.
   echo "[setup] installing simlap[tpu] (libtpu, for compile-only TPU targets)"
