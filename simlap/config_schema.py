@@ -32,10 +32,8 @@ METHODS = {
     "simlap_selective_a0": "SimLAP with selective pairs, alpha 0: y2 uniform over all classes",
     "simlap_selective_a2": "SimLAP with selective pairs, alpha 2: close classes (class tree) "
                            "drawn more often",
-    "simlap_random_labels": "SimLAP trained on a fixed random relabelling of the training set "
-                            "(same class sizes); evaluated on the true labels",
-    "simlap_lowrank": "SimLAP with a pair-conditioned rank-r projection instead of the "
-                      "diagonal gate",
+    "simlap_random_labels": "SimLAP on a fixed random relabelling (class sizes kept)",
+    "simlap_lowrank": "SimLAP with a pair-conditioned rank-r projection for the gate",
     "xclr": "X-CLR (Sobal et al.): soft targets from a class-similarity graph, both views",
     "supcon": "SupCon (Khosla et al., L_out) over both views",
     "simclr": "SimCLR NT-Xent, labels unused",
@@ -84,9 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
       # Read the train split into memory (exact, free resume) or stream it from disk;
       # None = in memory when the prepared dataset is at most 1 GiB.
       in_memory=ml_collections.FieldReference(None, field_type=bool),
-      # Train on a fixed random relabelling of the train split (a seeded permutation of its
-      # labels, so class sizes are kept; simlap/data/random_labels.py); evaluation and the
-      # online probe keep the true labels. Needs an in-memory train split.
+      # Train on a seeded permutation of the train labels (simlap/data/random_labels.py);
+      # evaluation and the online probe keep the true labels. Needs an in-memory split.
       random_labels=False,
   ))
   view = dict(
@@ -225,8 +222,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
     # config.json of runs saved before these fields existed) stay as they were.
     c.loss.pair_kind = "selective"
     c.loss.selective_alpha = SELECTIVE_ALPHAS[method]
-  # Only the random-label preset touches dataset.random_labels (see the selective fields).
-  if method == "simlap_random_labels":
+  if method == "simlap_random_labels":  # the only preset touching it (see the selective ones)
     c.dataset.random_labels = True
   c.gate.kind = ("open" if method.endswith("_open") else
                  lowrank.KIND if method == "simlap_lowrank" else "sigmoid")
@@ -289,7 +285,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("log_every", config.log_every),
                       ("checkpoint_every", config.checkpoint_every),
                       ("loss.temperature", loss.temperature), ("optimizer.lr", o.lr),
-                      ("optimizer.probe_lr", o.probe_lr)]:
+                      ("optimizer.probe_lr", o.probe_lr), ("loss.xclr_tau_s", loss.xclr_tau_s)]:
     if not value > 0:
       raise ValueError(f"config.{name} must be positive, got {value}")
   steps = config.keep_checkpoint_steps
@@ -341,21 +337,14 @@ def _validate_ablations(config: ml_collections.ConfigDict) -> None:
   """The low-rank subspaces (objective simlap only) and X-CLR's class graph."""
   g = config.gate
   if g.kind == lowrank.KIND:
-    if config.objective != "simlap":
-      raise ValueError(f"config.gate.kind='lowrank' needs config.objective='simlap', got "
-                       f"{config.objective!r}")
-    if g.penalty:
-      raise ValueError("config.gate.penalty is a gate entropy; gate.kind='lowrank' has no "
-                       "gate values: set it to 0")
+    if config.objective != "simlap" or g.penalty:
+      raise ValueError(f"config.gate.kind='lowrank' needs config.objective='simlap' (got "
+                       f"{config.objective!r}) and gate.penalty=0 (got {g.penalty})")
     dim = config.model.projector_dim
     if isinstance(g.rank, bool) or not isinstance(g.rank, int) or not (
         1 <= g.rank <= dim and g.hidden_dim % g.rank == 0):
       raise ValueError(f"config.gate.rank={g.rank!r} must be an integer in [1, "
                        f"model.projector_dim={dim}] dividing gate.hidden_dim={g.hidden_dim}")
-  if config.objective == "xclr":
-    if not config.loss.xclr_tau_s > 0:
-      raise ValueError(f"config.loss.xclr_tau_s must be positive, got {config.loss.xclr_tau_s}")
-    if config.dataset.name not in class_trees.TREES:
-      raise ValueError(f"config.objective='xclr' needs a class similarity, taken from the "
-                       f"class tree, and config.dataset.name={config.dataset.name!r} has none "
-                       f"(datasets with one: {sorted(class_trees.TREES)})")
+  if config.objective == "xclr" and config.dataset.name not in class_trees.TREES:
+    raise ValueError(f"config.objective='xclr' takes its class similarity from a class tree; "
+                     f"config.dataset.name={config.dataset.name!r} has none")
