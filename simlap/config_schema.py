@@ -19,6 +19,7 @@ from simlap import sharding
 from simlap.data import class_trees
 from simlap.models import backbones
 from simlap.models import gates
+from simlap.models import lowrank
 
 # name -> what it changes. "simlap" is the default SimLAP (arbitrary pairs, sigmoid gate).
 METHODS = {
@@ -31,6 +32,9 @@ METHODS = {
     "simlap_selective_a0": "SimLAP with selective pairs, alpha 0: y2 uniform over all classes",
     "simlap_selective_a2": "SimLAP with selective pairs, alpha 2: close classes (class tree) "
                            "drawn more often",
+    "simlap_random_labels": "SimLAP on a fixed random relabelling (class sizes kept)",
+    "simlap_lowrank": "SimLAP with a pair-conditioned rank-r projection for the gate",
+    "xclr": "X-CLR (Sobal et al.): soft targets from a class-similarity graph, both views",
     "supcon": "SupCon (Khosla et al., L_out) over both views",
     "simclr": "SimCLR NT-Xent, labels unused",
     "ce": "supervised cross-entropy through the linear head",
@@ -78,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Read the train split into memory (exact, free resume) or stream it from disk;
       # None = in memory when the prepared dataset is at most 1 GiB.
       in_memory=ml_collections.FieldReference(None, field_type=bool),
+      # Train on a seeded permutation of the train labels (simlap/data/random_labels.py);
+      # evaluation and the online probe keep the true labels. Needs an in-memory split.
+      random_labels=False,
   ))
   view = dict(
       crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
@@ -120,16 +127,17 @@ def base_config() -> ml_collections.ConfigDict:
       pixel_std=(),
   ))
   c.gate = ml_collections.ConfigDict(dict(
-      kind="sigmoid",  # sigmoid | open | gumbel | stochastic
+      kind="sigmoid",  # sigmoid | open | gumbel | stochastic | lowrank (simlap/models/lowrank.py)
       fuse="mean",  # mean | product
       embed_dim=512,
       hidden_dim=1024,
       tau=1.0,  # gumbel temperature
       penalty=0.0,  # gamma, weight of the gate's Bernoulli entropy
+      rank=16,  # kind "lowrank": r directions per pair; must divide hidden_dim
   ))
 
   # ---- objective (simlap/losses.py) ----
-  c.objective = "simlap"  # simlap | simclr | supcon | ce | moco
+  c.objective = "simlap"  # simlap | simclr | supcon | ce | moco | xclr
   c.loss = ml_collections.ConfigDict(dict(
       pair_kind="arbitrary",  # arbitrary | identical | distinct | selective
       # selective: y2 ~ (1 + d(y1, y2))^-alpha over the dataset's class-tree distances d
@@ -143,6 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=0.1,
       learn_scale=False,  # learn log(1/T), initialised at log(1/temperature)
       chunk_size=0,  # anchor rows per chunk in the loss; 0 = no chunking
+      xclr_tau_s=0.1,  # objective "xclr": temperature of the class-similarity targets
   ))
   # ---- objective "moco": a momentum (key) encoder and a predictor (simlap/momentum.py) ----
   # L = (instance + beta * D(y, y2) + alpha * D(y, y)) / (1 + alpha + beta), D the gated loss
@@ -201,7 +210,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
     c.loss.pair_kind, c.loss.variant = "arbitrary", "cosine"
     c.gate.kind, c.gate.fuse = "sigmoid", "mean"
     return c
-  if method in ("supcon", "simclr", "ce"):
+  if method in ("supcon", "simclr", "ce", "xclr"):
     c.objective = method
     c.model.probe_stop_gradient = method != "ce"
     return c
@@ -213,7 +222,10 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
     # config.json of runs saved before these fields existed) stay as they were.
     c.loss.pair_kind = "selective"
     c.loss.selective_alpha = SELECTIVE_ALPHAS[method]
-  c.gate.kind = "open" if method.endswith("_open") else "sigmoid"
+  if method == "simlap_random_labels":  # the only preset touching it (see the selective ones)
+    c.dataset.random_labels = True
+  c.gate.kind = ("open" if method.endswith("_open") else
+                 lowrank.KIND if method == "simlap_lowrank" else "sigmoid")
   c.loss.variant = "weighted" if method == "simlap_weighted" else "cosine"
   c.gate.fuse = "product" if method == "simlap_product" else "mean"
   return c
@@ -251,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("model.backbone", config.model.backbone, tuple(sorted(backbones.BACKBONES))),
       ("model.dtype", config.model.dtype, backbones.DTYPES),
       ("model.conv_impl", config.model.conv_impl, backbones.CONV_IMPLS),
-      ("gate.kind", config.gate.kind, gates.GATE_KINDS),
+      ("gate.kind", config.gate.kind, gates.GATE_KINDS + (lowrank.KIND,)),
       ("gate.fuse", config.gate.fuse, gates.FUSES),
       ("optimizer.name", o.name, optim.OPTIMIZERS),
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
@@ -273,7 +285,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       ("log_every", config.log_every),
                       ("checkpoint_every", config.checkpoint_every),
                       ("loss.temperature", loss.temperature), ("optimizer.lr", o.lr),
-                      ("optimizer.probe_lr", o.probe_lr)]:
+                      ("optimizer.probe_lr", o.probe_lr), ("loss.xclr_tau_s", loss.xclr_tau_s)]:
     if not value > 0:
       raise ValueError(f"config.{name} must be positive, got {value}")
   steps = config.keep_checkpoint_steps
@@ -299,6 +311,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.moco.{name} must be >= 0, got {moco[name]}")
   if config.objective in ("simlap", "moco") and loss.pair_kind == "selective":
     _validate_selective(config)
+  _validate_ablations(config)
   if config.objective == "ce" and config.model.probe_stop_gradient:
     raise ValueError("config.objective='ce' trains through the linear head: set "
                      "config.model.probe_stop_gradient=False")
@@ -318,3 +331,20 @@ def _validate_selective(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.loss.pair_kind='selective' needs a class tree, and "
                      f"config.dataset.name={config.dataset.name!r} has none (datasets with one: "
                      f"{sorted(class_trees.TREES)})")
+
+
+def _validate_ablations(config: ml_collections.ConfigDict) -> None:
+  """The low-rank subspaces (objective simlap only) and X-CLR's class graph."""
+  g = config.gate
+  if g.kind == lowrank.KIND:
+    if config.objective != "simlap" or g.penalty:
+      raise ValueError(f"config.gate.kind='lowrank' needs config.objective='simlap' (got "
+                       f"{config.objective!r}) and gate.penalty=0 (got {g.penalty})")
+    dim = config.model.projector_dim
+    if isinstance(g.rank, bool) or not isinstance(g.rank, int) or not (
+        1 <= g.rank <= dim and g.hidden_dim % g.rank == 0):
+      raise ValueError(f"config.gate.rank={g.rank!r} must be an integer in [1, "
+                       f"model.projector_dim={dim}] dividing gate.hidden_dim={g.hidden_dim}")
+  if config.objective == "xclr" and config.dataset.name not in class_trees.TREES:
+    raise ValueError(f"config.objective='xclr' takes its class similarity from a class tree; "
+                     f"config.dataset.name={config.dataset.name!r} has none")

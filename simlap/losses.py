@@ -486,3 +486,174 @@ def subspace_diagnostics(anchors: Array, keys: Array, gates: Array, anchor_label
       "gate_open_fraction": jnp.mean(g > 0.5),
       "gate_entropy": jnp.mean(bernoulli_entropy(g)),
   }
+
+
+# ------------------------------------------------------------------------------------------------
+# Ablations: a pair-conditioned low-rank projection instead of the diagonal gate, and X-CLR.
+# ------------------------------------------------------------------------------------------------
+def _check_directions(anchors: Array, directions: Array) -> None:
+  if not hasattr(directions, "shape") or directions.ndim != 3 or (
+      directions.shape[:2] != anchors.shape):
+    raise ValueError(f"directions must have shape (B, D, r) = ({anchors.shape[0]}, "
+                     f"{anchors.shape[1]}, r), got {getattr(directions, 'shape', directions)}")
+
+
+def _cholesky_lower(gram: Array) -> Array:
+  """Lower Cholesky factor of each (r, r) matrix of (B, r, r), one column per loop step.
+
+  Plain XLA ops (matmuls and selects) rather than `jnp.linalg.cholesky`: on XLA:CPU that is a
+  LAPACK custom call, and inside a batch-sharded step over several devices those calls have
+  deadlocked against the step's collectives. r is small, so r steps of O(B r^2) cost nothing.
+  """
+  r = gram.shape[-1]
+  rows = jnp.arange(r)
+
+  def column(j, chol):
+    e_j = (rows == j).astype(gram.dtype)
+    # col_i = G_ij - sum_{k<j} L_ik L_jk; columns >= j of L are still zero.
+    col = jnp.einsum("bij,j->bi", gram, e_j) - jnp.einsum(
+        "bik,bk->bi", chol, jnp.einsum("bjk,j->bk", chol, e_j))
+    diag = jnp.einsum("bi,i->b", col, e_j)
+    new = jnp.where(rows >= j, col * jax.lax.rsqrt(diag)[:, None], 0.0)
+    return chol + new[:, :, None] * e_j[None, None, :]
+
+  return jax.lax.fori_loop(0, r, column, jnp.zeros_like(gram))
+
+
+def _lower_inverse(chol: Array) -> Array:
+  """L^-1 of each lower-triangular (r, r) matrix of (B, r, r) by forward substitution on I
+  (plain XLA ops, see `_cholesky_lower`)."""
+  r = chol.shape[-1]
+  rows = jnp.arange(r)
+  eye = jnp.eye(r, dtype=chol.dtype)
+
+  def row(j, inv):
+    e_j = (rows == j).astype(chol.dtype)
+    l_row = jnp.einsum("bjk,j->bk", chol, e_j)  # row j of L
+    l_jj = jnp.einsum("bk,k->b", l_row, e_j)
+    # X_j = (I_j - sum_{k<j} L_jk X_k) / L_jj; rows >= j of X are still zero.
+    x_j = (eye[j][None, :] - jnp.einsum("bk,bkm->bm", l_row, inv)) / l_jj[:, None]
+    return inv + e_j[None, :, None] * x_j[:, None, :]
+
+  return jax.lax.fori_loop(0, r, row, jnp.zeros_like(chol))
+
+
+def _subspace_basis(directions: Array, ridge: float) -> Array:
+  """Q = U L^-T (B, D, r) with L L^T = U^T U + lambda I, lambda = ridge * tr(U^T U) / r + 1e-12.
+
+  x^T P y = (Q^T x) . (Q^T y) for P = U (U^T U + lambda I)^-1 U^T = Q Q^T: Q is an orthonormal
+  basis of the subspace (up to lambda). The ridge is relative, so it stays negligible for
+  well-conditioned U of any scale and keeps the factorisation finite for rank-deficient U.
+  """
+  r = directions.shape[-1]
+  gram = jnp.einsum("bdr,bds->brs", directions, directions)
+  trace = jnp.sum(directions * directions, axis=(1, 2))  # tr(U^T U), without a diagonal op
+  lam = ridge * jax.lax.stop_gradient(trace) / r + 1e-12
+  chol = _cholesky_lower(gram + lam[:, None, None] * jnp.eye(r, dtype=gram.dtype))
+  return jnp.einsum("bds,brs->bdr", directions, _lower_inverse(chol))
+
+
+def lowrank_subspace_logits(anchors: Array, keys: Array, directions: Array, *,
+                            ridge: float = 1e-4) -> Array:
+  """Cosine of each anchor and key after projecting both onto the anchor's pair subspace.
+
+    l[b, n] = <P_b a_b, P_b k_n> / (|P_b a_b| |P_b k_n|),  P_b = U_b (U_b^T U_b + lambda)^-1 U_b^T
+
+  the low-rank counterpart of `subspace_logits(variant="cosine")`, whose diag(g_b^2) P_b
+  replaces (docs/method.md, "Low-rank pair subspaces").
+
+  Args:
+    anchors: (B, D) embeddings.
+    keys: (N, D) embeddings.
+    directions: (B, D, r) U_b, r directions spanning each anchor's pair subspace.
+    ridge: relative Tikhonov term lambda (see `_subspace_basis`).
+  Returns:
+    (B, N) similarities in at least float32. Temporaries are O(B * N * r): the keys'
+    coordinates in each anchor's subspace; the (B, N, D) tensor is never built.
+  """
+  _check_pair(anchors, keys)
+  _check_directions(anchors, directions)
+  dtype = _compute_dtype(anchors, keys, directions)
+  a, k, u = (x.astype(dtype) for x in (anchors, keys, directions))
+  basis = _subspace_basis(u, ridge)
+  a_coord = jnp.einsum("bdr,bd->br", basis, a)  # (B, r)
+  k_coord = jnp.einsum("bdr,nd->brn", basis, k)  # (B, r, N)
+  numerator = jnp.einsum("br,brn->bn", a_coord, k_coord)
+  anchor_norm2 = jnp.sum(a_coord * a_coord, axis=1, keepdims=True)
+  key_norm2 = jnp.sum(k_coord * k_coord, axis=1)
+  return numerator * jax.lax.rsqrt(anchor_norm2 + _EPS) * jax.lax.rsqrt(key_norm2 + _EPS)
+
+
+def projection_diagonal(directions: Array, *, ridge: float = 1e-4) -> Array:
+  """diag(P_b) of each pair subspace: (B, D, r) -> (B, D) in [0, 1], rows summing to ~r.
+
+  The low-rank subspace's stand-in for a gate vector in analyses: for axis-aligned U (columns
+  = unit vectors e_d), diag(P) is the binary gate of those dimensions.
+  """
+  basis = _subspace_basis(directions.astype(_compute_dtype(directions)), ridge)
+  return jnp.sum(basis * basis, axis=2)
+
+
+def lowrank_simlap_loss(anchors: Array, keys: Array, directions: Array, anchor_labels: Array,
+                        pair_labels: Array, key_labels: Array, *,
+                        scale: float | Array = 10.0, reduction: str = "anchor",
+                        ridge: float = 1e-4) -> Array:
+  """The SimLAP loss with low-rank pair subspaces (`lowrank_subspace_logits`) for logits.
+
+  Same masks and reductions as `simlap_loss`; plain autodiff (temporaries O(B * N * r)).
+
+  Args:
+    anchors: (B, D); keys: (N, D); directions: (B, D, r) U(y1_b, y2_b).
+    anchor_labels, pair_labels: (B,) int; key_labels: (N,) int.
+    scale: 1 / temperature. reduction: "anchor" | "pair". ridge: see `lowrank_subspace_logits`.
+  Returns:
+    scalar loss, float32 (float64 for float64 inputs).
+  """
+  _check_pair(anchors, keys)
+  _check_directions(anchors, directions)
+  _check_labels("anchor_labels", anchor_labels, anchors.shape[0])
+  _check_labels("pair_labels", pair_labels, anchors.shape[0])
+  _check_labels("key_labels", key_labels, keys.shape[0])
+  _check_choice("reduction", reduction, REDUCTIONS)
+  sims = lowrank_subspace_logits(anchors, keys, directions, ridge=ridge)
+  logits = jnp.asarray(scale, sims.dtype) * sims
+  positive, negative = _masks(anchor_labels, pair_labels, key_labels)
+  lse = _negative_logsumexp(logits, negative)
+  per_pair = jnp.where(positive, jax.nn.softplus(lse[:, None] - logits), 0.0)
+  num_pos = jnp.sum(positive, axis=1)
+  weights = _row_weights(num_pos, reduction, anchors.shape[0], jnp.sum(num_pos)).astype(
+      logits.dtype)
+  return jnp.sum(weights * jnp.sum(per_pair, axis=1))
+
+
+def xclr_loss(embeddings: Array, labels: Array, class_similarity: Array, *,
+              scale: float | Array = 10.0, graph_scale: float | Array = 10.0) -> Array:
+  """X-CLR (Sobal et al. 2024): soft cross-entropy against a class-similarity graph.
+
+  As the SimLAP authors implement it (erow/hydra, cl/losses.py, `xclr`), over M samples (both
+  views stacked), self excluded from both distributions:
+    G[i, j] = S[y_i, y_j] * graph_scale,   l[i, j] = scale * cos(z_i, z_j),   i != j
+    L = -1/M sum_i sum_{j != i} softmax_j(G[i, :])[j] * log_softmax_j(l[i, :])[j]
+  With S = identity and graph_scale -> inf this is SupCon (L_out) with self excluded.
+
+  Args:
+    embeddings: (M, D) embeddings of all views.
+    labels: (M,) int class of each row.
+    class_similarity: (C, C) class similarity S (the authors: cosine of caption embeddings).
+    scale: 1 / temperature of the embedding similarities.
+    graph_scale: 1 / tau_s, the temperature of the target graph.
+  Returns:
+    scalar loss, float32 (float64 for float64 inputs).
+  """
+  _check_matrix("embeddings", embeddings)
+  _check_labels("labels", labels, embeddings.shape[0])
+  _check_matrix("class_similarity", class_similarity)
+  dtype = _compute_dtype(embeddings, class_similarity)
+  z = l2_normalize(embeddings.astype(dtype))
+  not_self = ~jnp.eye(z.shape[0], dtype=bool)
+  logits = jnp.where(not_self, jnp.asarray(scale, dtype) * (z @ z.T), -jnp.inf)
+  graph = class_similarity.astype(dtype)[labels[:, None], labels[None, :]]
+  graph = jnp.where(not_self, jnp.asarray(graph_scale, dtype) * graph, -jnp.inf)
+  target = jax.nn.softmax(graph, axis=1)
+  log_p = jnp.where(not_self, jax.nn.log_softmax(logits, axis=1), 0.0)
+  return -jnp.mean(jnp.sum(target * log_p, axis=1))

@@ -9,6 +9,9 @@ as two views; embeddings z1, z2 are (B, D), labels y (B,).
   simclr  NT-Xent over the 2B views (SimCLR's form: 2B - 2 negatives per sample).
   supcon  SupCon L_out over the 2B views, self excluded (Khosla et al.).
   ce      cross-entropy of the (not stop-gradient) linear head, both views.
+  xclr    X-CLR over the 2B views: soft targets softmax(S[y_i, y_j] / tau_s) from a class
+          similarity S, self excluded (`losses.xclr_loss`; S from the class tree,
+          `xclr_class_similarity`).
   moco    the momentum-encoder objective (MoCo-v3; with beta > 0 the paper's v1 "Hydra-MoCo"):
           queries q = predictor outputs, keys k = momentum-encoder embeddings (no gradient),
           L = (instance + beta D(y, y2) + alpha D(y, y)) / (1 + alpha + beta); `moco_loss`.
@@ -23,8 +26,9 @@ import optax
 from simlap import losses
 from simlap.data import class_trees
 from simlap.models import gates as gates_lib
+from simlap.models import lowrank
 
-OBJECTIVES = ("simlap", "simclr", "supcon", "ce", "moco")
+OBJECTIVES = ("simlap", "simclr", "supcon", "ce", "moco", "xclr")
 
 
 def trains_gates(config: ml_collections.ConfigDict) -> bool:
@@ -55,6 +59,15 @@ def pair_label_options(config: ml_collections.ConfigDict, num_classes: int) -> d
           "max_level": loss.selective_max_level or None}
 
 
+def xclr_class_similarity(config: ml_collections.ConfigDict, num_classes: int) -> jax.Array:
+  """(C, C) class similarity S of X-CLR from the dataset's class tree: 1 - d / 2, i.e. 1 for
+  the same class, 1/2 within a group, 0 across groups. The authors use the cosine of sentence
+  embeddings of "a photo of a {class}"; no text model ships here, so the known hierarchy
+  stands in (docs/method.md, "X-CLR")."""
+  d = class_trees.dataset_distances(config.dataset.name, num_classes)
+  return jnp.asarray(1.0 - d / 2.0, jnp.float32)
+
+
 def probe_loss(probe_logits: jax.Array, labels2: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Cross-entropy and accuracy of the linear head; probe_logits (2B, C), labels2 (2B,)."""
   ce = optax.softmax_cross_entropy_with_integer_labels(probe_logits, labels2).mean()
@@ -80,8 +93,15 @@ def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.A
     z = jnp.concatenate([z1, z2])
     y = jnp.concatenate([labels, labels])
     return losses.supcon_loss(z, z, y, y, scale=scale, exclude_self=True), {}
+  if objective == "xclr":
+    z = jnp.concatenate([z1, z2])
+    y = jnp.concatenate([labels, labels])
+    sim = xclr_class_similarity(config, config.dataset.num_classes)
+    return losses.xclr_loss(z, y, sim, scale=scale, graph_scale=1.0 / config.loss.xclr_tau_s), {}
   if objective != "simlap":
     raise ValueError(f"objective {objective!r} has no contrastive loss")
+  if config.gate.kind == lowrank.KIND:
+    return _lowrank_loss(config, z1, z2, labels, pair_labels, gates, scale)
   kwargs = _simlap_loss_options(config, scale)
   loss = losses.simlap_loss(z1, z2, gates, labels, pair_labels, labels, **kwargs)
   if config.loss.symmetric:  # both views as anchors, one shared permutation
@@ -94,6 +114,16 @@ def contrastive_loss(config: ml_collections.ConfigDict, z1: jax.Array, z2: jax.A
     metrics["gate_penalty"] = penalty
     loss = loss + config.gate.penalty * penalty
   return loss, metrics
+
+
+def _lowrank_loss(config, z1, z2, labels, pair_labels, directions, scale):
+  """The SimLAP loss with pair subspaces P(U) for gates; directions (B, D, r)."""
+  kwargs = dict(scale=scale, reduction=config.loss.reduction)
+  loss = losses.lowrank_simlap_loss(z1, z2, directions, labels, pair_labels, labels, **kwargs)
+  if config.loss.symmetric:
+    loss = 0.5 * (loss + losses.lowrank_simlap_loss(z2, z1, directions, labels, pair_labels,
+                                                    labels, **kwargs))
+  return loss, {}
 
 
 def moco_loss(config: ml_collections.ConfigDict, queries: tuple[jax.Array, jax.Array],

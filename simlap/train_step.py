@@ -94,8 +94,12 @@ def _two_view_loss(params, stats, *, config, model, batch, pair_labels, gate_rng
   out, updates = model.apply(variables, images, labels, pair_labels, train=True,
                              mutable=["batch_stats"], rngs={"gate": gate_rng})
   z1, z2 = out["embeddings"][:num], out["embeddings"][num:]
+  # The online probe evaluates the features: it learns the true labels even when the objective
+  # sees random ones (dataset.random_labels; the stream then carries both). CE's objective is
+  # the probe, so it learns the labels the objective is given.
+  probe_labels = labels if config.objective == "ce" else batch.get("true_label", labels)
   probe_ce, probe_acc = objectives.probe_loss(out["probe_logits"],
-                                              jnp.concatenate([labels, labels]))
+                                              jnp.concatenate([probe_labels, probe_labels]))
   metrics = {"probe_loss": probe_ce, "probe_accuracy": probe_acc}
   if config.objective == "ce":
     return probe_ce, (probe_ce, metrics, updates["batch_stats"])

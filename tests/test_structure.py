@@ -11,7 +11,7 @@ PACKAGE = ROOT / "simlap"
 MAX_LINES = 350
 # The one exception, and why: simlap/losses.py is the file other JAX projects copy whole (it
 # imports only jax); splitting it would make them copy several files that import each other.
-LONGER_ALLOWED = {"simlap/losses.py": 490}
+LONGER_ALLOWED = {"simlap/losses.py": 660}
 
 
 def _module_name(path: pathlib.Path) -> str:

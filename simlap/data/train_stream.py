@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from simlap import sharding
 from simlap.data import augment
 from simlap.data import datasets
+from simlap.data import random_labels
 
 _FOREVER = 2**62  # end of the infinite step / position ranges
 # Tags that keep the independent random streams (order, class draws, views) apart.
@@ -137,7 +138,11 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   unique = local // d.repeats
   split = tfds.split_for_jax_process(d.train_split, process_index=pi, process_count=pc)
 
-  if datasets.in_memory(builder, config):
+  in_memory = datasets.in_memory(builder, config)
+  if d.get("random_labels") and not in_memory:
+    raise ValueError(f"config.dataset.random_labels needs an in-memory train split; {d.name!r} "
+                     "is streamed (set config.dataset.in_memory=True if it fits)")
+  if in_memory:
     arrays = datasets.load_arrays(builder, split, d, with_ids)
     if arrays["image"].dtype != object:  # decoded: the real shape is known now
       datasets.check_image_shape(config, arrays["image"].shape[1:], f"{d.name} {d.train_split}")
@@ -145,6 +150,9 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     for k in d.extra_label_keys:
       if isinstance(builder.info.features[k], tfds.features.ClassLabel):
         datasets.check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
+    if d.get("random_labels"):  # the random-label control; the true labels ride along
+      arrays = {**arrays, "true_label": arrays["label"],
+                "label": random_labels.process_labels(builder, config, pi, pc)}
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,
                         process_count=pc)
   else:

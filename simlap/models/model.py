@@ -18,6 +18,7 @@ import ml_collections
 from simlap.models import backbones
 from simlap.models import gates as gates_lib
 from simlap.models import heads
+from simlap.models import lowrank
 
 
 class SimLAPModel(nn.Module):
@@ -38,7 +39,7 @@ class SimLAPModel(nn.Module):
   """
   backbone: nn.Module
   projector: nn.Module
-  gate: gates_lib.GateTable
+  gate: nn.Module  # gates_lib.GateTable or lowrank.LowRankTable
   probe: heads.LinearHead
   probe_stop_gradient: bool = True
   predictor: nn.Module | None = None
@@ -67,7 +68,8 @@ class SimLAPModel(nn.Module):
         "features": (B, F) float32 pooled backbone features,
         "embeddings": (B, D) float32 projector output (LayerNorm-ed, not L2-normalised),
         "probe_logits": (B, num_classes) float32 linear probe logits,
-        "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given,
+        "gates": (B, D) float32 in [0, 1], only when labels and pair_labels are given
+          (gate.kind "lowrank": (B, D, r) directions),
         "predictions": (B, D) float32 predictor output, only when the model has a predictor.
     """
     features = self._backbone(images, train)
@@ -141,11 +143,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       backbone=backbones.build_backbone(m, platform),
       projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
                                 bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias),
-      gate=gates_lib.GateTable(
-          num_classes=int(num_classes), dim=dim, embed_dim=int(g.get("embed_dim", 512)),
-          hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
-          fuse=g.get("fuse", "mean"), tau=float(g.get("tau", 1.0)),
-          noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum),
+      gate=_gate_table(g, int(num_classes), dim, bn_momentum),
       probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
       probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
       predictor=predictor,
@@ -153,3 +151,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
       pixel_std=tuple(float(v) for v in m.get("pixel_std", ())),
   )
 
+
+def _gate_table(g: ml_collections.ConfigDict, num_classes: int, dim: int,
+                bn_momentum: float) -> nn.Module:
+  """The pair module: a `GateTable`, or for gate.kind "lowrank" a `lowrank.LowRankTable`."""
+  if g.get("kind", "sigmoid") == lowrank.KIND:
+    return lowrank.LowRankTable(
+        num_classes=num_classes, dim=dim, rank=int(g.rank), embed_dim=int(g.embed_dim),
+        hidden_dim=int(g.hidden_dim), bn_momentum=bn_momentum)
+  return gates_lib.GateTable(
+      num_classes=num_classes, dim=dim, embed_dim=int(g.get("embed_dim", 512)),
+      hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
+      fuse=g.get("fuse", "mean"), tau=float(g.get("tau", 1.0)),
+      noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum)
