@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Read the train split into memory (exact, free resume) or stream it from disk;
       # None = in memory when the prepared dataset is at most 1 GiB.
       in_memory=ml_collections.FieldReference(None, field_type=bool),
+      # dtype of the views sent to the device: "uint8" (a quarter of float32's bytes; the
+      # step divides by 255) or "float32"; None = uint8 when the train split is streamed from
+      # disk (ImageNet), float32 in memory (exact [0, 1] floats, as the published results).
+      view_dtype=ml_collections.FieldReference(None, field_type=str),
   ))
   view = dict(
       crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
@@ -255,7 +259,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("optimizer.name", o.name, optim.OPTIMIZERS),
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
       ("optimizer.schedule", o.schedule, optim.SCHEDULES),
-      ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
+      ("sharding.params", config.sharding.params, sharding.PARAM_MODES),
+      ("dataset.view_dtype", config.dataset.get("view_dtype"), (None, "uint8", "float32"))]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
   m = config.model

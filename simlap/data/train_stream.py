@@ -120,15 +120,23 @@ def _disk_stream(builder, split: Any, config: ConfigDict, *, seed: int, start_st
   return stream.skip(skip)
 
 
+def view_dtype(config: ConfigDict, builder) -> str:
+  """"uint8" or "float32": the dtype of the views this config's stream yields (see
+  config.dataset.view_dtype; the auto choice is uint8 exactly when the split is streamed)."""
+  if config.dataset.get("view_dtype") is not None:
+    return config.dataset.view_dtype
+  return "float32" if datasets.in_memory(builder, config) else "uint8"
+
+
 def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
                         process_index: int | None = None, process_count: int | None = None,
                         with_ids: bool = False) -> tf.data.Dataset:
   """This process's training rows: a tf.data.Dataset of dicts of local batches.
 
-  Batches hold `config.batch_size / process_count` rows: `view1`, `view2` float32
-  (b, size, size, C) in [0, 1], `label` int32 (b,), the extra labels int32 (b,), and with
-  `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in global-batch order:
-  process p holds rows [p * b, (p + 1) * b).
+  Batches hold `config.batch_size / process_count` rows: `view1`, `view2` (b, size, size, C),
+  float32 in [0, 1] or uint8 in [0, 255] (`view_dtype`), `label` int32 (b,), the extra labels
+  int32 (b,), and with `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in
+  global-batch order: process p holds rows [p * b, (p + 1) * b).
   """
   d = config.dataset
   pi, pc = datasets.processes(process_index, process_count)
@@ -167,9 +175,13 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
       ex[name] = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
     return ex
 
+  uint8 = view_dtype(config, builder) == "uint8"
+
   def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
     for name, v in (("view1", views[0]), ("view2", views[1])):
       batch[name] = augment.second_stage(batch[name], v)
+      if uint8:  # [0, 1] -> {0, ..., 255}; the step maps it back (train_step.float_views)
+        batch[name] = tf.cast(tf.round(batch[name] * 255), tf.uint8)
     return batch
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -185,7 +197,8 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
                    process_count: int | None = None) -> Iterator[dict[str, jax.Array]]:
   """Infinite global training batches, step `start_step` first.
 
-  Each batch: `view1`, `view2` float32 (B, size, size, C) in [0, 1], `label` int32 (B,) and
+  Each batch: `view1`, `view2` (B, size, size, C) float32 in [0, 1] or uint8 (`view_dtype`),
+  `label` int32 (B,) and
   each of config.dataset.extra_label_keys int32 (B,), all sharded over the mesh batch axis,
   B = config.batch_size. Validation (dataset prepared, shapes, labels, batch divisibility)
   happens here, before the first batch is requested. With simulated processes
