@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
       # step divides by 255) or "float32"; None = uint8 when the train split is streamed from
       # disk (ImageNet), float32 in memory (exact [0, 1] floats, as the published results).
       view_dtype=ml_collections.FieldReference(None, field_type=str),
+      # A streamed split read by index from ArrayRecord files (`tfds build
+      # --file_format=array_record`: per-epoch permutation, no epoch stall, free resume) or as
+      # a TFRecord stream through shuffle_buffer; None = by index when the files are ArrayRecord.
+      random_access=ml_collections.FieldReference(None, field_type=bool),
   ))
   view = dict(
       crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,

@@ -13,8 +13,8 @@ from simlap import sharding
 from simlap import train
 from simlap.data import datasets
 from simlap.data import train_stream
-from tests import test_data_mock
-from tests import test_train
+import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it
+import test_train
 
 
 @pytest.fixture(scope="module")

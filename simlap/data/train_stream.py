@@ -21,6 +21,7 @@ Determinism. The training stream is a pure function of (seed, step):
 """
 from __future__ import annotations
 from collections.abc import Iterator
+import logging
 from typing import Any
 
 import jax
@@ -52,16 +53,65 @@ def _memory_stream(arrays: dict[str, np.ndarray], config: ConfigDict, *, seed: i
     ).map(lambda idx: {k: tf.gather(v, idx) for k, v in tensors.items()}).unbatch()
 
   def step_examples(step):
-    pos = step * unique + tf.range(unique, dtype=tf.int64)
-    epoch = pos // n
-    keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
-                     tf.fill([unique], tf.constant(_ORDER, tf.int64)), epoch], axis=1)
-    # The raw op: tf.random.experimental.index_shuffle mangles [n, 2] seeds (TF 2.21).
-    idx = tf.raw_ops.RandomIndexShuffle(index=pos % n, seed=keys, rounds=4,
-                                        max_index=tf.fill([unique], tf.constant(n - 1, tf.int64)))
+    idx = _step_indices(step, unique, n, seed)
     return {k: tf.gather(v, idx) for k, v in tensors.items()}
 
   return tf.data.Dataset.range(start_step, _FOREVER).map(step_examples).unbatch()
+
+
+def _step_indices(step: tf.Tensor, unique: int, n: int, seed: int) -> tf.Tensor:
+  """(unique,) int64 example indices of `step`: position p is perm_e[p % n], e = p // n."""
+  pos = step * unique + tf.range(unique, dtype=tf.int64)
+  epoch = pos // n
+  keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
+                   tf.fill([unique], tf.constant(_ORDER, tf.int64)), epoch], axis=1)
+  # The raw op: tf.random.experimental.index_shuffle mangles [n, 2] seeds (TF 2.21).
+  return tf.raw_ops.RandomIndexShuffle(index=pos % n, seed=keys, rounds=4,
+                                       max_index=tf.fill([unique], tf.constant(n - 1, tf.int64)))
+
+
+def random_access(builder, config: ConfigDict) -> bool:
+  """Whether a streamed split is read by index (ArrayRecord) rather than as a TFRecord stream."""
+  if config.dataset.get("random_access") is not None:
+    return bool(config.dataset.random_access)
+  return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+
+
+def _random_access_stream(builder, split: Any, config: ConfigDict, *, seed: int,
+                          start_step: int, unique: int, with_ids: bool) -> tf.data.Dataset:
+  """Unique examples read by index from ArrayRecord files (`tfds.data_source`), in the
+  in-memory path's order: a fresh permutation of the whole slice every epoch, no shuffle
+  buffer to refill, and starting at any step costs nothing."""
+  d = config.dataset
+  if d.classes_per_batch:
+    raise ValueError(f"classes_per_batch needs an in-memory dataset; {d.name!r} is streamed")
+  source = builder.as_data_source(split=split, decoders=datasets.decoders(builder, d.image_key))
+  n = len(source)
+  feature = builder.info.features[d.image_key]
+  jpeg = datasets.decoders(builder, d.image_key) is not None
+  labels = (d.label_key, *d.extra_label_keys)
+
+  def fetch(idx):  # numpy (unique,) int64 -> image bytes or pixels, int32 labels
+    examples = [source[int(i)] for i in idx]
+    images = (np.array([ex[d.image_key] for ex in examples], object) if jpeg
+              else np.stack([ex[d.image_key] for ex in examples]))
+    return [images, *(np.array([ex[k] for ex in examples], np.int32) for k in labels)]
+
+  def step_examples(step):
+    idx = _step_indices(step, unique, n, seed)
+    out = tf.numpy_function(fetch, [idx], [tf.string if jpeg else tf.uint8] +
+                            [tf.int32] * len(labels), stateful=False)
+    ex = {"image": tf.ensure_shape(out[0], [unique] + ([] if jpeg else list(feature.shape)))}
+    ex.update({k: tf.ensure_shape(v, [unique]) for k, v in zip(
+        ("label", *d.extra_label_keys), out[1:])})
+    if with_ids:
+      ex["tfds_id"] = tf.strings.as_string(idx)
+    return ex
+
+  # Parallel fetches: a numpy_function holds the GIL only around the Python list building;
+  # ArrayRecord reads release it.
+  return tf.data.Dataset.range(start_step, _FOREVER).map(
+      step_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
 def _class_balanced_indices(labels: np.ndarray, config: ConfigDict, seed: int, unique: int,
@@ -128,6 +178,22 @@ def view_dtype(config: ConfigDict, builder) -> str:
   return "float32" if datasets.in_memory(builder, config) else "uint8"
 
 
+def reader(builder, config: ConfigDict) -> str:
+  """How the train split is read, for the run's log: "memory", "random_access" or "stream"."""
+  if datasets.in_memory(builder, config):
+    return "memory"
+  return "random_access" if random_access(builder, config) else "stream"
+
+
+_READER_LOG = {
+    "memory": "in memory, a permutation per epoch, free resume",
+    "random_access": "by index from ArrayRecord (tfds.data_source), a permutation per epoch, "
+                     "free resume",
+    "stream": "TFRecord stream, shuffle buffer {} refilled every epoch, resume re-reads the "
+              "epoch so far (prepare with --file_format=array_record for random access)",
+}
+
+
 def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
                         process_index: int | None = None, process_count: int | None = None,
                         with_ids: bool = False) -> tf.data.Dataset:
@@ -156,8 +222,9 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,
                         process_count=pc)
   else:
-    ds = _disk_stream(builder, split, config, seed=seed, start_step=start_step, unique=unique,
-                      with_ids=with_ids)
+    stream = _random_access_stream if random_access(builder, config) else _disk_stream
+    ds = stream(builder, split, config, seed=seed, start_step=start_step, unique=unique,
+                with_ids=with_ids)
 
   if d.repeats > 1:
     ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(d.repeats))
@@ -208,7 +275,10 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
   datasets.rows_per_process(config.batch_size, mesh, pc, "batch_size", config.dataset.repeats)
   ds = local_train_dataset(config, seed=seed, start_step=start_step, process_index=process_index,
                            process_count=process_count)
-  num_classes = datasets.validated(config)[1]
+  builder, num_classes, _ = datasets.validated(config)
+  how = reader(builder, config)
+  logging.info("train input: %s, %s views, read %s", config.dataset.name,
+               view_dtype(config, builder), _READER_LOG[how].format(config.dataset.shuffle_buffer))
 
   def checked():  # in-memory splits were checked whole; streamed ones are checked per batch
     for batch in ds.as_numpy_iterator():
