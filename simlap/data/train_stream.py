@@ -9,10 +9,15 @@ Determinism. The training stream is a pure function of (seed, step):
     position p is example `perm_e[p % n]` of epoch e = p // n. In-memory datasets (the default
     whenever the split fits in 1 GiB, see `datasets.in_memory`) compute `perm_e` per element
     with the stateless, O(1) `RandomIndexShuffle` op keyed by (seed, epoch), and read by direct
-    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) are streamed
-    from TFDS in a fixed file order through a shuffle buffer seeded by (seed, epoch); resuming
-    at step s re-reads (without decoding: JPEG bytes are only parsed) the examples of the
-    current epoch before s, i.e. at most one epoch of records, and never earlier epochs.
+    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) prepared as
+    ArrayRecord (`tfds build --file_format=array_record`) are read by index in the same order
+    (`tfds.data_source`): the same free resume, no buffer. TFRecord-only data is streamed in a
+    fixed file order through a shuffle buffer seeded by (seed, epoch), the next epoch's buffer
+    filling while the current epoch drains (`epochs_overlapped`); resuming at step s re-reads
+    (without decoding: JPEG bytes are only parsed) the examples of the current epoch before s,
+    i.e. at most one epoch of records, and never earlier epochs.
+  * Transfer. Streamed datasets send uint8 views (a quarter of float32's bytes); the jitted
+    step converts them (`train_step.float_views`). In-memory ones keep float32 (view_dtype).
   * Augmentation. The row at position r of the global batch at step s draws its randomness
     from a seed folded from (seed, s, r); `repeats` copies of an image sit at different rows,
     so they get independent views.
@@ -22,6 +27,7 @@ Determinism. The training stream is a pure function of (seed, step):
 from __future__ import annotations
 from collections.abc import Iterator
 import logging
+import os
 from typing import Any
 
 import jax
@@ -165,9 +171,17 @@ def _disk_stream(builder, split: Any, config: ConfigDict, *, seed: int, start_st
   epoch, skip = divmod(start_step * unique, n)
   epoch_seed = lambda e: tf.random.experimental.stateless_fold_in(  # noqa: E731
       tf.constant([seed, _ORDER], tf.int64), e)[0]
-  stream = tf.data.Dataset.range(epoch, _FOREVER).flat_map(
-      lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)))
-  return stream.skip(skip)
+  return epochs_overlapped(lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)),
+                           epoch, n).skip(skip)
+
+
+def epochs_overlapped(epoch_fn, first_epoch: int, n: int) -> tf.data.Dataset:
+  """epoch_fn(first_epoch), then epoch_fn(first_epoch + 1), ... (n elements each), in exactly
+  flat_map's order, but the next epoch is opened while the current one drains: its shuffle
+  buffer fills in the background instead of stalling the stream at the boundary (the cost:
+  two epochs' buffers in memory around a boundary)."""
+  return tf.data.Dataset.range(first_epoch, _FOREVER).interleave(
+      epoch_fn, cycle_length=2, block_length=n, num_parallel_calls=2, deterministic=True)
 
 
 def view_dtype(config: ConfigDict, builder) -> str:
@@ -254,9 +268,18 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
   ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.with_options(pipeline_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_options(threads: int | None = None) -> tf.data.Options:
+  """big_vision's tf.data options: a private thread pool for this pipeline (not TF's global
+  inter-op pool) and single-threaded ops inside it, so parallelism comes from tf.data's
+  parallel maps and not from ops oversubscribing the cores (measured: docs/performance.md)."""
   options = tf.data.Options()
   options.deterministic = True
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  options.threading.private_threadpool_size = threads or os.cpu_count()
+  options.threading.max_intra_op_parallelism = 1
+  return options
 
 
 def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int = 0,
