@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from simlap import config_schema
 from simlap import sharding
 from simlap import train
 from simlap.data import datasets
@@ -66,3 +67,9 @@ def test_step_on_uint8_views_equals_step_on_their_float32_values(fmnist_data_dir
   np.testing.assert_allclose(loss_u, loss_f, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_f), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
+
+
+def test_a_bad_view_dtype_is_rejected_before_any_data_is_read():
+  c = test_train.tiny_config("/nonexistent", **{"dataset.view_dtype": "int8"})
+  with pytest.raises(ValueError, match=r"config.dataset.view_dtype='int8' is not one of"):
+    config_schema.validate(c)
