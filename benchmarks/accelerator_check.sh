@@ -40,7 +40,7 @@ for batch in 128 256 512; do
 done
 
 echo "[check] input_bench"
-$PY -m benchmarks.input_bench >"$OUT/input.txt" 2>"$OUT/input.err"
+$PY -m benchmarks.input_bench --cores="1,$(nproc)" --readers=stream,random_access >"$OUT/input.txt" 2>"$OUT/input.err"
 
 echo "[check] simlap.main, configs/default.py, 1 epoch"
 start=$(date +%s)

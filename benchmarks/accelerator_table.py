@@ -28,12 +28,15 @@ def step_result(text: str) -> str:
 
 
 def input_rows(text: str) -> list[tuple[str, str]]:
-  """input_bench's "<pipeline>  views/s  views/s/core  views/CPU-s" lines."""
+  """input_bench's "reader cores views/s views/s/core views/CPU-s B/view steady min@edge ratio
+  resume-s" lines."""
   out = []
   for line in text.splitlines():
-    m = re.match(r"(\S.*?)\s{2,}(\d+)\s+(\d+)\s+(\d+)$", line)
+    m = re.match(r"(\w+)\s+(\d+)" + r"\s+(\d+)" * 6 + r"\s+(\S+)\s+([\d.]+)$", line)
     if m:
-      out.append((m[1], f"{m[2]} views/s ({m[3]} per host core)"))
+      out.append((f"ImageNet-like JPEGs, {m[1]} reader, {m[2]} cores",
+                  f"{m[3]} views/s ({m[4]} per host core), {m[6]} B/view, epoch-edge window "
+                  f"{m[9]} of steady, resume {m[10]} s"))
   return out
 
 

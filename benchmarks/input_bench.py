@@ -1,76 +1,85 @@
-"""Input-pipeline throughput: augmented views per second, in total and per host core.
+"""Input-pipeline throughput on ImageNet-like JPEGs: views/s per core, bytes per view, epoch
+boundaries and resume, for both readers of a streamed split.
 
-  (a) ImageNet-style: synthetic ~400x350 JPEGs in a temporary TFDS dataset, streamed from disk
-      as imagenet2012 is (JPEG bytes, decode-and-crop), two 224x224 views with the full SimCLR
-      augmentation (crop 0.08-1, flip, jitter 0.8 @ s=1, grayscale 0.2, blur 0.5, solarize 0.2
-      on view 2).
-  (b) Fashion-MNIST: the embedded dataset, in memory, two 28x28 views, configs/default.py.
+The set: `--images` generated JPEGs of 500x375 or 375x500 px (ImageNet's typical sizes),
+quality 90, ~ImageNet file sizes: a smooth random colour field plus Gaussian noise (sigma 12),
+seeded, written once as TFRecord and once as ArrayRecord TFDS datasets in a temporary dir.
+Each pipeline makes two 224x224 views per image with the full SimCLR augmentation (crop
+0.08-1 by decode-and-crop, flip, jitter 0.8 @ s=1, grayscale 0.2, blur 0.5, solarize 0.2 on
+view 2), as the trainer streams imagenet2012, and yields local batches as numpy (host only).
 
-Measures the host tf.data pipeline alone (local batches as numpy), after a warm-up, since that
-is what the input pipeline can feed; device transfer is the trainer's cost.
+Per reader ("stream": TFRecord + shuffle buffer, "random_access": ArrayRecord by index) and per
+core count (the measuring process pinned with sched_setaffinity before TensorFlow starts):
+  * views/s and views per CPU-second over the whole timed run (the second is per-core
+    throughput even on a shared machine);
+  * views/s in 1 s windows across two epoch boundaries: the lowest window within 2 s of a
+    boundary against the median window (steady state);
+  * time to the first batch of a pipeline started in the middle of an epoch (resume).
 
-  python -m benchmarks.input_bench [--images=512] [--seconds=20] [--batch=128]
-
-Measured on the 2-core dev box shared with other jobs (load average ~3-5), batch 128:
-  (a) ~340-395 views/s wall, ~340-400 views per CPU-second (per-image HSV jitter before the
-      two-stage rewrite: ~270 per CPU-second); (b) ~7-14k views/s, ~8-9k per CPU-second.
+  python -m benchmarks.input_bench [--images=2048] [--batch=64] [--cores=1,2]
 """
 from __future__ import annotations
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TFDS_DISABLE_GCS", "1")
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-from configs import default  # noqa: E402 - run from the repository root, as `python -m`
-from simlap.data import fashion_mnist  # noqa: E402
-from simlap.data import train_stream  # noqa: E402
-
-_IMAGES = flags.DEFINE_integer("images", 512, "Synthetic JPEGs in the ImageNet-style set.")
-_SECONDS = flags.DEFINE_float("seconds", 20.0, "Timed seconds per pipeline.")
-_BATCH = flags.DEFINE_integer("batch", 128, "Images per batch (two views each).")
-_FMNIST_DATA_DIR = flags.DEFINE_string("fmnist_data_dir", None,
-                                       "TFDS dir for Fashion-MNIST; prepared here if missing.")
+_IMAGES = flags.DEFINE_integer("images", 2048, "Generated JPEGs (one epoch).")
+_BATCH = flags.DEFINE_integer("batch", 64, "Images per batch (two views each).")
+_CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin the pipeline to.")
+_EPOCHS = flags.DEFINE_float("epochs", 2.5, "Epochs timed (crosses two boundaries).")
+_READERS = flags.DEFINE_list(
+    "readers", ["stream_baseline", "stream_no_options", "stream", "random_access"],
+    "stream_baseline: the TFRecord stream with float32 views, sequential epochs and TF's default "
+    "thread pools; stream_no_options: today's stream without the tf.data threading options; "
+    "stream: TFRecord, overlapped epochs; random_access: ArrayRecord by index.")
+_CHILD = flags.DEFINE_string("child", None, "Internal: 'reader,cores,data_dir' to measure.")
 
 
-class SyntheticJpegs(tfds.core.GeneratorBasedBuilder):
-  """Smooth random-colour JPEGs of about 400x350 px with noise, ~ImageNet file sizes."""
-  VERSION = tfds.core.Version("1.0.0")
-  NUM_IMAGES = 512
+def _builder_cls():
+  import numpy as np  # noqa: PLC0415 - children import TF only after pinning their cores
+  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow_datasets as tfds  # noqa: PLC0415
 
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "label": tfds.features.ClassLabel(num_classes=1000),
-    }))
+  class SyntheticJpegs(tfds.core.GeneratorBasedBuilder):
+    """ImageNet-like JPEGs (see the module docstring)."""
+    VERSION = tfds.core.Version("1.0.0")
+    NUM_IMAGES = 2048
 
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples()}
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+          "label": tfds.features.ClassLabel(num_classes=1000),
+      }))
 
-  def _generate_examples(self):
-    rng = np.random.RandomState(0)
-    for i in range(self.NUM_IMAGES):
-      h, w = rng.randint(330, 470), rng.randint(300, 400)
-      yy, xx = np.mgrid[:h, :w] / 40.0
-      phase = rng.uniform(0, 6, (3, 1, 1))
-      img = 128 + 90 * np.sin(yy * rng.uniform(0.5, 2) + xx * rng.uniform(0.5, 2) + phase)
-      img = img.transpose(1, 2, 0) + rng.normal(0, 12, (h, w, 3))
-      jpeg = tf.io.encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), quality=90).numpy()
-      yield i, {"image": jpeg, "label": int(rng.randint(1000))}
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      rng = np.random.RandomState(0)
+      for i in range(self.NUM_IMAGES):
+        h, w = (375, 500) if rng.rand() < 0.75 else (500, 375)
+        yy, xx = np.mgrid[:h, :w] / 40.0
+        phase = rng.uniform(0, 6, (3, 1, 1))
+        img = 128 + 90 * np.sin(yy * rng.uniform(0.5, 2) + xx * rng.uniform(0.5, 2) + phase)
+        img = img.transpose(1, 2, 0) + rng.normal(0, 12, (h, w, 3))
+        jpeg = tf.io.encode_jpeg(np.clip(img, 0, 255).astype(np.uint8), quality=90).numpy()
+        yield i, {"image": jpeg, "label": int(rng.randint(1000))}
+
+  return SyntheticJpegs
 
 
-def _simclr_config(data_dir: str, batch: int):
+def _config(data_dir: str, reader: str, batch: int, images: int):
+  from configs import default  # noqa: PLC0415
   c = default.get_config()
   c.dataset.update(dict(name="synthetic_jpegs", data_dir=data_dir, num_classes=1000,
-                        image_size=224, channels=3, in_memory=False, shuffle_buffer=256))
+                        image_size=224, channels=3, in_memory=False,
+                        random_access=reader == "random_access", shuffle_buffer=images // 2))
   for view in (c.augment.view1, c.augment.view2):
     view.update(dict(crop_scale=(0.08, 1.0), jitter_prob=0.8, brightness=0.8, contrast=0.8,
                      saturation=0.8, hue=0.2, grayscale_prob=0.2, blur_prob=0.5))
@@ -79,43 +88,90 @@ def _simclr_config(data_dir: str, batch: int):
   return c
 
 
-def _views_per_second(config, seconds: float) -> tuple[float, float]:
-  """(views per wall second, views per CPU second of this process) after a warm-up.
-
-  The second number is the per-core throughput even on a machine shared with other jobs,
-  where wall-clock rates understate what a dedicated core does.
-  """
-  ds = train_stream.local_train_dataset(config, seed=0, process_index=0, process_count=1)
-  it = ds.as_numpy_iterator()
-  for _ in range(3):
+def _measure(reader: str, cores: int, data_dir: str) -> dict:
+  os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+  import numpy as np  # noqa: PLC0415
+  from simlap.data import train_stream  # noqa: PLC0415
+  import tensorflow as tf  # noqa: PLC0415
+  images, batch = _IMAGES.value, _BATCH.value
+  _builder_cls()  # registers the builder
+  variant = reader
+  reader = "stream" if reader.startswith("stream") else reader
+  c = _config(os.path.join(data_dir, reader), reader, batch, images)
+  if variant in ("stream_baseline", "stream_no_options"):  # TF's default thread pools
+    default_options = tf.data.Options()
+    default_options.deterministic = True
+    train_stream.pipeline_options = lambda threads=None: default_options
+  if variant == "stream_baseline":  # float32 views, epochs one after the other (flat_map)
+    c.dataset.view_dtype = "float32"
+    train_stream.epochs_overlapped = lambda fn, first, n: tf.data.Dataset.range(
+        first, 2**62).flat_map(fn)
+  steps_per_epoch = images // batch
+  it = train_stream.local_train_dataset(c, seed=0, process_index=0,
+                                        process_count=1).as_numpy_iterator()
+  first = next(it)
+  bytes_per_view = first["view1"].nbytes / len(first["view1"])
+  for _ in range(2):
     next(it)
-  wall, cpu, views = time.perf_counter(), time.process_time(), 0
-  while time.perf_counter() - wall < seconds:
-    views += 2 * len(next(it)["label"])
-  return views / (time.perf_counter() - wall), views / (time.process_time() - cpu)
+  times, wall, cpu = [], time.perf_counter(), time.process_time()
+  for _ in range(int(_EPOCHS.value * steps_per_epoch) - 3):
+    next(it)
+    times.append(time.perf_counter())
+  views = 2 * batch * len(times)
+  rate, per_cpu = views / (times[-1] - wall), views / (time.process_time() - cpu)
+  t = np.array(times) - wall
+  windows = np.bincount(t.astype(int)) * 2 * batch  # views finished in each 1 s window
+  windows = windows[1:-1]  # partial first and last windows
+  boundaries = [(e * steps_per_epoch - 4) for e in (1, 2)]  # batch index of each boundary
+  near = [int(t[b]) - 1 for b in boundaries if 0 <= b < len(t)]  # window index (shifted by 1)
+  near_min = min(windows[max(0, w - 2):w + 3].min() for w in near) if near else float("nan")
+  del it
+  t0 = time.perf_counter()
+  resume_step = steps_per_epoch + steps_per_epoch // 2  # the middle of the second epoch
+  next(train_stream.local_train_dataset(c, seed=0, start_step=resume_step, process_index=0,
+                                        process_count=1).as_numpy_iterator())
+  return dict(reader=variant, cores=cores, views_per_s=rate, views_per_cpu_s=per_cpu,
+              bytes_per_view=bytes_per_view, steady=float(np.median(windows)),
+              boundary_min=float(near_min), resume_s=time.perf_counter() - t0,
+              dtype=str(first["view1"].dtype))
 
 
 def main(argv):
   del argv
-  cores = len(os.sched_getaffinity(0))
-  rows = []
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+  if _CHILD.value:
+    reader, cores, data_dir = _CHILD.value.split(",")
+    print("RESULT " + json.dumps(_measure(reader, int(cores), data_dir)))
+    return
   with tempfile.TemporaryDirectory() as tmp:
-    SyntheticJpegs.NUM_IMAGES = _IMAGES.value
-    SyntheticJpegs(data_dir=tmp).download_and_prepare()
-    c = _simclr_config(tmp, _BATCH.value)
-    rows.append(("imagenet-style JPEG ~400x350 -> 2x224, SimCLR, streamed", c,
-                 _views_per_second(c, _SECONDS.value)))
-    c = default.get_config()
-    c.dataset.data_dir = _FMNIST_DATA_DIR.value or os.path.join(tmp, "tfds")
-    fashion_mnist.prepare(c.dataset.data_dir)
-    c.batch_size = _BATCH.value
-    rows.append(("fashion-mnist 28x28 -> 2x28, default config, in memory", c,
-                 _views_per_second(c, _SECONDS.value)))
-  load = os.getloadavg()[0]
-  print(f"\nhost cores: {cores}   load average (1 min) after the run: {load:.1f}")
-  print(f"{'pipeline':<62} {'views/s':>8} {'views/s/core':>13} {'views/CPU-s':>12}")
-  for name, _, (vps, per_cpu) in rows:
-    print(f"{name:<62} {vps:>8.0f} {vps / cores:>13.0f} {per_cpu:>12.0f}")
+    cls = _builder_cls()
+    cls.NUM_IMAGES = _IMAGES.value
+    t0 = time.perf_counter()
+    for reader, fmt in (("stream", "tfrecord"), ("random_access", "array_record")):
+      cls(data_dir=os.path.join(tmp, reader), file_format=fmt).download_and_prepare()
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(
+        os.path.join(tmp, "stream")) for f in fs if "tfrecord" in f)
+    print(f"generated {_IMAGES.value} JPEGs x 2 formats in {time.perf_counter() - t0:.0f} s, "
+          f"{size / _IMAGES.value / 1e3:.0f} kB per image")
+    rows = []
+    for reader in _READERS.value:
+      for cores in _CORES.value:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.input_bench", f"--child={reader},{cores},{tmp}",
+             f"--images={_IMAGES.value}", f"--batch={_BATCH.value}",
+             f"--epochs={_EPOCHS.value}"], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
+        print(rows[-1], flush=True)
+  print(f"\nload average (1, 5, 15 min) after the run: {os.getloadavg()}, "
+        f"{len(os.sched_getaffinity(0))} cores")
+  print(f"{'reader':<18} {'cores':>5} {'views/s':>8} {'views/s/core':>12} {'views/CPU-s':>11} "
+        f"{'B/view':>7} {'steady':>7} {'min@edge':>8} {'ratio':>6} {'resume s':>8}")
+  for r in rows:
+    print(f"{r['reader']:<18} {r['cores']:>5} {r['views_per_s']:>8.0f} "
+          f"{r['views_per_s'] / r['cores']:>12.0f} {r['views_per_cpu_s']:>11.0f} "
+          f"{r['bytes_per_view']:>7.0f} {r['steady']:>7.0f} {r['boundary_min']:>8.0f} "
+          f"{r['boundary_min'] / r['steady']:>6.2f} {r['resume_s']:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
       # Train on a seeded permutation of the train labels (simlap/data/random_labels.py);
       # evaluation and the online probe keep the true labels. Needs an in-memory split.
       random_labels=False,
+      # dtype of the views sent to the device: "uint8" (a quarter of float32's bytes; the
+      # step divides by 255) or "float32"; None = uint8 when the train split is streamed from
+      # disk (ImageNet), float32 in memory (exact [0, 1] floats, as the published results).
+      view_dtype=ml_collections.FieldReference(None, field_type=str),
+      # A streamed split read by index from ArrayRecord files (`tfds build
+      # --file_format=array_record`: per-epoch permutation, no epoch stall, free resume) or as
+      # a TFRecord stream through shuffle_buffer; None = by index when the files are ArrayRecord.
+      random_access=ml_collections.FieldReference(None, field_type=bool),
   ))
   view = dict(
       crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
@@ -268,7 +276,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("optimizer.name", o.name, optim.OPTIMIZERS),
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
       ("optimizer.schedule", o.schedule, optim.SCHEDULES),
-      ("sharding.params", config.sharding.params, sharding.PARAM_MODES)]:
+      ("sharding.params", config.sharding.params, sharding.PARAM_MODES),
+      ("dataset.view_dtype", config.dataset.get("view_dtype"), (None, "uint8", "float32"))]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
   m = config.model

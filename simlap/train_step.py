@@ -119,12 +119,21 @@ def _fields(shardings, *names):
   return parts[0] if len(parts) == 1 else parts
 
 
+def float_views(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """uint8 views (B, H, W, C) in [0, 255] -> float32 in [0, 1], on the device; float views
+  pass through. The host sends uint8 to move a quarter of float32's bytes."""
+  to_float = lambda v: v.astype(jnp.float32) / 255 if v.dtype == jnp.uint8 else v  # noqa: E731
+  return {**batch, "view1": to_float(batch["view1"]), "view2": to_float(batch["view2"])}
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, config, model, tx,
                schedule, fsdp=None, moco=None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}.
 
-  `fsdp`: the state's shardings under FSDP; None when replicated. `moco`: (momentum
-  schedule, gate warm-up steps) for objective "moco" (simlap/momentum.py)."""
+  Views are float32 in [0, 1] or uint8 in [0, 255] (`float_views`). `fsdp`: the state's
+  shardings under FSDP; None when replicated. `moco`: (momentum schedule, gate warm-up steps)
+  for objective "moco" (simlap/momentum.py)."""
+  batch = float_views(batch)
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   pair_rng, gate_rng = jax.random.split(rng)
   params, stats = sharding.gather((state.params, state.batch_stats),

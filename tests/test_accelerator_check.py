@@ -16,10 +16,10 @@ STEP_OK = """# step_bench 2026-11-30 host | 1 x NVIDIA H100 80GB HBM3 (gpu), 26 
 STEP_FAILED = ("| resnet50 | 224x224x3 | 512 | bfloat16 | failed: RESOURCE_EXHAUSTED: Out of "
                "memory |\n")
 INPUT = """
-host cores: 26   load average (1 min) after the run: 9.1
-pipeline                                                        views/s  views/s/core  views/CPU-s
-imagenet-style JPEG ~400x350 -> 2x224, SimCLR, streamed             9012           347          355
-fashion-mnist 28x28 -> 2x28, default config, in memory             150135          5774         6010
+load average (1, 5, 15 min) after the run: (9.1, 8.0, 7.2), 26 cores
+reader              cores  views/s views/s/core views/CPU-s  B/view  steady min@edge  ratio resume s
+stream                  1      402          402         410  150528     400      384   0.96     1.95
+random_access          26     9012          347         355  150528    9100     8900   0.98     0.40
 """
 
 
@@ -43,7 +43,8 @@ def test_table_from_raw_outputs(tmp_path):
   assert lines[3].endswith(
       "| 4633 views/s/GPU, 110.5 ms/step, MFU 57.6%, compile 41.2 s, temp 30123 MiB |")
   assert "failed: RESOURCE_EXHAUSTED: Out of memory" in lines[4]
-  assert lines[5] == ("| input_bench | imagenet-style JPEG ~400x350 -> 2x224, SimCLR, streamed | "
-                      "9012 views/s (347 per host core) |")
+  assert lines[6] == ("| input_bench | ImageNet-like JPEGs, random_access reader, 26 cores | "
+                      "9012 views/s (347 per host core), 150528 B/view, epoch-edge window 0.98 "
+                      "of steady, resume 0.40 s |")
   assert lines[7] == ("| simlap.main | configs/default.py, Fashion-MNIST, 1 epoch | 95 s wall; "
                       "step 234, knn_accuracy 0.8123 |")

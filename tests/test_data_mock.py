@@ -49,11 +49,14 @@ def _take(it, n):
   return [jax.tree.map(np.asarray, next(it)) for _ in range(n)]
 
 
-def _check_views(batch, size):
+def _check_views(batch, size, dtype=np.float32):
+  """float32 views in [0, 1]; uint8 views (streamed datasets' default) in [0, 255]."""
+  top = 255 if dtype == np.uint8 else 1
   for k in ("view1", "view2"):
-    assert batch[k].shape == (16, size, size, 3) and batch[k].dtype == np.float32
-    assert 0 <= batch[k].min() and batch[k].max() <= 1
-  assert (np.abs(batch["view1"] - batch["view2"]).mean(axis=(1, 2, 3)) > 1e-3).all()
+    assert batch[k].shape == (16, size, size, 3) and batch[k].dtype == dtype
+    assert 0 <= batch[k].min() and batch[k].max() <= top
+  diff = np.abs(batch["view1"].astype(np.float32) - batch["view2"]) / top
+  assert (diff.mean(axis=(1, 2, 3)) > 1e-3).all()
 
 
 def test_cifar10_and_cifar100_coarse_labels(mock_tfds, mesh):
@@ -74,7 +77,7 @@ def test_imagenet_jpegs_determinism_and_resume(mock_tfds, mesh, in_memory):
   c = _config("imagenet2012", 1000, size=24, in_memory=in_memory)
   assert datasets.get_dataset_info(c).image_shape == (None, None, 3)
   full = _take(train_stream.train_iterator(c, mesh, seed=5), 5)  # crosses two epoch boundaries
-  _check_views(full[0], 24)
+  _check_views(full[0], 24, np.uint8 if in_memory is False else np.float32)
   # A fresh iterator at step 4 reproduces step 4: same seed, same batch, across an epoch edge.
   resumed = _take(train_stream.train_iterator(c, mesh, seed=5, start_step=4), 1)
   other = _take(train_stream.train_iterator(c, mesh, seed=6), 1)

@@ -9,9 +9,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "simlap"
 MAX_LINES = 350
-# The one exception, and why: simlap/losses.py is the file other JAX projects copy whole (it
+# The exceptions, and why: simlap/losses.py is the file other JAX projects copy whole (it
 # imports only jax); splitting it would make them copy several files that import each other.
-LONGER_ALLOWED = {"simlap/losses.py": 660}
+# simlap/config_schema.py is the one list of every field and its default, so it grows with them.
+LONGER_ALLOWED = {"simlap/losses.py": 660, "simlap/config_schema.py": 380}
 
 
 def _module_name(path: pathlib.Path) -> str:

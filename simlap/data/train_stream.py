@@ -9,10 +9,15 @@ Determinism. The training stream is a pure function of (seed, step):
     position p is example `perm_e[p % n]` of epoch e = p // n. In-memory datasets (the default
     whenever the split fits in 1 GiB, see `datasets.in_memory`) compute `perm_e` per element
     with the stateless, O(1) `RandomIndexShuffle` op keyed by (seed, epoch), and read by direct
-    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) are streamed
-    from TFDS in a fixed file order through a shuffle buffer seeded by (seed, epoch); resuming
-    at step s re-reads (without decoding: JPEG bytes are only parsed) the examples of the
-    current epoch before s, i.e. at most one epoch of records, and never earlier epochs.
+    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) prepared as
+    ArrayRecord (`tfds build --file_format=array_record`) are read by index in the same order
+    (`tfds.data_source`): the same free resume, no buffer. TFRecord-only data is streamed in a
+    fixed file order through a shuffle buffer seeded by (seed, epoch), the next epoch's buffer
+    filling while the current epoch drains (`epochs_overlapped`); resuming at step s re-reads
+    (without decoding: JPEG bytes are only parsed) the examples of the current epoch before s,
+    i.e. at most one epoch of records, and never earlier epochs.
+  * Transfer. Streamed datasets send uint8 views (a quarter of float32's bytes); the jitted
+    step converts them (`train_step.float_views`). In-memory ones keep float32 (view_dtype).
   * Augmentation. The row at position r of the global batch at step s draws its randomness
     from a seed folded from (seed, s, r); `repeats` copies of an image sit at different rows,
     so they get independent views.
@@ -21,6 +26,8 @@ Determinism. The training stream is a pure function of (seed, step):
 """
 from __future__ import annotations
 from collections.abc import Iterator
+import logging
+import os
 from typing import Any
 
 import jax
@@ -53,16 +60,65 @@ def _memory_stream(arrays: dict[str, np.ndarray], config: ConfigDict, *, seed: i
     ).map(lambda idx: {k: tf.gather(v, idx) for k, v in tensors.items()}).unbatch()
 
   def step_examples(step):
-    pos = step * unique + tf.range(unique, dtype=tf.int64)
-    epoch = pos // n
-    keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
-                     tf.fill([unique], tf.constant(_ORDER, tf.int64)), epoch], axis=1)
-    # The raw op: tf.random.experimental.index_shuffle mangles [n, 2] seeds (TF 2.21).
-    idx = tf.raw_ops.RandomIndexShuffle(index=pos % n, seed=keys, rounds=4,
-                                        max_index=tf.fill([unique], tf.constant(n - 1, tf.int64)))
+    idx = _step_indices(step, unique, n, seed)
     return {k: tf.gather(v, idx) for k, v in tensors.items()}
 
   return tf.data.Dataset.range(start_step, _FOREVER).map(step_examples).unbatch()
+
+
+def _step_indices(step: tf.Tensor, unique: int, n: int, seed: int) -> tf.Tensor:
+  """(unique,) int64 example indices of `step`: position p is perm_e[p % n], e = p // n."""
+  pos = step * unique + tf.range(unique, dtype=tf.int64)
+  epoch = pos // n
+  keys = tf.stack([tf.fill([unique], tf.constant(seed, tf.int64)),
+                   tf.fill([unique], tf.constant(_ORDER, tf.int64)), epoch], axis=1)
+  # The raw op: tf.random.experimental.index_shuffle mangles [n, 2] seeds (TF 2.21).
+  return tf.raw_ops.RandomIndexShuffle(index=pos % n, seed=keys, rounds=4,
+                                       max_index=tf.fill([unique], tf.constant(n - 1, tf.int64)))
+
+
+def random_access(builder, config: ConfigDict) -> bool:
+  """Whether a streamed split is read by index (ArrayRecord) rather than as a TFRecord stream."""
+  if config.dataset.get("random_access") is not None:
+    return bool(config.dataset.random_access)
+  return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+
+
+def _random_access_stream(builder, split: Any, config: ConfigDict, *, seed: int,
+                          start_step: int, unique: int, with_ids: bool) -> tf.data.Dataset:
+  """Unique examples read by index from ArrayRecord files (`tfds.data_source`), in the
+  in-memory path's order: a fresh permutation of the whole slice every epoch, no shuffle
+  buffer to refill, and starting at any step costs nothing."""
+  d = config.dataset
+  if d.classes_per_batch:
+    raise ValueError(f"classes_per_batch needs an in-memory dataset; {d.name!r} is streamed")
+  source = builder.as_data_source(split=split, decoders=datasets.decoders(builder, d.image_key))
+  n = len(source)
+  feature = builder.info.features[d.image_key]
+  jpeg = datasets.decoders(builder, d.image_key) is not None
+  labels = (d.label_key, *d.extra_label_keys)
+
+  def fetch(idx):  # numpy (unique,) int64 -> image bytes or pixels, int32 labels
+    examples = [source[int(i)] for i in idx]
+    images = (np.array([ex[d.image_key] for ex in examples], object) if jpeg
+              else np.stack([ex[d.image_key] for ex in examples]))
+    return [images, *(np.array([ex[k] for ex in examples], np.int32) for k in labels)]
+
+  def step_examples(step):
+    idx = _step_indices(step, unique, n, seed)
+    out = tf.numpy_function(fetch, [idx], [tf.string if jpeg else tf.uint8] +
+                            [tf.int32] * len(labels), stateful=False)
+    ex = {"image": tf.ensure_shape(out[0], [unique] + ([] if jpeg else list(feature.shape)))}
+    ex.update({k: tf.ensure_shape(v, [unique]) for k, v in zip(
+        ("label", *d.extra_label_keys), out[1:])})
+    if with_ids:
+      ex["tfds_id"] = tf.strings.as_string(idx)
+    return ex
+
+  # Parallel fetches: a numpy_function holds the GIL only around the Python list building;
+  # ArrayRecord reads release it.
+  return tf.data.Dataset.range(start_step, _FOREVER).map(
+      step_examples, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
 def _class_balanced_indices(labels: np.ndarray, config: ConfigDict, seed: int, unique: int,
@@ -116,9 +172,41 @@ def _disk_stream(builder, split: Any, config: ConfigDict, *, seed: int, start_st
   epoch, skip = divmod(start_step * unique, n)
   epoch_seed = lambda e: tf.random.experimental.stateless_fold_in(  # noqa: E731
       tf.constant([seed, _ORDER], tf.int64), e)[0]
-  stream = tf.data.Dataset.range(epoch, _FOREVER).flat_map(
-      lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)))
-  return stream.skip(skip)
+  return epochs_overlapped(lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)),
+                           epoch, n).skip(skip)
+
+
+def epochs_overlapped(epoch_fn, first_epoch: int, n: int) -> tf.data.Dataset:
+  """epoch_fn(first_epoch), then epoch_fn(first_epoch + 1), ... (n elements each), in exactly
+  flat_map's order, but the next epoch is opened while the current one drains: its shuffle
+  buffer fills in the background instead of stalling the stream at the boundary (the cost:
+  two epochs' buffers in memory around a boundary)."""
+  return tf.data.Dataset.range(first_epoch, _FOREVER).interleave(
+      epoch_fn, cycle_length=2, block_length=n, num_parallel_calls=2, deterministic=True)
+
+
+def view_dtype(config: ConfigDict, builder) -> str:
+  """"uint8" or "float32": the dtype of the views this config's stream yields (see
+  config.dataset.view_dtype; the auto choice is uint8 exactly when the split is streamed)."""
+  if config.dataset.get("view_dtype") is not None:
+    return config.dataset.view_dtype
+  return "float32" if datasets.in_memory(builder, config) else "uint8"
+
+
+def reader(builder, config: ConfigDict) -> str:
+  """How the train split is read, for the run's log: "memory", "random_access" or "stream"."""
+  if datasets.in_memory(builder, config):
+    return "memory"
+  return "random_access" if random_access(builder, config) else "stream"
+
+
+_READER_LOG = {
+    "memory": "in memory, a permutation per epoch, free resume",
+    "random_access": "by index from ArrayRecord (tfds.data_source), a permutation per epoch, "
+                     "free resume",
+    "stream": "TFRecord stream, shuffle buffer {} refilled every epoch, resume re-reads the "
+              "epoch so far (prepare with --file_format=array_record for random access)",
+}
 
 
 def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
@@ -126,10 +214,10 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
                         with_ids: bool = False) -> tf.data.Dataset:
   """This process's training rows: a tf.data.Dataset of dicts of local batches.
 
-  Batches hold `config.batch_size / process_count` rows: `view1`, `view2` float32
-  (b, size, size, C) in [0, 1], `label` int32 (b,), the extra labels int32 (b,), and with
-  `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in global-batch order:
-  process p holds rows [p * b, (p + 1) * b).
+  Batches hold `config.batch_size / process_count` rows: `view1`, `view2` (b, size, size, C),
+  float32 in [0, 1] or uint8 in [0, 255] (`view_dtype`), `label` int32 (b,), the extra labels
+  int32 (b,), and with `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in
+  global-batch order: process p holds rows [p * b, (p + 1) * b).
   """
   d = config.dataset
   pi, pc = datasets.processes(process_index, process_count)
@@ -156,8 +244,9 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,
                         process_count=pc)
   else:
-    ds = _disk_stream(builder, split, config, seed=seed, start_step=start_step, unique=unique,
-                      with_ids=with_ids)
+    stream = _random_access_stream if random_access(builder, config) else _disk_stream
+    ds = stream(builder, split, config, seed=seed, start_step=start_step, unique=unique,
+                with_ids=with_ids)
 
   if d.repeats > 1:
     ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(d.repeats))
@@ -175,17 +264,30 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
       ex[name] = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
     return ex
 
+  uint8 = view_dtype(config, builder) == "uint8"
+
   def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
     for name, v in (("view1", views[0]), ("view2", views[1])):
       batch[name] = augment.second_stage(batch[name], v)
+      if uint8:  # [0, 1] -> {0, ..., 255}; the step maps it back (train_step.float_views)
+        batch[name] = tf.cast(tf.round(batch[name] * 255), tf.uint8)
     return batch
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
   ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.with_options(pipeline_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def pipeline_options(threads: int | None = None) -> tf.data.Options:
+  """big_vision's tf.data options: a private thread pool for this pipeline (not TF's global
+  inter-op pool) and single-threaded ops inside it, so parallelism comes from tf.data's
+  parallel maps and not from ops oversubscribing the cores (measured: docs/performance.md)."""
   options = tf.data.Options()
   options.deterministic = True
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  options.threading.private_threadpool_size = threads or os.cpu_count()
+  options.threading.max_intra_op_parallelism = 1
+  return options
 
 
 def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int = 0,
@@ -193,7 +295,8 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
                    process_count: int | None = None) -> Iterator[dict[str, jax.Array]]:
   """Infinite global training batches, step `start_step` first.
 
-  Each batch: `view1`, `view2` float32 (B, size, size, C) in [0, 1], `label` int32 (B,) and
+  Each batch: `view1`, `view2` (B, size, size, C) float32 in [0, 1] or uint8 (`view_dtype`),
+  `label` int32 (B,) and
   each of config.dataset.extra_label_keys int32 (B,), all sharded over the mesh batch axis,
   B = config.batch_size. Validation (dataset prepared, shapes, labels, batch divisibility)
   happens here, before the first batch is requested. With simulated processes
@@ -203,7 +306,10 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
   datasets.rows_per_process(config.batch_size, mesh, pc, "batch_size", config.dataset.repeats)
   ds = local_train_dataset(config, seed=seed, start_step=start_step, process_index=process_index,
                            process_count=process_count)
-  num_classes = datasets.validated(config)[1]
+  builder, num_classes, _ = datasets.validated(config)
+  how = reader(builder, config)
+  logging.info("train input: %s, %s views, read %s", config.dataset.name,
+               view_dtype(config, builder), _READER_LOG[how].format(config.dataset.shuffle_buffer))
 
   def checked():  # in-memory splits were checked whole; streamed ones are checked per batch
     for batch in ds.as_numpy_iterator():
