@@ -116,6 +116,24 @@ def _needs_gib(message: str, known_gib: float) -> tuple[float, float] | None:
   return None
 
 
+def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) -> str:
+  """The dtype of the views a run of `config` sends to its devices, without the dataset.
+
+  `config.dataset.view_dtype` if set; else uint8 for a streamed train split and float32 for an
+  in-memory one (`train_stream.view_dtype`), where a split counts as streamed when
+  `dataset.in_memory` says so or, unset, when its decoded images exceed the in-memory limit
+  (ImageNet: 193 GB; the prepared JPEGs, which the run measures, are far above it too).
+  """
+  from simlap.data import datasets  # noqa: PLC0415
+  d = config.dataset
+  if d.get("view_dtype") is not None:
+    return d.view_dtype
+  if d.get("in_memory") is not None:
+    return "float32" if d.in_memory else "uint8"
+  images = (num_train or TRAIN_SIZES.get(d.name, 0)) * d.image_size ** 2 * d.channels
+  return "float32" if images <= datasets.IN_MEMORY_MAX_BYTES else "uint8"
+
+
 def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, devices: list,
                  global_batch: int, num_train: int | None = None) -> Row:
   """Lowers and compiles the train step of `config` at `global_batch` for `tpu`."""
@@ -131,7 +149,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   trainer = train.make_trainer(config, mesh, _info(config, num_train))
   d, in_batch = config.dataset, sharding.batch_sharding(mesh)
   view = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
-                              jnp.float32, sharding=in_batch)
+                              view_dtype(config, num_train), sharding=in_batch)
   batch = {"view1": view, "view2": view,
            "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=in_batch)}
   chips, chip = len(devices), tpu.chip

@@ -178,3 +178,16 @@ def test_row_round_trips_to_json_and_formats(smoke_rows):
   assert aot.Row(**dataclasses.asdict(row)) == row
   line = aot.format_row(row)
   assert line.count("|") == aot.HEADER.count("|")
+
+
+def test_views_compile_in_the_dtype_the_run_sends():
+  """A streamed split (ImageNet) sends uint8 views, an in-memory one float32; the fields win."""
+  import importlib  # noqa: PLC0415
+  in1k = importlib.import_module("configs.in1k").get_config(None)
+  default = importlib.import_module("configs.default").get_config(None)
+  assert aot.view_dtype(in1k) == "uint8"
+  assert aot.view_dtype(default) == "float32"
+  default.dataset.in_memory = False
+  assert aot.view_dtype(default) == "uint8"
+  in1k.dataset.view_dtype = "float32"
+  assert aot.view_dtype(in1k) == "float32"

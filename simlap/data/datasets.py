@@ -23,7 +23,7 @@ from simlap.data import fashion_mnist
 # TensorFlow only feeds the host pipeline; it must never take GPU memory away from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-_IN_MEMORY_MAX_BYTES = 1 << 30  # larger splits are streamed (see train_stream's docstring)
+IN_MEMORY_MAX_BYTES = 1 << 30  # larger splits are streamed (see train_stream's docstring)
 ConfigDict = ml_collections.ConfigDict
 
 
@@ -203,11 +203,11 @@ def load_arrays(builder, split: Any, d: ConfigDict, with_ids: bool) -> dict[str,
 def _in_memory(builder, config: ConfigDict) -> bool:
   if config.dataset.get("in_memory") is not None:
     return bool(config.dataset.in_memory)
-  return (builder.info.dataset_size or 0) <= _IN_MEMORY_MAX_BYTES
+  return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES
 
 
 def in_memory(builder, config: ConfigDict) -> bool:
   """Whether `config`'s train split is read into memory (exact, free resume) or streamed."""
   if config.dataset.get("in_memory") is not None:
     return bool(config.dataset.in_memory)
-  return (builder.info.dataset_size or 0) <= _IN_MEMORY_MAX_BYTES
+  return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES
