@@ -8,6 +8,8 @@ If Orbax's API moves, only this file changes.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,36 @@ from etils import epath
 
 _STATE = "state"
 _META = "meta"
+
+
+class SaveFailedError(RuntimeError):
+  """A checkpoint write failed; the run must stop (see `Checkpointer.check_saves`)."""
+
+  def __init__(self, step: int, path: str, last_good: int | None, cause: BaseException):
+    self.step, self.path, self.last_good = step, path, last_good
+    self.cause = describe_cause(cause)
+    good = f"step {last_good}" if last_good is not None else "none"
+    super().__init__(f"saving the checkpoint of step {step} failed: {self.cause}; path {path}; "
+                     f"last good checkpoint: {good}")
+
+
+def describe_cause(e: BaseException) -> str:
+  """The root cause of a failed write in a few words, e.g. "no space left on device".
+
+  Orbax wraps the OSError of a full disk in several layers of TensorStore messages; the
+  errno, wherever it is in the chain, says it best.
+  """
+  seen = []
+  while e is not None and e not in seen:
+    seen.append(e)
+    if isinstance(e, OSError) and e.errno:
+      return os.strerror(e.errno).lower()
+    match = re.search(r"\[os_error_code='(\d+)'\]", str(e))
+    if match:
+      return os.strerror(int(match.group(1))).lower()
+    e = e.__cause__ or e.__context__
+  first = seen[0]
+  return f"{type(first).__name__}: {(str(first).splitlines() or [''])[0][:200]}"
 
 
 class _Manager(ocp.CheckpointManager):
@@ -63,6 +95,8 @@ class Checkpointer:
         enable_async_checkpointing=True,
     )
     self._manager = _Manager(self.directory, options=options, item_names=(_STATE, _META))
+    self._pending: int | None = None  # the step whose asynchronous save is not yet checked
+    self._last_good = self._manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -71,10 +105,41 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Saves if the interval policy (or `force`) says so; returns whether a save started."""
-    return self._manager.save(
-        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                         _META: ocp.args.JsonSave(meta)}), force=force)
+    """Saves if the interval policy (or `force`) says so; returns whether a save started.
+
+    Raises SaveFailedError if this or the previous save failed.
+    """
+    self.check_saves(wait=True)
+    try:
+      started = self._manager.save(
+          step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                           _META: ocp.args.JsonSave(meta)}), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise SaveFailedError(step, str(self.directory / str(step)), self._last_good, e) from e
+    if started:
+      self._pending = step
+    return started
+
+  def check_saves(self, *, wait: bool = False) -> None:
+    """Raises SaveFailedError once the pending asynchronous save has failed.
+
+    Cheap when nothing is pending or the save is still running (call it every step): a failed
+    save must stop the run at once, not at the next save, `checkpoint_every` steps later.
+    `wait`: block until the pending save ends, then check it.
+    """
+    if self._pending is None or (not wait and self._manager.is_saving_in_progress()):
+      return
+    step, self._pending = self._pending, None
+    path = str(self.directory / str(step))
+    try:
+      self._manager.wait_until_finished()  # the finalize thread's error, if any
+      self._manager.check_for_errors()  # the commit threads' errors
+    except Exception as e:  # pylint: disable=broad-except
+      raise SaveFailedError(step, path, self._last_good, e) from e
+    if not (self.directory / str(step)).exists():  # Orbax skipped finalizing it
+      raise SaveFailedError(step, path, self._last_good,
+                            RuntimeError("the checkpoint was not finalized (see the log)"))
+    self._last_good = step
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[Any, dict[str, Any], int] | None:
@@ -147,11 +212,11 @@ class Checkpointer:
     return str(target)
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk; SaveFailedError if one failed."""
+    self.check_saves(wait=True)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.check_saves(wait=True)
     self._manager.close()
 
 
