@@ -152,22 +152,53 @@ class Checkpointer:
     sees it, so the resumed run can save that step again), and the next older one is tried: a
     crash mid-write must never end a run.
     """
+    if step is not None and step not in self.all_steps():
+      raise ValueError(f"no checkpoint of step {step} in {self.directory}; steps that exist: "
+                       f"{', '.join(map(str, self.all_steps())) or 'none'}")
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for candidate in candidates:
+      restored, error = self._try_restore(candidate, abstract_state)
+      # Every process's verdict, before anything is set aside: a read error on one host alone
+      # must not send it down another path than its peers (the job would hang in barriers),
+      # nor set aside a checkpoint the others read well.
+      bad_here = error is not None
+      bad_anywhere = _any_process(bad_here)
+      if not bad_anywhere:
+        state, meta = restored
+        return state, meta, candidate
+      if step is not None:
+        raise error if bad_here else RuntimeError(
+            f"checkpoint at step {candidate} is unreadable on another process")
+      if not bad_here:
+        error = RuntimeError("unreadable on another process")
+      moved = self._set_aside(candidate)
+      logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s "
+                      "and falling back to an older one", candidate, self.directory,
+                      type(error).__name__,
+                      str(error).splitlines()[0][:300] if str(error) else "", moved)
+    return None
+
+  def _try_restore(self, step: int, abstract_state: Any, attempts: int = 2
+                   ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
+    """((state, meta), None) or (None, the error), after `attempts` reads: a transient read
+    error (a flaky network file system) must not set a good checkpoint aside. Local only: no
+    collective runs here, so a process that fails cannot leave its peers waiting."""
+    error = None
+    for attempt in range(attempts):
       try:
-        restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}))
         state = restored[_STATE]
-        _check_finite(state, candidate)
-        return state, dict(restored[_META] or {}), candidate
+        bad = _first_nonfinite(state)
+        if bad:
+          return None, FloatingPointError(f"non-finite values in {bad} at step {step}")
+        return (state, dict(restored[_META] or {})), None
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise
-        moved = self._set_aside(candidate)
-        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s "
-                        "and falling back to an older one", candidate, self.directory,
-                        type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", moved)
-    return None
+        error = e
+        if attempt + 1 < attempts:
+          logging.warning("reading the checkpoint at step %d failed (%s: %s); retrying", step,
+                          type(e).__name__, (str(e).splitlines() or [""])[0][:300])
+    return None, error
 
   def restore_arrays(self, step: int | None = None
                      ) -> tuple[Any, dict[str, Any], int] | None:
@@ -220,15 +251,21 @@ class Checkpointer:
     self._manager.close()
 
 
-def _check_finite(state: Any, step: int) -> None:
-  """A restored state with NaN/Inf is treated like a damaged checkpoint.
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process (an all-gather; every process must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
-  Checked on the host, shard by shard: restore runs once per job, and a jitted check would
-  compile a reduction per leaf shape (~20 s for ~150 leaves on a busy 2-core CPU). With
-  several processes each checks its own shards and all agree on the verdict, so they all
-  fall back to the same step.
+
+def _first_nonfinite(state: Any) -> str:
+  """The path of the first leaf with NaN/Inf in this process's shards; "" if none.
+
+  A restored state with NaN/Inf is treated like a damaged checkpoint. Checked on the host,
+  shard by shard: restore runs once per job, and a jitted check would compile a reduction per
+  leaf shape (~20 s for ~150 leaves on a busy 2-core CPU). With several processes each checks
+  its own shards; `restore` then combines every process's verdict.
   """
-  bad = ""
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     if not (hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating)):
       continue
@@ -236,10 +273,5 @@ def _check_finite(state: Any, step: int) -> None:
     shards = ({str(s.index): s.data for s in leaf.addressable_shards}.values()
               if isinstance(leaf, jax.Array) else [leaf])
     if not all(np.isfinite(np.asarray(s)).all() for s in shards):
-      bad = jax.tree_util.keystr(path)
-      break
-  if jax.process_count() > 1:
-    any_bad = multihost_utils.process_allgather(np.asarray(bool(bad)))
-    bad = bad or ("<a shard on another process>" if np.any(any_bad) else "")
-  if bad:
-    raise FloatingPointError(f"non-finite values in {bad} at step {step}")
+      return jax.tree_util.keystr(path)
+  return ""

@@ -305,3 +305,26 @@ def test_bad_flags_give_one_line_and_exit_2(launcher, tmp_path, args, expected):
   assert len(lines) == 1 and expected in lines[0], proc.stderr
   assert _no_traceback(proc.stderr), proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_step_lists_the_steps_that_exist(tmp_path):
+  """`simlap.evaluate --step=99999` restores through this: it names the steps there are."""
+  import numpy as np  # noqa: PLC0415
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep=3)
+  for step in (2, 4):
+    ckpt.save(step, {"w": np.zeros(3, np.float32)}, {"step": step})
+  ckpt.close()
+  with pytest.raises(ValueError, match=r"no checkpoint of step 99999 in .*; steps that exist: "
+                                       r"2, 4$"):
+    checkpointing.Checkpointer(str(tmp_path), every_steps=1, keep=3).restore({}, step=99999)
+
+
+def test_a_damaged_convert_source_names_the_file(tmp_path):
+  from simlap import convert  # noqa: PLC0415
+  path = tmp_path / "resnet18.safetensors"
+  path.write_bytes(b"\xff" * 64)  # a header length far past the end: "header too large"
+  with pytest.raises(ValueError) as err:
+    convert.read_state_dict(str(path))
+  assert str(path) in str(err.value) and "damaged or not a .safetensors" in str(err.value)
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    convert.read_state_dict(str(tmp_path / "missing.safetensors"))
