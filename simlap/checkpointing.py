@@ -157,20 +157,12 @@ class Checkpointer:
                        f"{', '.join(map(str, self.all_steps())) or 'none'}")
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for candidate in candidates:
-      restored, error = self._try_restore(candidate, abstract_state)
-      # Every process's verdict, before anything is set aside: a read error on one host alone
-      # must not send it down another path than its peers (the job would hang in barriers),
-      # nor set aside a checkpoint the others read well.
-      bad_here = error is not None
-      bad_anywhere = _any_process(bad_here)
-      if not bad_anywhere:
+      restored, error = self._agreed_restore(candidate, abstract_state)
+      if restored is not None:
         state, meta = restored
         return state, meta, candidate
       if step is not None:
-        raise error if bad_here else RuntimeError(
-            f"checkpoint at step {candidate} is unreadable on another process")
-      if not bad_here:
-        error = RuntimeError("unreadable on another process")
+        raise error
       moved = self._set_aside(candidate)
       logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s "
                       "and falling back to an older one", candidate, self.directory,
@@ -178,26 +170,42 @@ class Checkpointer:
                       str(error).splitlines()[0][:300] if str(error) else "", moved)
     return None
 
-  def _try_restore(self, step: int, abstract_state: Any, attempts: int = 2
-                   ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
-    """((state, meta), None) or (None, the error), after `attempts` reads: a transient read
-    error (a flaky network file system) must not set a good checkpoint aside. Local only: no
-    collective runs here, so a process that fails cannot leave its peers waiting."""
-    error = None
+  def _agreed_restore(self, step: int, abstract_state: Any, attempts: int = 2
+                      ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
+    """((state, meta), None) if every process read `step` well, else (None, the error).
+
+    A failed read is retried (a transient error of a network file system must not set a good
+    checkpoint aside), and after each attempt every process's verdict is all-gathered: one
+    host's read error must not send it alone into `_set_aside`'s barriers while its peers
+    start training (the job would hang), nor set aside a checkpoint the others read well.
+    Every process makes the same calls in the same order: each attempt is one Orbax restore
+    (which ends in a barrier; a process whose read failed joins that barrier itself) and one
+    all-gather.
+    """
+    error: Exception | None = None
     for attempt in range(attempts):
+      restored, error = None, None
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        out = self._manager.restore(step, args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}))
-        state = restored[_STATE]
-        bad = _first_nonfinite(state)
+        bad = _first_nonfinite(out[_STATE])
         if bad:
-          return None, FloatingPointError(f"non-finite values in {bad} at step {step}")
-        return (state, dict(restored[_META] or {})), None
+          error = FloatingPointError(f"non-finite values in {bad} at step {step}")
+        else:
+          restored = (out[_STATE], dict(out[_META] or {}))
       except Exception as e:  # pylint: disable=broad-except
         error = e
-        if attempt + 1 < attempts:
-          logging.warning("reading the checkpoint at step %d failed (%s: %s); retrying", step,
-                          type(e).__name__, (str(e).splitlines() or [""])[0][:300])
+        _join_restore_barrier()
+      if not _any_process(error is not None):
+        return restored, None
+      if error is None:
+        error = RuntimeError(f"the checkpoint at step {step} is unreadable on another process")
+      if attempt + 1 < attempts and not isinstance(error, FloatingPointError):
+        logging.warning("reading the checkpoint at step %d failed on at least one process "
+                        "(here: %s: %s); retrying", step, type(error).__name__,
+                        (str(error).splitlines() or [""])[0][:300])
+      elif isinstance(error, FloatingPointError):
+        break  # NaN stays NaN: no retry
     return None, error
 
   def restore_arrays(self, step: int | None = None
@@ -249,6 +257,14 @@ class Checkpointer:
   def close(self) -> None:
     self.check_saves(wait=True)
     self._manager.close()
+
+
+def _join_restore_barrier() -> None:
+  """The barrier that ends Orbax's restore (`Checkpointer.restore`), for a process whose read
+  raised before it: its peers wait there, and then all meet in `_any_process`."""
+  if jax.process_count() > 1:
+    multihost = ocp.multihost
+    multihost.sync_global_processes(multihost.unique_barrier_key("Checkpointer:restore"))
 
 
 def _any_process(flag: bool) -> bool:

@@ -97,6 +97,21 @@ def write_json(path: str, value: Any, indent: int = 2) -> None:
     json.dump(value, f, indent=indent)
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` (local or a URL), folders created."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
+
+
+def listdir(path: str) -> list[str]:
+  """Entry names of the folder `path` (local or a URL; object stores' trailing "/" removed);
+  [] when it does not exist."""
+  if not tf.io.gfile.isdir(path):
+    return []
+  return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config as W/config.json (what `load_config` and resume checks read)."""
   with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
