@@ -259,12 +259,16 @@ class Checkpointer:
     self._manager.close()
 
 
+# The name of the barrier that ends Orbax's `Checkpointer.restore` (its key prefix is ""):
+# tests/test_checkpoint_agreement.py checks it against the name Orbax really uses.
+RESTORE_BARRIER = ocp.multihost.unique_barrier_key("Checkpointer:restore", prefix="")
+
+
 def _join_restore_barrier() -> None:
-  """The barrier that ends Orbax's restore (`Checkpointer.restore`), for a process whose read
-  raised before it: its peers wait there, and then all meet in `_any_process`."""
+  """The barrier that ends Orbax's restore, for a process whose read raised before it: its
+  peers wait there, and then all meet in `_any_process`."""
   if jax.process_count() > 1:
-    multihost = ocp.multihost
-    multihost.sync_global_processes(multihost.unique_barrier_key("Checkpointer:restore"))
+    ocp.multihost.sync_global_processes(RESTORE_BARRIER)
 
 
 def _any_process(flag: bool) -> bool:
