@@ -8,6 +8,8 @@ If Orbax's API moves, only this file changes.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +21,36 @@ from etils import epath
 
 _STATE = "state"
 _META = "meta"
+
+
+class SaveFailedError(RuntimeError):
+  """A checkpoint write failed; the run must stop (see `Checkpointer.check_saves`)."""
+
+  def __init__(self, step: int, path: str, last_good: int | None, cause: BaseException):
+    self.step, self.path, self.last_good = step, path, last_good
+    self.cause = describe_cause(cause)
+    good = f"step {last_good}" if last_good is not None else "none"
+    super().__init__(f"saving the checkpoint of step {step} failed: {self.cause}; path {path}; "
+                     f"last good checkpoint: {good}")
+
+
+def describe_cause(e: BaseException) -> str:
+  """The root cause of a failed write in a few words, e.g. "no space left on device".
+
+  Orbax wraps the OSError of a full disk in several layers of TensorStore messages; the
+  errno, wherever it is in the chain, says it best.
+  """
+  seen = []
+  while e is not None and e not in seen:
+    seen.append(e)
+    if isinstance(e, OSError) and e.errno:
+      return os.strerror(e.errno).lower()
+    match = re.search(r"\[os_error_code='(\d+)'\]", str(e))
+    if match:
+      return os.strerror(int(match.group(1))).lower()
+    e = e.__cause__ or e.__context__
+  first = seen[0]
+  return f"{type(first).__name__}: {(str(first).splitlines() or [''])[0][:200]}"
 
 
 class _Manager(ocp.CheckpointManager):
@@ -63,6 +95,8 @@ class Checkpointer:
         enable_async_checkpointing=True,
     )
     self._manager = _Manager(self.directory, options=options, item_names=(_STATE, _META))
+    self._pending: int | None = None  # the step whose asynchronous save is not yet checked
+    self._last_good = self._manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -71,10 +105,41 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Saves if the interval policy (or `force`) says so; returns whether a save started."""
-    return self._manager.save(
-        step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
-                                         _META: ocp.args.JsonSave(meta)}), force=force)
+    """Saves if the interval policy (or `force`) says so; returns whether a save started.
+
+    Raises SaveFailedError if this or the previous save failed.
+    """
+    self.check_saves(wait=True)
+    try:
+      started = self._manager.save(
+          step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
+                                           _META: ocp.args.JsonSave(meta)}), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise SaveFailedError(step, str(self.directory / str(step)), self._last_good, e) from e
+    if started:
+      self._pending = step
+    return started
+
+  def check_saves(self, *, wait: bool = False) -> None:
+    """Raises SaveFailedError once the pending asynchronous save has failed.
+
+    Cheap when nothing is pending or the save is still running (call it every step): a failed
+    save must stop the run at once, not at the next save, `checkpoint_every` steps later.
+    `wait`: block until the pending save ends, then check it.
+    """
+    if self._pending is None or (not wait and self._manager.is_saving_in_progress()):
+      return
+    step, self._pending = self._pending, None
+    path = str(self.directory / str(step))
+    try:
+      self._manager.wait_until_finished()  # the finalize thread's error, if any
+      self._manager.check_for_errors()  # the commit threads' errors
+    except Exception as e:  # pylint: disable=broad-except
+      raise SaveFailedError(step, path, self._last_good, e) from e
+    if not (self.directory / str(step)).exists():  # Orbax skipped finalizing it
+      raise SaveFailedError(step, path, self._last_good,
+                            RuntimeError("the checkpoint was not finalized (see the log)"))
+    self._last_good = step
 
   def restore(self, abstract_state: Any, step: int | None = None
               ) -> tuple[Any, dict[str, Any], int] | None:
@@ -87,22 +152,61 @@ class Checkpointer:
     sees it, so the resumed run can save that step again), and the next older one is tried: a
     crash mid-write must never end a run.
     """
+    if step is not None and step not in self.all_steps():
+      raise ValueError(f"no checkpoint of step {step} in {self.directory}; steps that exist: "
+                       f"{', '.join(map(str, self.all_steps())) or 'none'}")
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for candidate in candidates:
-      try:
-        restored = self._manager.restore(candidate, args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}))
-        state = restored[_STATE]
-        _check_finite(state, candidate)
-        return state, dict(restored[_META] or {}), candidate
-      except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise
-        moved = self._set_aside(candidate)
-        logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s "
-                        "and falling back to an older one", candidate, self.directory,
-                        type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", moved)
+      restored, error = self._agreed_restore(candidate, abstract_state)
+      if restored is not None:
+        state, meta = restored
+        return state, meta, candidate
+      if step is not None:
+        raise error
+      moved = self._set_aside(candidate)
+      logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s "
+                      "and falling back to an older one", candidate, self.directory,
+                      type(error).__name__,
+                      str(error).splitlines()[0][:300] if str(error) else "", moved)
     return None
+
+  def _agreed_restore(self, step: int, abstract_state: Any, attempts: int = 2
+                      ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
+    """((state, meta), None) if every process read `step` well, else (None, the error).
+
+    A failed read is retried (a transient error of a network file system must not set a good
+    checkpoint aside), and after each attempt every process's verdict is all-gathered: one
+    host's read error must not send it alone into `_set_aside`'s barriers while its peers
+    start training (the job would hang), nor set aside a checkpoint the others read well.
+    Every process makes the same calls in the same order: each attempt is one Orbax restore
+    (which ends in a barrier; a process whose read failed joins that barrier itself) and one
+    all-gather.
+    """
+    error: Exception | None = None
+    for attempt in range(attempts):
+      restored, error = None, None
+      try:
+        out = self._manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state), _META: ocp.args.JsonRestore()}))
+        bad = _first_nonfinite(out[_STATE])
+        if bad:
+          error = FloatingPointError(f"non-finite values in {bad} at step {step}")
+        else:
+          restored = (out[_STATE], dict(out[_META] or {}))
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+        _join_restore_barrier()
+      if not _any_process(error is not None):
+        return restored, None
+      if error is None:
+        error = RuntimeError(f"the checkpoint at step {step} is unreadable on another process")
+      if attempt + 1 < attempts and not isinstance(error, FloatingPointError):
+        logging.warning("reading the checkpoint at step %d failed on at least one process "
+                        "(here: %s: %s); retrying", step, type(error).__name__,
+                        (str(error).splitlines() or [""])[0][:300])
+      elif isinstance(error, FloatingPointError):
+        break  # NaN stays NaN: no retry
+    return None, error
 
   def restore_arrays(self, step: int | None = None
                      ) -> tuple[Any, dict[str, Any], int] | None:
@@ -147,23 +251,41 @@ class Checkpointer:
     return str(target)
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk; SaveFailedError if one failed."""
+    self.check_saves(wait=True)
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.check_saves(wait=True)
     self._manager.close()
 
 
-def _check_finite(state: Any, step: int) -> None:
-  """A restored state with NaN/Inf is treated like a damaged checkpoint.
+# The name of the barrier that ends Orbax's `Checkpointer.restore` (its key prefix is ""):
+# tests/test_checkpoint_agreement.py checks it against the name Orbax really uses.
+RESTORE_BARRIER = ocp.multihost.unique_barrier_key("Checkpointer:restore", prefix="")
 
-  Checked on the host, shard by shard: restore runs once per job, and a jitted check would
-  compile a reduction per leaf shape (~20 s for ~150 leaves on a busy 2-core CPU). With
-  several processes each checks its own shards and all agree on the verdict, so they all
-  fall back to the same step.
+
+def _join_restore_barrier() -> None:
+  """The barrier that ends Orbax's restore, for a process whose read raised before it: its
+  peers wait there, and then all meet in `_any_process`."""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(RESTORE_BARRIER)
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process (an all-gather; every process must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def _first_nonfinite(state: Any) -> str:
+  """The path of the first leaf with NaN/Inf in this process's shards; "" if none.
+
+  A restored state with NaN/Inf is treated like a damaged checkpoint. Checked on the host,
+  shard by shard: restore runs once per job, and a jitted check would compile a reduction per
+  leaf shape (~20 s for ~150 leaves on a busy 2-core CPU). With several processes each checks
+  its own shards; `restore` then combines every process's verdict.
   """
-  bad = ""
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     if not (hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating)):
       continue
@@ -171,10 +293,5 @@ def _check_finite(state: Any, step: int) -> None:
     shards = ({str(s.index): s.data for s in leaf.addressable_shards}.values()
               if isinstance(leaf, jax.Array) else [leaf])
     if not all(np.isfinite(np.asarray(s)).all() for s in shards):
-      bad = jax.tree_util.keystr(path)
-      break
-  if jax.process_count() > 1:
-    any_bad = multihost_utils.process_allgather(np.asarray(bool(bad)))
-    bad = bad or ("<a shard on another process>" if np.any(any_bad) else "")
-  if bad:
-    raise FloatingPointError(f"non-finite values in {bad} at step {step}")
+      return jax.tree_util.keystr(path)
+  return ""

@@ -21,7 +21,6 @@ each step), comparison.md a table per step, and W/comparison_curves.png plots kN
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import shlex
@@ -118,8 +117,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
   for m in methods:
     if m not in config_schema.METHODS:
       raise ValueError(f"unknown method {m!r}; choose from {sorted(config_schema.METHODS)}")
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_lib.prepare(workdir)  # URLs (gs://) stay URLs: no os.path.abspath
   t_start = time.time()
   # Seed-major: an interrupted grid has every method at the first seeds, not half the methods.
   grid = [(m, int(s)) for s in seeds for m in methods]
@@ -139,7 +137,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     t = time.time()
     if not trained:
       ckpts = os.path.join(rdir, "checkpoints")
-      resumed = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+      resumed = any(n.isdigit() for n in workdir_lib.listdir(ckpts))
       log(f"{tag}: training{' (resuming)' if resumed else ''} -> {rdir}")
       summary = train.train_and_evaluate(cfg, rdir)
       trained_now += 1
@@ -189,10 +187,8 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     from simlap import plots  # noqa: PLC0415 - matplotlib only when a figure is drawn
     plots.plot_budget_curves(out["per_step"], os.path.join(workdir, CURVES_PNG), CURVE_PANELS)
     out["curves"] = CURVES_PNG
-  with open(os.path.join(workdir, "comparison.json"), "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=1)
-  with open(os.path.join(workdir, "comparison.md"), "w", encoding="utf-8") as f:
-    f.write(table_markdown(out))
+  workdir_lib.write_json(os.path.join(workdir, "comparison.json"), out, indent=1)
+  workdir_lib.write_text(os.path.join(workdir, "comparison.md"), table_markdown(out))
   log(f"table: {os.path.join(workdir, 'comparison.md')}")
   return out
 

@@ -83,10 +83,8 @@ def step_dir(rdir: str, step: int) -> str:
 
 def checkpoint_steps(rdir: str) -> list[int]:
   """Steps of rdir/checkpoints/<step>/, ascending (set-aside `<step>.damaged` ones excluded)."""
-  directory = os.path.join(rdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  names = workdir_lib.listdir(os.path.join(rdir, "checkpoints"))  # local or gs://
+  return sorted(int(name) for name in names if name.isdigit())
 
 
 def step_results(rdir: str, step: int) -> dict[str, Any] | None:

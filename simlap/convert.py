@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -79,17 +80,26 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
   DistributedDataParallel's "module." prefix is removed.
   """
-  if path.endswith(".safetensors"):
-    from safetensors import numpy as st_numpy  # noqa: PLC0415 - only this format needs it
-    sd = st_numpy.load_file(path)
-  elif path.endswith(".npz"):
-    with np.load(path) as f:
-      sd = {k: f[k] for k in f.files}
-  elif path.endswith(PYTORCH_SUFFIXES) or zipfile.is_zipfile(path):
-    sd = _torch_state_dict(path)
-  else:
-    raise ValueError(f"unknown checkpoint format {path!r}: expected .safetensors, .npz or a "
-                     f"PyTorch file {PYTORCH_SUFFIXES}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--source {path!r}: no such file")
+  try:
+    if path.endswith(".safetensors"):
+      from safetensors import numpy as st_numpy  # noqa: PLC0415 - only this format needs it
+      sd = st_numpy.load_file(path)
+    elif path.endswith(".npz"):
+      with np.load(path) as f:
+        sd = {k: f[k] for k in f.files}
+    elif path.endswith(PYTORCH_SUFFIXES) or zipfile.is_zipfile(path):
+      sd = _torch_state_dict(path)
+    else:
+      raise ValueError(f"unknown checkpoint format {path!r}: expected .safetensors, .npz or a "
+                       f"PyTorch file {PYTORCH_SUFFIXES}")
+  except (ValueError, OSError, ImportError):
+    raise
+  except Exception as e:  # pylint: disable=broad-except - SafetensorError, zip and pickle errors
+    raise ValueError(f"--source {path!r} is damaged or not a {os.path.splitext(path)[1] or 'known'}"
+                     f" checkpoint ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})"
+                     ) from e
   return {k.removeprefix("module."): np.asarray(v) for k, v in sd.items()}
 
 
@@ -194,6 +204,16 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   return meta
 
 
+def _cli(argv: Sequence[str]) -> None:
+  from simlap import errors  # noqa: PLC0415
+  try:
+    main(argv)
+  except (app.UsageError, SystemExit):
+    raise
+  except BaseException as e:  # pylint: disable=broad-except - one line, see simlap/errors.py
+    sys.exit(errors.report("convert", e))
+
+
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: main(argv) and None)
+  app.run(_cli)

@@ -10,6 +10,7 @@ keeps them), so W/eval/results.json stays the evaluation of the latest checkpoin
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,10 +78,20 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   return res
 
 
+def _cli(argv: Sequence[str]) -> None:
+  """`main` without its return value (app.run would print the results dict and exit 1), with
+  errors as one line `simlap.evaluate: error: ...` (simlap/errors.py)."""
+  from simlap import errors  # noqa: PLC0415
+  try:
+    main(argv)
+  except (app.UsageError, SystemExit):
+    raise
+  except BaseException as e:  # pylint: disable=broad-except
+    sys.exit(errors.report("evaluate", e))
+
+
 if __name__ == "__main__":
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TFDS_DISABLE_GCS", "1")
   define_flags()
-  # app.run exits with main's return value: returning the results dict would print it whole
-  # and exit with status 1.
-  app.run(lambda argv: main(argv) and None)
+  app.run(_cli)

@@ -7,8 +7,13 @@ Multi-process jobs: on Cloud TPU pods and under SLURM (one task per GPU) JAX fin
 itself; elsewhere pass --coordinator_address, --num_processes and --process_id (and
 --local_device_ids when a process should see only some local devices).
 
-A process that fails in a multi-process job exits at once (status 1) instead of waiting in JAX's
-shutdown barrier for peers that are themselves blocked in a collective on it: its closed
+Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
+flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
+W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir: process 0
+holds its lease (simlap/lease.py) and a second run is refused.
+
+A process that fails in a multi-process job exits at once (status 1 or 2) instead of waiting in
+JAX's shutdown barrier for peers that are themselves blocked in a collective on it: its closed
 connections make their collectives fail too, so the whole job stops within seconds. A process
 that hangs or is killed without an error is declared dead by the coordinator after
 --heartbeat_timeout_seconds, which then stops the others. A SIGTERM (preemption) to any process
@@ -81,20 +86,50 @@ def _connect_cpu_collectives() -> None:
     raise RuntimeError(f"all-device sum is {int(total)}, expected {jax.device_count()}")
 
 
-def _exit_now() -> None:
-  """Logs the exception and exits with status 1, skipping `jax.distributed.shutdown`.
+def _claim_workdir(workdir: str):
+  """Checks and prepares `workdir` and takes its lease on process 0; every process gets the
+  same verdict (all refuse or all go on). Returns (resolved workdir, lease or None)."""
+  with console.quiet_native_stderr():
+    from simlap import lease as lease_lib  # noqa: PLC0415 - imports TensorFlow
+    from simlap import workdir as workdir_lib  # noqa: PLC0415
+  workdir = workdir_lib.prepare(workdir)  # refuses an empty one before anything is written
+  lease, refusal = None, None
+  if jax.process_index() == 0:
+    lease = lease_lib.Lease(workdir)
+    try:
+      lease.acquire()
+    except lease_lib.WorkdirBusyError as e:
+      lease, refusal = None, e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    refused = int(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+    if refused and refusal is None:
+      refusal = lease_lib.WorkdirBusyError(
+          f"workdir {workdir!r} is in use by another run (process 0 could not take its lease)")
+  if refusal is not None:
+    raise refusal
+  return workdir, lease
 
-  The atexit shutdown barrier would wait (up to its 5-minute timeout) for peers that are
-  blocked in a collective with this process; exiting closes its connections instead, so they
-  fail at once with a collective error and exit through here too.
+
+def _exit(status: int, lease=None) -> None:
+  """Releases the lease, flushes the logs and exits at once with `status`.
+
+  At once: JAX's atexit shutdown barrier would wait (up to its 5-minute timeout) for peers
+  blocked in a collective with this process, and interpreter shutdown would wait for Orbax's
+  and TensorFlow's threads (and print their errors). Exiting closes the connections instead,
+  so peers fail at once with a collective error and exit through here too.
   """
-  logging.exception("process %d of %d failed; exiting now so the other processes stop too",
-                    jax.process_index(), jax.process_count())
+  if lease is not None:
+    try:
+      lease.release()
+    except Exception:  # pylint: disable=broad-except
+      logging.warning("could not release the workdir lease", exc_info=True)
   for handler in logging.getLogger().handlers:
     handler.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(1)  # skips the atexit shutdown barrier on purpose (see the docstring)
+  os._exit(status)  # skips the atexit shutdown barrier and thread joins on purpose
 
 
 def main(argv):
@@ -102,6 +137,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   console.filter_console()  # before JAX's first log line (e.g. probing for a TPU)
   platforms.skip_absent_tpu()
+  from simlap import errors  # noqa: PLC0415
+  try:
+    _CONFIG.value.get("method")  # a config file that failed to load raises here
+  except Exception as e:  # pylint: disable=broad-except
+    _exit(errors.report("main", e))
   if _should_initialize_distributed():
     local_ids = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
@@ -111,22 +151,28 @@ def main(argv):
   logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  log_file = console.log_to_file(_WORKDIR.value, jax.process_index())
-  if log_file:
-    logging.info("full log: %s", log_file)
   multi_process = jax.process_count() > 1
+  lease = None
   try:
     if multi_process and jax.devices()[0].platform == "cpu":
       _connect_cpu_collectives()
+    # Before the log file: a refused run must not write into the owner's log.
+    workdir, lease = _claim_workdir(_WORKDIR.value)
+    log_file = console.log_to_file(workdir, jax.process_index())
+    if log_file:
+      logging.info("full log: %s", log_file)
     # Imported here, after distributed init (keeps `--help` instant), with TensorFlow's
     # import-time C++ notices kept off the console.
     with console.quiet_native_stderr():
       from simlap import train  # noqa: PLC0415
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except BaseException:  # pylint: disable=broad-except
-    if not multi_process:
-      raise
-    _exit_now()
+    summary = train.train_and_evaluate(_CONFIG.value, workdir)
+  except BaseException as e:  # pylint: disable=broad-except
+    if multi_process:
+      logging.error("process %d of %d failed; exiting now so the other processes stop too",
+                    jax.process_index(), jax.process_count())
+    _exit(errors.report("main", e), lease)
+  if lease is not None:
+    lease.release()
   if jax.process_index() == 0:
     print("\n==== simlap summary ====")
     print(json.dumps(summary, indent=2))
@@ -134,5 +180,40 @@ def main(argv):
     print(f"Checkpoints: {os.path.join(summary['workdir'], 'checkpoints')}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config override as one line and exit status 2.
+
+  An unknown `--config.<field>` names the field and the closest valid ones.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except AttributeError as e:  # ml_collections: an override of a field the config lacks
+    message = _unknown_field(argv) or f"bad config override: {e}"
+  print(f"simlap.main: error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+  """'unknown config field ...' for the first `--config.<field>` the schema lacks."""
+  from simlap import config_schema  # noqa: PLC0415
+  from simlap import errors  # noqa: PLC0415
+
+  def flat(tree, prefix=""):
+    for key, value in tree.items():
+      yield f"{prefix}{key}"
+      if hasattr(value, "items"):
+        yield from flat(value, f"{prefix}{key}.")
+  known = list(flat(config_schema.base_config()))
+  for arg in argv:
+    field = arg.split("=", 1)[0].removeprefix("--config.")
+    if arg.startswith("--config.") and field not in known:
+      near = errors.closest(field, known)
+      hint = f"; closest valid: {', '.join(near)}" if near else ""
+      return f"unknown config field {field!r} (--config.{field}){hint}"
+  return None
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -24,9 +25,13 @@ class JsonlWriter(metric_writers.MetricWriter):
   metrics are a few hundred KB at most).
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, resume_step: int | None = None):
+    """`resume_step`: the step a resumed run restored; the file is first healed to it
+    (see `heal`), so that it holds each step once when the run goes on."""
     self._path = path
     self._remote = workdir_lib.is_remote(path)
+    if resume_step is not None:
+      heal(path, resume_step)
     if self._remote:
       tf.io.gfile.makedirs(os.path.dirname(path))
       self._lines = []
@@ -89,16 +94,56 @@ class JsonlWriter(metric_writers.MetricWriter):
       self._file.close()
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
+def heal(path: str, resume_step: int) -> None:
+  """Makes metrics.jsonl fit a run resumed at `resume_step`, rewriting it only if needed.
+
+  A kill in mid-write leaves a torn last line: it is cut off (else the next row is glued onto
+  it and the file no longer parses as JSON lines). Rows past `resume_step` were logged after
+  the checkpoint the run resumed from; the resumed run recomputes them, so they are dropped,
+  with a note, and the file then holds each step once. The new content is written aside and
+  renamed into place: a kill during healing leaves the old file or the new one.
+  """
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path, "rb") as f:
+    data = f.read()
+  lines = data.split(b"\n")
+  torn = lines.pop()  # after the last newline: b"" when the file ends cleanly
+  kept, dropped = [], []
+  for line in lines:
+    try:
+      row = json.loads(line) if line.strip() else None
+    except ValueError:
+      row = None
+    if row is None:
+      torn = torn or line
+      continue
+    (kept if int(row.get("step", 0)) <= resume_step else dropped).append(line)
+  if not torn and not dropped:
+    return
+  if torn:
+    logging.warning("%s: cut off a torn line (%d bytes), left by a run killed mid-write",
+                    path, len(torn))
+  if dropped:
+    logging.info("%s: dropped %d rows past step %d, the step this run resumes from; they "
+                 "are recomputed", path, len(dropped), resume_step)
+  tmp = path + ".heal.tmp"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    f.write(b"".join(line + b"\n" for line in kept))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def create_writer(workdir: str, resume_step: int | None = None) -> metric_writers.MetricWriter:
   """TensorBoard event files + metrics.jsonl in `workdir` on process 0; logging elsewhere.
 
-  Only process 0 writes files, so a multi-host run produces one set of logs.
+  Only process 0 writes files, so a multi-host run produces one set of logs. `resume_step`:
+  see `JsonlWriter`.
   """
   if jax.process_index() != 0:
     return metric_writers.create_default_writer(workdir, just_logging=True)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step),
   ])
 
 

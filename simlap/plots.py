@@ -25,6 +25,15 @@ def _figure(width: float = 6.0, height: float = 4.0):
 
 def save_png(fig, path: str) -> str:
   """Writes `fig` as a PNG to `path` (parent folders created) and returns the path."""
+  if "://" in path:  # gs:// workdirs: matplotlib writes local files only
+    import io  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "wb") as f:
+      f.write(buffer.getvalue())
+    return path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format="png")
   return path

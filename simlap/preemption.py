@@ -21,6 +21,10 @@ one SIGTERM disposition) and the notice never arrives, so multi-process runs ins
 Single process: no coordination service exists (the sync point call returns False), so a Python
 handler sets a flag that the loop reads after each step.
 
+Ctrl-C (SIGINT) stops the same way: inside the loop a handler turns the first one into a
+SIGTERM to this process (so in a multi-process job JAX's notifier sees it and every process
+agrees), and a second Ctrl-C exits at once, with status 130 and no checkpoint.
+
 Counters: 1, 2, ... once per loop step. All processes start the loop from the same restored step,
 so the n-th call is the same step everywhere. A process that has not called yet counts as 0 (JAX's
 initial value), so a notice during startup makes 1 the sync point: the job stops after its first
@@ -30,7 +34,9 @@ off in simlap/checkpointing.py.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from typing import Callable
 
 import jax
@@ -76,6 +82,37 @@ class _LocalSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _CtrlC:
+  """SIGINT inside the loop: the first one saves and stops as SIGTERM does, the second exits."""
+
+  def __init__(self):
+    self._count = 0
+    self._previous = None
+
+  def install(self) -> None:
+    try:
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._count += 1
+    if self._count > 1:
+      logging.warning("second Ctrl-C: exiting now, without a checkpoint")
+      for handler in logging.getLogger().handlers:
+        handler.flush()
+      sys.stderr.flush()
+      os._exit(130)  # at once: no waiting for saves or threads
+    logging.warning("Ctrl-C: saving a checkpoint and stopping after this step "
+                    "(Ctrl-C again to exit at once, without one)")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 class StopRule:
   """After every train step, says whether the loop ends there; the same answer on every process.
 
@@ -87,6 +124,7 @@ class StopRule:
     self._stop_at = stop_at
     self._multi = jax.process_count() > 1
     self._local = _LocalSignal()
+    self._ctrl_c = _CtrlC()
     self._calls = 0
 
   def __enter__(self) -> StopRule:
@@ -94,9 +132,11 @@ class StopRule:
       _warn_if_service_off()
     else:
       self._local.install()
+    self._ctrl_c.install()
     return self
 
   def __exit__(self, *exc) -> None:
+    self._ctrl_c.restore()
     if not self._multi:
       self._local.restore()
 

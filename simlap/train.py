@@ -139,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if jax.process_index() == 0:
     workdir_lib.write_config(config, workdir)
 
-  writer = metrics_io.create_writer(workdir)
+  writer = metrics_io.create_writer(workdir, start_step)  # heals metrics.jsonl to start_step
   if start_step == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
@@ -170,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, next(batches))
       step += 1
+      ckpt.check_saves()  # a failed asynchronous save stops the run now (SaveFailedError)
       # Let dispatch run at most 2 steps ahead of the devices: enough to keep them busy, while
       # steps/s stays honest and SIGTERM stops within a few steps (not a queue of hundreds).
       in_flight.append(metrics["loss"])

@@ -66,9 +66,18 @@ def resolve(workdir: str) -> str:
   return workdir if is_remote(workdir) else os.path.abspath(workdir)
 
 
+def check_given(workdir: str | None) -> str:
+  """Refuses an empty or whitespace workdir (`--workdir=$UNSET`): it would resolve to the
+  current directory and fill it with checkpoints and logs."""
+  if workdir is None or not workdir.strip():
+    raise ValueError(f"--workdir is empty ({workdir!r}); give the directory (or gs:// URL) "
+                     "the run writes to")
+  return workdir
+
+
 def prepare(workdir: str) -> str:
   """Creates `workdir`, proves it writable, and returns it resolved (see `resolve`)."""
-  workdir = resolve(workdir)
+  workdir = resolve(check_given(workdir))
   probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
   try:
     tf.io.gfile.makedirs(workdir)
@@ -88,6 +97,21 @@ def write_json(path: str, value: Any, indent: int = 2) -> None:
     json.dump(value, f, indent=indent)
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` (local or a URL), folders created."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
+
+
+def listdir(path: str) -> list[str]:
+  """Entry names of the folder `path` (local or a URL; object stores' trailing "/" removed);
+  [] when it does not exist."""
+  if not tf.io.gfile.isdir(path):
+    return []
+  return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config as W/config.json (what `load_config` and resume checks read)."""
   with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
@@ -95,8 +119,26 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
-  """The workdir's config.json as a dict; None when it is missing or unreadable."""
-  return read_json(os.path.join(workdir, "config.json"))
+  """The workdir's config.json as a dict; None when it is missing.
+
+  A config.json that exists but cannot be read or parsed raises ValueError naming it and the
+  error: treated as missing, it would switch off `check_resumable` and be overwritten.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  try:
+    with tf.io.gfile.GFile(path, "r") as f:
+      saved = json.load(f)
+  except (OSError, ValueError, tf.errors.OpError) as e:
+    reason = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {reason}); it records the "
+                     "config of the run that wrote this workdir's checkpoints: restore it, or "
+                     "use another --workdir") from e
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} is unreadable (a JSON {type(saved).__name__}, not an object); "
+                     "restore it, or use another --workdir")
+  return saved
 
 
 def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -181,7 +223,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   (so tuples stay tuples and fields added since keep their defaults)."""
   saved = saved_config(workdir)
   if saved is None:
-    raise FileNotFoundError(f"{os.path.join(workdir, 'config.json')} not found or unreadable: "
+    raise FileNotFoundError(f"{os.path.join(workdir, 'config.json')} not found: "
                             f"is {workdir!r} a training workdir?")
   config = config_schema.base_config()
   _merge(config, saved)

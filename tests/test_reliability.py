@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from simlap import checkpointing
+from simlap import metrics_io
 from simlap import config_schema
 from simlap import workdir as workdir_lib
 from simlap import sharding
@@ -130,15 +131,30 @@ def metrics_size(workdir: str) -> int:
   return os.path.getsize(path) if os.path.exists(path) else 0
 
 
-def wait_for_step(proc: subprocess.Popen, workdir: str, step: int, offset: int,
+def logged_steps(proc: subprocess.Popen) -> list[int]:
+  """The steps this run logged on its console (its metrics are in metrics.jsonl too, but a
+  resumed run first heals that file, so byte offsets into it do not mark where it began)."""
+  with open(proc.log_path, encoding="utf-8", errors="replace") as f:  # type: ignore[attr-defined]
+    return [int(s) for s in re.findall(r"train\.py:\d+\] step (\d+)/", f.read())]
+
+
+def resumed_from(proc: subprocess.Popen) -> int:
+  """The step this run restored (0 for a fresh start), from its console."""
+  with open(proc.log_path, encoding="utf-8", errors="replace") as f:  # type: ignore[attr-defined]
+    found = re.findall(r"resumed from the checkpoint at step (\d+) of", f.read())
+  return int(found[-1]) if found else 0
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: str, step: int, offset: int = 0,
                   timeout: float = 120) -> int:
-  """Polls metrics.jsonl (flushed every log step) until this run logged `step`; returns the
-  newest step seen."""
+  """Polls the run's console until it logged `step` (metrics.jsonl is flushed at the same
+  moment); returns the newest step seen. `workdir`, `offset`: unused, kept for callers."""
+  del workdir, offset
   deadline = time.monotonic() + timeout
   while True:
-    rows = loss_rows(workdir, offset)
-    if rows and rows[-1]["step"] >= step:
-      return rows[-1]["step"]
+    steps = logged_steps(proc)
+    if steps and steps[-1] >= step:
+      return steps[-1]
     if proc.poll() is not None:
       pytest.fail(f"run exited ({proc.returncode}) before step {step}:\n{log_tail(proc)}")
     if time.monotonic() > deadline:
@@ -194,27 +210,29 @@ def test_sigkill_at_random_steps_resumes_bitwise(launcher, straight_run, fmnist_
   # Checkpoints every 2 steps: kills land mid-save, right after one, and between saves.
   targets = sorted(random.Random(8).sample(range(3, steps - 3), 5))
   workdir = str(tmp_path / "killed")
-  killed_at, resumed_from = [], []
+  killed_at, resumed = [], []
   for target in targets:
-    offset = metrics_size(workdir)
     proc = launcher.start(workdir, num_steps=steps)
-    killed_at.append(wait_for_step(proc, workdir, target, offset))
+    killed_at.append(wait_for_step(proc, workdir, target))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not os.path.exists(os.path.join(workdir, "summary.json")), "run finished before kill"
-    resumed_from.append(loss_rows(workdir, offset)[0]["step"] - 1)
-  offset = metrics_size(workdir)
-  assert launcher.run(workdir, num_steps=steps)["step"] == steps
-  resumed_from.append(loss_rows(workdir, offset)[0]["step"] - 1)
+    resumed.append(resumed_from(proc))
+  proc = launcher.start(workdir, num_steps=steps)
+  assert proc.wait(timeout=180) == 0, log_tail(proc)
+  resumed.append(resumed_from(proc))
 
   # Each start resumed from a saved (even) step no later than where the last run died, and the
   # last ones really resumed: the comparison below is not between two fresh starts.
-  info = f"killed at {killed_at}, resumed from {resumed_from}"
+  info = f"killed at {killed_at}, resumed from {resumed}"
   print(info)
-  assert resumed_from[0] == 0, info
-  for before, after in zip(killed_at, resumed_from[1:]):
+  assert resumed[0] == 0, info
+  for before, after in zip(killed_at, resumed[1:]):
     assert after % 2 == 0 and after <= before, info
-  assert resumed_from[-1] >= 4, info
+  assert resumed[-1] >= 4, info
+  # Healed on every resume: each step once, in order, the file parses as JSON lines.
+  assert [row["step"] for row in metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "loss" in row] == list(range(1, steps + 1))
 
   assert_same_as_straight_run(straight_run, workdir, fmnist_data_dir)
 
@@ -290,7 +308,6 @@ def test_damaged_checkpoints_fall_back_with_warning(launcher, straight_run, fmni
   _truncate_data_files(os.path.join(ckpts, "14"))
   os.remove(os.path.join(ckpts, "12", "state", "manifest.ocdbt"))
   os.remove(os.path.join(workdir, "summary.json"))
-  offset = metrics_size(workdir)
   proc_summary = launcher.run(workdir, num_steps=_STEPS)
   assert proc_summary["step"] == _STEPS
 
@@ -299,9 +316,10 @@ def test_damaged_checkpoints_fall_back_with_warning(launcher, straight_run, fmni
                           r"and falling back to an older one", f.read())
   assert [(step, os.path.basename(moved)) for step, moved in warnings] == [
       ("14", "14.damaged"), ("12", "12.damaged")], warnings
-  # Resumed from step 10, and steps 11-14 and the final state equal the straight run's: the
-  # fallback restored good data, not garbage.
-  assert [row["step"] for row in loss_rows(workdir, offset)] == [11, 12, 13, 14]
+  # Resumed from step 10 (rows 11-14 of the copied run dropped, then recomputed), and steps
+  # 11-14 and the final state equal the straight run's: the fallback restored good data.
+  assert "resumed from the checkpoint at step 10 of" in open(launcher.last_log).read()
+  assert [row["step"] for row in loss_rows(workdir)] == list(range(1, _STEPS + 1))
   assert_same_as_straight_run(straight_run, workdir, fmnist_data_dir)
   # Set aside, so steps 12 and 14 could be saved again (else StepAlreadyExistsError).
   assert {"12.damaged", "14.damaged", "12", "14"} <= set(os.listdir(ckpts))

@@ -38,8 +38,39 @@ class DatasetInfo:
   extra_label_keys: tuple[str, ...]
 
 
+_PREPARED_BY_PROCESS_0: set[tuple[Any, ...]] = set()
+
+
 def prepared_builder(config: ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder, prepared; raises if that would need a download the config forbids."""
+  """The TFDS builder, prepared; raises if that would need a download the config forbids.
+
+  Multi-process: the first call for a dataset prepares it on process 0 alone while the others
+  wait at a barrier (every host preparing one shared data_dir at once would race on its
+  files), then process 0's verdict is shared, so that all go on or all raise. After it the
+  others find the data prepared (or, with a data_dir per host, prepare their own copy). Every
+  process must make that first call at the same point; later calls need no collective.
+  """
+  d = config.dataset
+  key = (d.name, d.data_dir, d.source_dir, d.manual_dir)
+  if jax.process_count() == 1 or key in _PREPARED_BY_PROCESS_0:
+    return _prepare(config)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  builder, error = None, None
+  if jax.process_index() == 0:
+    try:
+      builder = _prepare(config)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+  failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  _PREPARED_BY_PROCESS_0.add(key)
+  if error is not None:
+    raise error
+  if failed:
+    raise ValueError(f"preparing dataset {d.name!r} failed on process 0 (see its log)")
+  return builder if builder is not None else _prepare(config)
+
+
+def _prepare(config: ConfigDict) -> tfds.core.DatasetBuilder:
   d = config.dataset
   if d.name == fashion_mnist.NAME:
     return fashion_mnist.prepare(d.data_dir, d.source_dir)
