@@ -107,8 +107,13 @@ class StopRule:
     if not _sync_point(self._calls):
       return False
     logging.warning("preemption notice (SIGTERM to at least one process): every process stops "
-                    "after step %d and saves it", step)
+                    "after %s and saves it", f"step {step}" if step >= 0 else "this block")
     return True
+
+  def preempted_now(self) -> bool:
+    """Between the blocks of an evaluation (same count on every process): whether a preemption
+    notice asks to stop now. Advances the same sync-point counter as `stop_now`."""
+    return self._preempted(-1)
 
   def stop_now(self, step: int, *, check_finite: Callable[[], None] | None = None
                ) -> str | None:
