@@ -107,13 +107,14 @@ class StopRule:
     if not _sync_point(self._calls):
       return False
     logging.warning("preemption notice (SIGTERM to at least one process): every process stops "
-                    "after %s and saves it", f"step {step}" if step >= 0 else "this block")
+                    "after step %d and saves it", step)
     return True
 
-  def preempted_now(self) -> bool:
-    """Between the blocks of an evaluation (same count on every process): whether a preemption
-    notice asks to stop now. Advances the same sync-point counter as `stop_now`."""
-    return self._preempted(-1)
+  def preempted_now(self, step: int) -> bool:
+    """Between the blocks of the evaluation of `step` (saved before it; the same count of calls
+    on every process): whether a preemption notice asks to stop now. Advances the same
+    sync-point counter as `stop_now`."""
+    return self._preempted(step)
 
   def stop_now(self, step: int, *, check_finite: Callable[[], None] | None = None
                ) -> str | None:

@@ -201,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       # pre-empted then costs no training and cannot loop (resume, replay, fail again).
       eval_step = bool(config.eval_every) and step % config.eval_every == 0 and step < num_steps
       save(step, force=step == num_steps or eval_step)
-      if eval_step and not run_eval(step, should_stop=stop_rule.preempted_now):
+      if eval_step and not run_eval(step, functools.partial(stop_rule.preempted_now, step)):
         preempted = True  # a notice during the evaluation: its step is already saved
         break
   ckpt.wait()
