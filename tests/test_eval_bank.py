@@ -2,6 +2,8 @@
 distributed kNN, probe and few-shot equal to the single-device evaluators; one compilation."""
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
 from simlap.evaluation import online
 from simlap.evaluation import probes
+from simlap.evaluation import progress
 from test_train import tiny_config
 
 
@@ -176,3 +179,17 @@ def test_sharded_few_shot_draws_the_same_rows_and_scores_the_same(num_devices):
   new = probes.few_shot_ridge(bank, test, **kw)
   ref = evaluators.few_shot_ridge(x[:500], y[:500], x[500:], y[500:], **kw)
   assert new == ref
+
+
+def test_progress_logs_an_eta_and_honours_the_stop_check(caplog):
+  caplog.set_level(logging.INFO)
+  calls = []
+  prog = progress.Progress("knn backbone", 4, every_s=0.0,
+                           should_stop=lambda: calls.append(1) or len(calls) == 3)
+  prog.step()
+  prog.step()
+  assert any("knn backbone: 2/4 (50%)" in r.getMessage() and "ETA 0:00:0" in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  with pytest.raises(progress.Interrupted, match="after 3/4 blocks"):
+    prog.step()
+  assert prog.finish() >= 0 and "knn backbone: 3 blocks in" in caplog.records[-1].getMessage()
