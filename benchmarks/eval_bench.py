@@ -117,7 +117,7 @@ def main(argv):
   for name, (chips, peak) in CHIPS.items():
     per_chip = flop / chips
     print(f"  {name}: {per_chip:.3g} FLOP/chip; at peak, HIGHEST (~6 bf16 passes) "
-          f"{per_chip * 6 / peak:.0f} s, DEFAULT (1 pass) {per_chip / peak:.0f} s")
+          f"{per_chip * 6 / peak * 1e3:.0f} ms, DEFAULT (1 pass) {per_chip / peak * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":
