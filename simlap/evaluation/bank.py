@@ -78,7 +78,7 @@ def host_rows(bank: Bank, names) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 # Compiled once per (model, mesh, shape)
 # ----------------------------------------------------------------------------------------------
-@functools.cache
+@functools.lru_cache(maxsize=16)  # bounded: a method x seed grid builds many models in one process
 def features_fn(model, mesh: Mesh, embeddings: bool):
   """jit(params, batch_stats, images) -> row-sharded dict of one batch's outputs."""
   def fn(params, batch_stats, images):
