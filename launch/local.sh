@@ -30,6 +30,9 @@ Options (environment variable in brackets):
                        --process_id=i; the mesh spans P*N devices
   --port PORT          coordinator port for --processes [SIMLAP_COORDINATOR_PORT], default 12355
   --python PATH        interpreter [PYTHON], default .venv/bin/python (bash scripts/setup.sh)
+  --evaluate           run  python -m simlap.evaluate --workdir=WORKDIR  instead of training
+                       (the workdir's config.json is the config; --processes P evaluates
+                       as P processes, each reading its slice; only process 0 writes)
   --dry-run            print the commands (prefixed "+ ") and run nothing
   -h, --help           this text
   --config.KEY=VALUE   passed through to simlap.main (any number)
@@ -39,6 +42,7 @@ Examples:
   launch/local.sh                                   # the embedded Fashion-MNIST job
   launch/local.sh --devices 8 --config.batch_size=512
   launch/local.sh --devices 4 --processes 2 --config.num_steps=20
+  launch/local.sh --evaluate --workdir workdirs/default --devices 4 --processes 2
 EOF
 }
 
@@ -108,6 +112,7 @@ parse_args() {
   PORT="${SIMLAP_COORDINATOR_PORT:-12355}"
   PYTHON_BIN="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
   DRY_RUN=0
+  EVALUATE=0
   PASSTHROUGH=()
   while (($#)); do
     case "$1" in
@@ -124,6 +129,7 @@ parse_args() {
       --port=*) PORT="${1#*=}" ;;
       --python=*) PYTHON_BIN="${1#*=}" ;;
       --dry-run) DRY_RUN=1 ;;
+      --evaluate) EVALUATE=1 ;;
       -h | --help)
         usage
         exit 0
@@ -146,6 +152,13 @@ parse_args() {
   # wait -n -p (wait_all) came with bash 5.1.
   ((PROCESSES == 1 || BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 501)) ||
     die "--processes needs bash >= 5.1, this is ${BASH_VERSION}"
+  if ((EVALUATE)); then
+    [[ -z "$DATA_DIR" ]] || die "--evaluate reads the data dir from the workdir's config.json"
+    local arg
+    for arg in "${PASSTHROUGH[@]}"; do
+      [[ "$arg" != --config.* ]] || die "--evaluate takes no --config.* overrides ('$arg')"
+    done
+  fi
   [[ -n "$WORKDIR" ]] || WORKDIR="$REPO_ROOT/workdirs/$(config_stem "$CONFIG")"
   if ((!DRY_RUN)) && [[ ! -x "$PYTHON_BIN" ]]; then
     die "no interpreter at '$PYTHON_BIN': run 'bash scripts/setup.sh' first (or pass --python)"
@@ -200,6 +213,7 @@ main() {
   local cmd=("${ENV_PREFIX[@]}" "$PYTHON_BIN" -m simlap.main "--config=${CONFIG}"
     "--workdir=${WORKDIR}")
   [[ -z "$DATA_DIR" ]] || cmd+=("--config.dataset.data_dir=${DATA_DIR}")
+  ((!EVALUATE)) || cmd=("${ENV_PREFIX[@]}" "$PYTHON_BIN" -m simlap.evaluate "--workdir=${WORKDIR}")
   run cd "$REPO_ROOT"
   if ((PROCESSES == 1)); then
     ((!DRY_RUN)) || echo "# signals: exec: a SIGTERM to local.sh reaches python itself"

@@ -41,6 +41,9 @@ Options (environment variable in brackets):
                          (without --repo: `git archive REF` of this checkout, so
                          uncommitted changes are NOT shipped)
   --skip-install         only ship the code; the workers already have the environment
+  --evaluate             run  python -m simlap.evaluate --workdir=WORKDIR  on every worker
+                         instead of training (each worker reads its slice; worker 0 writes
+                         WORKDIR/eval); --config.* overrides are refused
   --dry-run              print the commands (prefixed "+ ") and run nothing
   -h, --help             this text
   --config.KEY=VALUE     passed through to simlap.main (any number)
@@ -113,6 +116,7 @@ parse_args() {
   SPOT=0
   SKIP_INSTALL=0
   DRY_RUN=0
+  EVALUATE=0
   PASSTHROUGH=()
   while (($#)); do
     case "$1" in
@@ -135,6 +139,7 @@ parse_args() {
       --ref=*) REF="${1#*=}" ;;
       --spot) SPOT=1 ;;
       --skip-install) SKIP_INSTALL=1 ;;
+      --evaluate) EVALUATE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       -h | --help)
         usage
@@ -220,6 +225,7 @@ install() {
 train() {
   local args=(-m simlap.main "--config=${CONFIG}" "--workdir=${WORKDIR}"
     "--config.dataset.data_dir=${DATA_DIR}" "${PASSTHROUGH[@]}")
+  ((!EVALUATE)) || args=(-m simlap.evaluate "--workdir=${WORKDIR}" "${PASSTHROUGH[@]}")
   if ((DRY_RUN)); then
     echo "# signals: the VM's preemption or maintenance notice is SIGTERM; exec makes python the" \
       "process it reaches on every worker"
@@ -229,8 +235,17 @@ train() {
   on_all_workers "cd ~/simlap && exec ~/simlap-venv/bin/python $(quote "${args[@]}")"
 }
 
+# Evaluate mode reads its config from WORKDIR/config.json: refuse overrides before any VM exists.
+check_evaluate() {
+  local arg
+  for arg in "${PASSTHROUGH[@]}"; do
+    [[ "$arg" != --config.* ]] || die "--evaluate takes no --config.* overrides ('$arg')"
+  done
+}
+
 main() {
   parse_args "$@"
+  ((!EVALUATE)) || check_evaluate
   create_or_reuse
   ship_code
   ((SKIP_INSTALL)) || install

@@ -250,6 +250,8 @@ _FLAGS = (
     ("batch_multiple", flags.DEFINE_integer, 8, "--max_batch: per-chip batch granularity."),
     ("num_train", flags.DEFINE_integer, None, "Train-split size if not in TRAIN_SIZES."),
     ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
+    ("eval", flags.DEFINE_bool, False, "Also compile the evaluation programs (extraction "
+     "batch, kNN block against the sharded bank) and print their per-chip HBM."),
 )
 
 
@@ -298,6 +300,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> li
           f"none (not even {fv.batch_multiple} per chip)"), flush=True)
     for batch in fv.batch_sizes or ([] if fv.max_batch else [config.batch_size]):
       show(compile_step(config, tpu, devices, int(batch), fv.num_train))
+    if fv.eval:  # simlap/evaluation/aot_eval.py
+      from simlap import train  # noqa: PLC0415
+      from simlap.evaluation import aot_eval  # noqa: PLC0415
+      for r in aot_eval.fit_check(config, tpu, devices, _info(config, fv.num_train),
+                                  train.make_trainer):
+        print(aot_eval.format_row(r), flush=True)
   for row in rows:
     if not row.fits:
       print(f"{row.topology} at batch {row.global_batch}: {row.note}")

@@ -3,10 +3,10 @@
     results = evaluate_workdir("runs/x")  # -> runs/x/eval/{results.json, report.md, *.png}
 
 Pipeline: W/config.json (`workdir.load_config`) -> Orbax restore of the latest (or a given)
-step into the trainer's sharded abstract state -> `features.extract_features` over the eval
-stream (batch split over the mesh, padding rows dropped with the stream's mask, so every example
-counts once) for the train split (kNN bank, probe training set, few-shot pool) and the test
-split -> `simlap.evaluators` and the analyses of `simlap.analysis` (on the test split) ->
+step into the trainer's sharded abstract state -> `evaluation.bank.extract_bank` over the eval
+stream for the train split (kNN bank, probe training set, few-shot pool: it stays on the
+devices, split by rows) and the test split -> distributed kNN, data-parallel linear probe and
+few-shot (simlap/evaluation/) and the analyses of `simlap.analysis` (test split, on the host) ->
 results.json + report.md + PNGs. A URL workdir (gs://) is read and written through tf.io.gfile;
 its PNGs are drawn locally and copied.
 
@@ -31,8 +31,6 @@ import tensorflow as tf
 
 from simlap import analysis
 from simlap import checkpointing
-from simlap import evaluators
-from simlap import features
 from simlap import geometry
 from simlap import objectives
 from simlap import optim
@@ -41,6 +39,9 @@ from simlap import sharding
 from simlap import train
 from simlap import workdir as workdir_lib
 from simlap.data import datasets
+from simlap.evaluation import bank as bank_lib
+from simlap.evaluation import knn as knn_lib
+from simlap.evaluation import probes
 from simlap.data import fashion_mnist
 from simlap.models import gates as gates_lib
 
@@ -80,13 +81,12 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
   return trainer.model, state, mesh, info, int(step)
 
 
-def split_features(config, model, state, mesh, split: str) -> dict[str, np.ndarray]:
-  """Real rows of `split`: "backbone" (N, F), "projector" (N, D), "labels" (N,),
-  "predictions" (N,) (online probe) and extra label keys (N,)."""
-  out = features.extract_features(config, model, state, mesh, split, embeddings=True)
-  mask = out.pop("mask").astype(bool)
+def test_rows(bank: bank_lib.Bank) -> dict[str, np.ndarray]:
+  """Real rows of the test bank on the host, for the analyses: "backbone" (N, F), "projector"
+  (N, D), "labels" (N,), "predictions" (N,) (online probe) and extra label keys (N,)."""
+  names = [n for n in bank.columns if n not in ("index", "mask")]
   rename = {"features": "backbone", "embeddings": "projector"}
-  return {rename.get(k, k): v[mask] for k, v in out.items()}
+  return {rename.get(k, k): v for k, v in bank_lib.host_rows(bank, names).items()}
 
 
 def gate_tables(config, model, state, num_classes: int):
@@ -182,25 +182,32 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   num_classes = info.num_classes
   timing = {"restore": time.time() - t0}
 
+  # The train bank stays on the devices, split by rows; only the test split's rows reach the
+  # host (the analyses need them).
   t = time.time()
   d = config.dataset
-  tr = split_features(config, model, state, mesh, d.train_split)
-  te = split_features(config, model, state, mesh, d.eval_split)
+  parts: dict[str, float] = {}
+  train_bank = bank_lib.extract_bank(config, model, state, mesh, d.train_split,
+                                     embeddings=True, timings=parts)
+  test_bank = bank_lib.extract_bank(config, model, state, mesh, d.eval_split, embeddings=True,
+                                    timings=parts)
+  te = test_rows(test_bank)
   timing["features"] = time.time() - t
 
   t = time.time()
-  knn = {name: {int(k): v for k, v in evaluators.knn_accuracy(
-      tr[name], tr["labels"], te[name], te["labels"], num_classes=num_classes, ks=ks,
-      temperature=temperature).items()} for name in ("backbone", "projector")}
+  knn = {name: {int(k): v for k, v in knn_lib.knn_predict(
+      train_bank, test_bank, feature=col, num_classes=num_classes, ks=ks,
+      temperature=temperature, name=f"knn {name}", timings=parts)["accuracy"].items()}
+      for name, col in (("backbone", "features"), ("projector", "embeddings"))}
   timing["knn"] = time.time() - t
   t = time.time()
-  lin = evaluators.linear_probe(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
-                              num_classes=num_classes, **(linear or {}))
+  lin = probes.linear_probe(train_bank, test_bank, num_classes=num_classes, **(linear or {}))
   timing["linear_probe"] = time.time() - t
   t = time.time()
-  few = evaluators.few_shot_ridge(tr["backbone"], tr["labels"], te["backbone"], te["labels"],
-                                num_classes=num_classes, shots=shots, seeds=seeds, lam=lam)
+  few = probes.few_shot_ridge(train_bank, test_bank, num_classes=num_classes, shots=shots,
+                              seeds=seeds, lam=lam)
   timing["few_shot"] = time.time() - t
+  logging.info("evaluation parts: %s", ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
 
   t = time.time()
   class_gates, pair_sizes, pair_gates = gate_tables(config, model, state, num_classes)
@@ -210,7 +217,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   # and copied at the end; a local out_dir gets them directly.
   remote = workdir_lib.is_remote(out_dir)
   png_dir = None
-  if plots:
+  if plots and jax.process_index() == 0:  # only process 0 writes
     png_dir = tempfile.mkdtemp(prefix="simlap-eval-") if remote else out_dir
   ana = analysis.analyze(feats, te["labels"], num_classes=num_classes, class_gates=class_gates,
                          pair_sizes=pair_sizes, gated_features="projector",
@@ -223,7 +230,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     stats = geometry.intra_inter_similarity(te["projector"], te["labels"], gates=pair_gates,
                                             num_pairs=num_pairs, seed=0)
     ana["similarity"]["projector_pair_gated"] = analysis.jsonable(stats)
-    if plots:
+    if png_dir:
       from simlap import plots as plots_lib  # noqa: PLC0415 - matplotlib only for pictures
       plots_lib.plot_intra_inter(stats, os.path.join(png_dir, "intra_inter_projector_pair_gated"
                                                      ".png"), title="projector_pair_gated")
@@ -236,7 +243,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
       "objective": config.objective,
       "budget": budget(config, info.num_train),
       "dataset": {"name": d.name, "train_split": d.train_split, "test_split": d.eval_split,
-                  "num_train": int(tr["labels"].size), "num_test": int(te["labels"].size),
+                  "num_train": train_bank.num_examples, "num_test": int(te["labels"].size),
                   "num_classes": num_classes, "class_names": list(info.class_names)},
       "protocol": {
           "features": "frozen, eval transform, BatchNorm in inference mode",

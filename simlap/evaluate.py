@@ -9,6 +9,7 @@ keeps them), so W/eval/results.json stays the evaluation of the latest checkpoin
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from typing import Any
 
 from absl import app
 from absl import flags
+
+from simlap import distributed
 
 _FLAGS = (
     ("workdir", flags.DEFINE_string, None, "Training workdir (config.json + checkpoints/)."),
@@ -34,6 +37,7 @@ def define_flags(flag_values: flags.FlagValues | None = None) -> None:
   for name, define, default, help_text in _FLAGS:
     if name not in fv:
       define(name, default, help_text, flag_values=fv)
+  distributed.define_flags(fv)
 
 
 def summary_lines(res: dict[str, Any], out_dir: str | None = None) -> list[str]:
@@ -61,18 +65,29 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   from simlap import platforms  # noqa: PLC0415
   console.filter_console()
   platforms.skip_absent_tpu()
-  with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
-    from simlap import compare_steps, eval_workdir  # noqa: PLC0415
   fv = flags.FLAGS if flag_values is None else flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not fv.workdir:
     raise app.UsageError("--workdir is required")
-  out_dir = fv.out_dir
-  if out_dir is None and fv.step is not None:
-    out_dir = compare_steps.step_dir(fv.workdir, fv.step)
-  res = eval_workdir.evaluate_workdir(fv.workdir, fv.step, plots=fv.plots,
-                                      linear={"epochs": fv.linear_epochs}, out_dir=out_dir)
+  # The same start-up as simlap.main: on one worker of a slice (or one SLURM task) this joins
+  # the other processes; each then reads its slice of every split, and process 0 writes.
+  multi_process = distributed.initialize(fv)
+  try:
+    with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
+      from simlap import compare_steps, eval_workdir  # noqa: PLC0415
+    out_dir = fv.out_dir
+    if out_dir is None and fv.step is not None:
+      out_dir = compare_steps.step_dir(fv.workdir, fv.step)
+    res = eval_workdir.evaluate_workdir(fv.workdir, fv.step, plots=fv.plots,
+                                        linear={"epochs": fv.linear_epochs}, out_dir=out_dir)
+  except BaseException as e:  # pylint: disable=broad-except
+    if not multi_process:
+      raise
+    from simlap import errors  # noqa: PLC0415
+    logging.error("process %d of %d failed; exiting now so the other processes stop too",
+                  jax.process_index(), jax.process_count())
+    distributed.exit_now(errors.report("evaluate", e))
   if jax.process_index() == 0:
     print("\n".join(summary_lines(res, out_dir)))
   return res

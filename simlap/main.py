@@ -3,9 +3,8 @@
 Flags only; the work happens in `simlap.train.train_and_evaluate`. Config overrides use
 ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`.
 
-Multi-process jobs: on Cloud TPU pods and under SLURM (one task per GPU) JAX finds its peers by
-itself; elsewhere pass --coordinator_address, --num_processes and --process_id (and
---local_device_ids when a process should see only some local devices).
+Multi-process jobs: simlap/distributed.py (its flags: --coordinator_address, --num_processes,
+--process_id, --local_device_ids, --heartbeat_timeout_seconds).
 
 Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
 flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
@@ -37,53 +36,14 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 import jax  # noqa: E402
 
 from simlap import console  # noqa: E402
+from simlap import distributed  # noqa: E402
 from simlap import platforms  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (multi-process runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-_LOCAL_DEVICES = flags.DEFINE_list("local_device_ids", None, "Local device ids to use.")
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout_seconds", 100,
-    "Multi-process: a process silent this long is declared dead and the job is stopped.")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _should_initialize_distributed() -> bool:
-  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
-    return True
-  # Auto-detected clusters: SLURM with several tasks, or a multi-host Cloud TPU slice.
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
-
-
-def _connect_cpu_collectives() -> None:
-  """Runs one all-device reduction so the processes' Gloo communicator exists from the start.
-
-  Gloo (JAX's CPU collectives) connects the processes lazily, at their first collective, and
-  gives the peers a fixed 30 s (in XLA, not configurable) to join. Processes can drift further
-  apart than that before the first train step, e.g. when one compiles it from scratch and
-  another loads it from a persistent compilation cache, and the early one then fails with
-  "Gloo context initialization failed: ... GetKeyValue() timed out". Here, just after
-  `jax.distributed.initialize` returned on every process, they are in step; once connected,
-  a collective waits for a late peer for XLA's collective timeout (minutes), not 30 s.
-  The communicator is keyed by its devices, so reducing over all of them covers the data
-  mesh's collectives.
-  """
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  import numpy as np  # noqa: PLC0415
-  mesh = Mesh(np.asarray(jax.devices()), ("all",))
-  ones = jax.make_array_from_process_local_data(
-      NamedSharding(mesh, PartitionSpec("all")), np.ones(jax.local_device_count(), np.int32))
-  total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(ones)
-  if int(total) != jax.device_count():
-    raise RuntimeError(f"all-device sum is {int(total)}, expected {jax.device_count()}")
 
 
 def _claim_workdir(workdir: str):
@@ -113,23 +73,13 @@ def _claim_workdir(workdir: str):
 
 
 def _exit(status: int, lease=None) -> None:
-  """Releases the lease, flushes the logs and exits at once with `status`.
-
-  At once: JAX's atexit shutdown barrier would wait (up to its 5-minute timeout) for peers
-  blocked in a collective with this process, and interpreter shutdown would wait for Orbax's
-  and TensorFlow's threads (and print their errors). Exiting closes the connections instead,
-  so peers fail at once with a collective error and exit through here too.
-  """
+  """Releases the lease, then exits at once with `status` (`distributed.exit_now` says why)."""
   if lease is not None:
     try:
       lease.release()
     except Exception:  # pylint: disable=broad-except
       logging.warning("could not release the workdir lease", exc_info=True)
-  for handler in logging.getLogger().handlers:
-    handler.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(status)  # skips the atexit shutdown barrier and thread joins on purpose
+  distributed.exit_now(status)
 
 
 def main(argv):
@@ -142,20 +92,9 @@ def main(argv):
     _CONFIG.value.get("method")  # a config file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
     _exit(errors.report("main", e))
-  if _should_initialize_distributed():
-    local_ids = [int(i) for i in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value, local_device_ids=local_ids,
-                               heartbeat_timeout_seconds=_HEARTBEAT.value)
-  logging.info("process %d of %d; %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
-  multi_process = jax.process_count() > 1
+  multi_process = distributed.initialize()  # the one start-up shared with simlap.evaluate
   lease = None
   try:
-    if multi_process and jax.devices()[0].platform == "cpu":
-      _connect_cpu_collectives()
     # Before the log file: a refused run must not write into the owner's log.
     workdir, lease = _claim_workdir(_WORKDIR.value)
     log_file = console.log_to_file(workdir, jax.process_index())

@@ -150,6 +150,12 @@ class StopRule:
                     "after step %d and saves it", step)
     return True
 
+  def preempted_now(self, step: int) -> bool:
+    """Between the blocks of the evaluation of `step` (saved before it; the same count of calls
+    on every process): whether a preemption notice asks to stop now. Advances the same
+    sync-point counter as `stop_now`."""
+    return self._preempted(step)
+
   def stop_now(self, step: int, *, check_finite: Callable[[], None] | None = None
                ) -> str | None:
     """"preempted", "stop_at" or None: whether the loop stops after `step`.

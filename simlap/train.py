@@ -40,6 +40,7 @@ from simlap import train_step as step_lib
 from simlap import workdir as workdir_lib
 from simlap.data import datasets
 from simlap.data import train_stream
+from simlap.evaluation import progress as eval_progress
 
 # ------------------------------------------------------------------------------------------------
 # The run.
@@ -147,13 +148,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   meta = {"seed": config.seed, "num_steps": num_steps, "objective": config.objective}
   eval_results: dict[str, float] = {}
 
-  def run_eval(step):
+  def run_eval(step, should_stop=None) -> bool:
+    """Evaluates; False if `should_stop` (a preemption notice) ended it between blocks."""
     nonlocal eval_results
     logging.info("step %d: evaluating", step)
-    eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes)
+    try:
+      eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes,
+                                              should_stop=should_stop)
+    except eval_progress.Interrupted as e:
+      logging.warning("step %d: evaluation stopped by a preemption notice (%s); step %d is "
+                      "saved", step, e, step)
+      return False
     writer.write_scalars(step, eval_results)
     logging.info("step %d: %s", step, ", ".join(f"{k.removeprefix('eval/')} {v:.4f}"
                                                  for k, v in eval_results.items()))
+    return True
 
   def save(step, force):
     if force or step % config.checkpoint_every == 0 or step in ckpt.keep_steps:
@@ -191,9 +200,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         preempted = step < num_steps
         save(step, force=True)
         break
-      if config.eval_every and step % config.eval_every == 0 and step < num_steps:
-        run_eval(step)
-      save(step, force=step == num_steps)
+      # An evaluation step saves first, checkpoint step or not: an evaluation that fails or is
+      # pre-empted then costs no training and cannot loop (resume, replay, fail again).
+      eval_step = bool(config.eval_every) and step % config.eval_every == 0 and step < num_steps
+      save(step, force=step == num_steps or eval_step)
+      if eval_step and not run_eval(step, functools.partial(stop_rule.preempted_now, step)):
+        preempted = True  # a notice during the evaluation: its step is already saved
+        break
   ckpt.wait()
   if not preempted and config.eval_at_end:
     run_eval(step)

@@ -505,3 +505,37 @@ def wait_for_calls(log, n, proc, timeout=30):
       pytest.fail(f"{len(calls(log))} of {n} calls (exit {proc.poll()})")
     time.sleep(0.05)
   return calls(log)[:n]
+
+
+def test_local_evaluate_mode_dry_run(fakes):
+  # Evaluate mode: simlap.evaluate on the workdir, as P processes with the same start-up flags.
+  result = launch("local.sh", "--evaluate", "--workdir", "/w/run", "--devices", "4",
+                  "--processes", "2", "--port", "23456", "--dry-run", "--", "--step=8",
+                  fakes=fakes)
+  cmds = [c for c in printed(result) if "-m" in c]
+  assert calls(fakes[1]) == [], "the dry run executed something"
+  assert len(cmds) == 2
+  for i, cmd in enumerate(cmds):
+    j = cmd.index("-m")
+    assert cmd[j + 1] == "simlap.evaluate", cmd
+    assert cmd[j + 2:] == ["--workdir=/w/run", "--coordinator_address=localhost:23456",
+                           "--num_processes=2", f"--process_id={i}", "--step=8", "&"], cmd
+  bad = launch("local.sh", "--evaluate", "--dry-run", "--config.batch_size=8", fakes=fakes)
+  assert bad.returncode == 2 and "--config.* overrides" in bad.stderr
+
+
+def test_tpu_and_slurm_evaluate_mode_dry_run(fakes):
+  tpu_args = [a for a in TPU_ARGS if not a.startswith("--config.")]
+  tpu = printed(launch("tpu_vm.sh", *tpu_args, "--evaluate", "--dry-run", "--", "--step=8",
+                       fakes=fakes))
+  remote = tpu[-1][-1]
+  assert "exec ~/simlap-venv/bin/python -m simlap.evaluate --workdir=" in remote, remote
+  assert remote.endswith("--step=8") and "simlap.main" not in remote
+  srun = srun_command(printed(launch("slurm_gpu.sbatch", "--dry-run", "--evaluate",
+                                     "--workdir", "/w/run1", fakes=fakes)))
+  i = srun.index("-m")
+  assert srun[i + 1:i + 3] == ["simlap.evaluate", "--workdir=/w/run1"], srun
+  assert calls(fakes[1]) == [], "the dry run executed something"
+  for script, args in (("tpu_vm.sh", tpu_args), ("slurm_gpu.sbatch", ())):
+    bad = launch(script, *args, "--evaluate", "--dry-run", "--config.batch_size=8", fakes=fakes)
+    assert bad.returncode == 2 and "--config.* overrides" in bad.stderr, (script, bad.stderr)

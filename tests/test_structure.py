@@ -78,11 +78,16 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 
 def test_imports_run_one_way_through_evaluation():
-  # evaluators <- features <- train <- eval_workdir <- {evaluate, compare}
+  # evaluators <- evaluation.{knn, probes} <- evaluation.online <- features <- train
+  #   <- eval_workdir <- {evaluate, compare}
   graph = import_graph()
   assert graph["simlap.evaluators"] <= {"simlap.losses"}  # pure array code
   assert graph["simlap.losses"] == set()  # imports only jax: other projects copy it
-  assert "simlap.evaluators" in graph["simlap.features"]
+  assert "simlap.evaluators" in graph["simlap.evaluation.probes"]
+  assert "simlap.evaluation.online" in graph["simlap.features"]
+  # The evaluation package is a library of the trainer, never the other way round.
+  for name in (n for n in graph if n.startswith("simlap.evaluation.")):
+    assert not graph[name] & {"simlap.train", "simlap.eval_workdir", "simlap.main"}, name
   assert "simlap.features" in graph["simlap.train"]
   assert "simlap.train" in graph["simlap.eval_workdir"]
   assert "simlap.eval_workdir" in graph["simlap.evaluate"] & graph["simlap.compare"]
