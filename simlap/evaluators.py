@@ -218,6 +218,13 @@ def linear_probe(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
       _mask_or_ones(test_mask, test_feats.shape[0]), jax.random.key(seed),
       num_classes=num_classes, epochs=int(epochs), batch_size=batch_size, lr=float(lr),
       weight_decay=float(weight_decay), standardize=bool(standardize))
+  return probe_result(test_acc, train_acc, loss, n=n, epochs=epochs, batch_size=batch_size,
+                      lr=lr, weight_decay=weight_decay, standardize=standardize, seed=seed)
+
+
+def probe_result(test_acc, train_acc, loss, *, n: int, epochs: int, batch_size: int, lr: float,
+                 weight_decay: float, standardize: bool, seed: int) -> dict[str, Any]:
+  """The linear probe's result dict (see `linear_probe`), shared by the sharded probe."""
   return {
       "accuracy": float(test_acc),
       "train_accuracy": float(train_acc),

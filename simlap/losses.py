@@ -210,6 +210,18 @@ def _count_positives(pair_labels, key_labels):
   return jnp.sum(key_labels[None, :] == pair_labels[:, None], dtype=jnp.int32)
 
 
+def _masked_nt_xent(logits: Array, anchor_labels: Array, pair_labels: Array,
+                    key_labels: Array, reduction: str) -> Array:
+  """The subspace-masked multi-positive NT-Xent of (B, N) scaled logits, by autodiff."""
+  positive, negative = _masks(anchor_labels, pair_labels, key_labels)
+  lse = _negative_logsumexp(logits, negative)
+  per_pair = jnp.where(positive, jax.nn.softplus(lse[:, None] - logits), 0.0)
+  num_pos = jnp.sum(positive, axis=1)
+  weights = _row_weights(num_pos, reduction, logits.shape[0], jnp.sum(num_pos)).astype(
+      logits.dtype)
+  return jnp.sum(weights * jnp.sum(per_pair, axis=1))
+
+
 def simlap_loss_reference(anchors: Array, keys: Array, gates: Array, anchor_labels: Array,
                           pair_labels: Array, key_labels: Array, *, scale: float | Array = 10.0,
                           variant: str = "cosine", reduction: str = "anchor") -> Array:
@@ -217,13 +229,7 @@ def simlap_loss_reference(anchors: Array, keys: Array, gates: Array, anchor_labe
   _validate(anchors, keys, gates, anchor_labels, pair_labels, key_labels, variant, reduction)
   sims = subspace_logits(anchors, keys, gates, variant=variant)
   logits = jnp.asarray(scale, sims.dtype) * sims
-  positive, negative = _masks(anchor_labels, pair_labels, key_labels)
-  lse = _negative_logsumexp(logits, negative)
-  per_pair = jnp.where(positive, jax.nn.softplus(lse[:, None] - logits), 0.0)
-  num_pos = jnp.sum(positive, axis=1)
-  weights = _row_weights(num_pos, reduction, anchors.shape[0], jnp.sum(num_pos)).astype(
-      logits.dtype)
-  return jnp.sum(weights * jnp.sum(per_pair, axis=1))
+  return _masked_nt_xent(logits, anchor_labels, pair_labels, key_labels, reduction)
 
 
 def _validate(anchors, keys, gates, anchor_labels, pair_labels, key_labels, variant, reduction):
@@ -617,13 +623,7 @@ def lowrank_simlap_loss(anchors: Array, keys: Array, directions: Array, anchor_l
   _check_choice("reduction", reduction, REDUCTIONS)
   sims = lowrank_subspace_logits(anchors, keys, directions, ridge=ridge)
   logits = jnp.asarray(scale, sims.dtype) * sims
-  positive, negative = _masks(anchor_labels, pair_labels, key_labels)
-  lse = _negative_logsumexp(logits, negative)
-  per_pair = jnp.where(positive, jax.nn.softplus(lse[:, None] - logits), 0.0)
-  num_pos = jnp.sum(positive, axis=1)
-  weights = _row_weights(num_pos, reduction, anchors.shape[0], jnp.sum(num_pos)).astype(
-      logits.dtype)
-  return jnp.sum(weights * jnp.sum(per_pair, axis=1))
+  return _masked_nt_xent(logits, anchor_labels, pair_labels, key_labels, reduction)
 
 
 def xclr_loss(embeddings: Array, labels: Array, class_similarity: Array, *,

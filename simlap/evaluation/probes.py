@@ -123,17 +123,9 @@ def linear_probe(bank: Bank, test: Bank, *, num_classes: int, feature: str = "fe
     params, _, loss, train_x, test_x = _train_probe(*args, cap=batch_size, **kw)
   test_acc = _probe_accuracy(params, test_x, test["labels"], test["mask"])
   train_acc = _probe_accuracy(params, train_x, bank["labels"], bank["mask"])
-  return {
-      "accuracy": float(test_acc), "train_accuracy": float(train_acc),
-      "final_loss": float(loss),
-      "hparams": {
-          "optimizer": "adamw", "schedule": "cosine", "epochs": int(epochs),
-          "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
-          "standardize": bool(standardize), "seed": int(seed),
-          "steps": int(epochs) * max(n // batch_size, 1),
-          "features": "l2-normalised" + (", standardised" if standardize else ""),
-      },
-  }
+  return evaluators.probe_result(test_acc, train_acc, loss, n=n, epochs=epochs,
+                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                 standardize=standardize, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
