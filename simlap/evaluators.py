@@ -226,8 +226,7 @@ def probe_result(test_acc, train_acc, loss, *, n: int, epochs: int, batch_size: 
                  weight_decay: float, standardize: bool, seed: int) -> dict[str, Any]:
   """The linear probe's result dict (see `linear_probe`), shared by the sharded probe."""
   return {
-      "accuracy": float(test_acc),
-      "train_accuracy": float(train_acc),
+      "accuracy": float(test_acc), "train_accuracy": float(train_acc),
       "final_loss": float(loss),
       "hparams": {
           "optimizer": "adamw", "schedule": "cosine", "epochs": int(epochs),

@@ -245,8 +245,9 @@ def test_a_full_disk_stops_the_run_at_once_with_one_line(launcher, small_tmpfs, 
   assert "no space left on device" in lines[0] and "last good checkpoint: step 4" in lines[0]
   assert os.path.join(ckpts, "8") in lines[0], lines[0]
   assert "sys.meta_path is None" not in out
-  # Stopped right after the failed save of step 8, not at the next one (12).
-  assert max(row["step"] for row in loss_rows(workdir)) < 12, out
+  # Step 8's failed save surfaces when its background write ends, at the latest when the next
+  # save (step 12) waits for it: never a checkpoint interval later (timing decides the step).
+  assert max(row["step"] for row in loss_rows(workdir)) <= 12, out
   print(f"full disk: exit {elapsed:.1f} s after the disk filled")
   assert sorted(n for n in os.listdir(ckpts) if n.isdigit()) == ["4"]
 
