@@ -25,29 +25,18 @@ from simlap.data import random_labels
 from simlap.data import train_stream
 from simlap.models import gates as gates_lib
 from simlap.models import lowrank
+import test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("simlap_random_labels", "simlap_lowrank", "xclr")
 
 
 def tiny_config(data_dir: str, method: str):
-  """tests/test_train.py's ~10k-parameter model (D = 16, gate hidden 32), rank 4."""
-  c = config_schema.base_config()
-  c.dataset.data_dir = data_dir
-  c.dataset.train_split = "train[:2048]"
-  c.dataset.eval_split = "test[:512]"
-  c.dataset.image_size = 16
-  c.model.backbone = "resnet_tiny"
-  c.model.projector_hidden = (32,)
-  c.model.projector_dim = 16
-  c.gate.embed_dim = 16
-  c.gate.hidden_dim = 32
-  c.gate.rank = 4
-  c.batch_size = 32
-  c.num_steps = 2
-  c.optimizer.warmup_epochs = 0.0
-  c.optimizer.lr = 3e-3
-  c.eval_at_end = False
+  """tests/test_train.py's ~10k-parameter model (D = 16, gate hidden 32), rank 4, 2 steps."""
+  c = test_train.tiny_config(
+      data_dir, **{"gate.rank": 4, "num_steps": 2, "optimizer.lr": 3e-3,
+                   # the schema's cadence and eval batch, as these tests were written with
+                   "eval_batch_size": 512, "log_every": 50, "checkpoint_every": 500})
   return config_schema.apply_method(c, method)
 
 
