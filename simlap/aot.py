@@ -252,6 +252,8 @@ _FLAGS = (
     ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
     ("eval", flags.DEFINE_bool, False, "Also compile the evaluation programs (extraction "
      "batch, kNN block against the sharded bank) and print their per-chip HBM."),
+    ("train", flags.DEFINE_bool, True, "Compile the train step (--notrain --eval: the "
+     "evaluation programs only)."),
 )
 
 
@@ -278,6 +280,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> li
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not fv.config or not fv.topology:
     raise app.UsageError("--config and --topology are required")
+  if not (fv.train or fv.eval):
+    raise app.UsageError("--notrain leaves nothing to compile: add --eval")
   console.filter_console()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
     from simlap import train  # noqa: F401, PLC0415
@@ -287,18 +291,20 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> li
     rows.append(row)
     print(format_row(row), flush=True)
 
-  print(HEADER + "\n|" + "---|" * HEADER.count(" |"), flush=True)
+  if fv.train:
+    print(HEADER + "\n|" + "---|" * HEADER.count(" |"), flush=True)
   for name in fv.topology:
     tpu = tpu_topology.parse_slice(name)
     devices = tpu_topology.compile_devices(tpu)
-    if fv.max_batch:
+    if fv.train and fv.max_batch:
       best = max_batch(config, tpu, devices, multiple=fv.batch_multiple,
                        num_train=fv.num_train, on_row=show)
       print(f"{name}: largest global batch that fits: " + (
           f"{best.global_batch} ({best.batch_per_chip:g} per chip, {best.total_gib:.2f} of "
           f"{best.capacity_gib:g} GiB)" if best else
           f"none (not even {fv.batch_multiple} per chip)"), flush=True)
-    for batch in fv.batch_sizes or ([] if fv.max_batch else [config.batch_size]):
+    batches = fv.batch_sizes or ([] if fv.max_batch else [config.batch_size])
+    for batch in batches if fv.train else []:
       show(compile_step(config, tpu, devices, int(batch), fv.num_train))
     if fv.eval:  # simlap/evaluation/aot_eval.py
       from simlap import train  # noqa: PLC0415

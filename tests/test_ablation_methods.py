@@ -44,7 +44,6 @@ def tiny_config(data_dir: str, method: str):
 # Training: two steps of each method on real data.
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("method", METHODS)
 def test_method_trains_two_steps(fmnist_data_dir, method):
   config = tiny_config(fmnist_data_dir, method)

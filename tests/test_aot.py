@@ -14,6 +14,9 @@ from simlap import aot
 from simlap import hlo_collectives
 from simlap import tpu_topology
 
+# TPU programs are judged by their HBM and cost: compiled as `simlap.aot` compiles them.
+pytestmark = pytest.mark.usefixtures("optimized_compiles")
+
 REPO = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
 SMOKE = f"{REPO}/configs/in1k.py:smoke"  # resnet_tiny at 32 px: a few seconds per compile
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from absl import app
 
 from simlap import aot
 from simlap import tpu_topology
@@ -9,6 +10,9 @@ from simlap import train
 from simlap.evaluation import aot_eval
 from test_aot import _require_libtpu
 from test_train import tiny_config
+
+# TPU programs are judged by their HBM and cost: compiled as `simlap.aot` compiles them.
+pytestmark = pytest.mark.usefixtures("optimized_compiles")
 
 
 def test_eval_programs_compile_for_v5e_with_the_bank_split_over_chips():
@@ -30,3 +34,14 @@ def test_eval_programs_compile_for_v5e_with_the_bank_split_over_chips():
   # never the whole bank.
   assert knn.bank_gib <= knn.argument_gib < full_bank_gib / 2, knn
   assert "GiB/chip" in aot_eval.format_row(knn)
+
+
+def test_notrain_eval_compiles_only_the_evaluation_programs(capsys):
+  _require_libtpu()
+  from test_aot import SMOKE, run_cli  # noqa: PLC0415
+  assert run_cli([f"--config={SMOKE}", "--topology=v5e:2x2", "--notrain", "--eval"]) == []
+  out = capsys.readouterr().out
+  assert "eval extract v5e:2x2" in out and "eval knn" in out
+  assert "| slice |" not in out  # no train-step table
+  with pytest.raises(app.UsageError, match="--notrain leaves nothing to compile"):
+    run_cli([f"--config={SMOKE}", "--topology=v5e:2x2", "--notrain"])

@@ -21,8 +21,6 @@ from simlap import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# Compile-bound on CPU: XLA optimisations off for this module (see conftest).
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def tiny_overrides(data_dir):

@@ -35,7 +35,6 @@ MODEL_OVERRIDES = ["--config.model.backbone=resnet18", "--config.model.width=0.0
                    "--config.model.projector_hidden=(64,)", "--config.model.projector_dim=16",
                    "--config.gate.embed_dim=16", "--config.gate.hidden_dim=32"]
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def parse(argv, define, **kw):

@@ -20,8 +20,6 @@ PNGS = ("spectrum.png", "intra_inter_backbone.png", "intra_inter_projector.png",
         "gate_histogram.png", "gate_similarity.png", "pair_sizes.png")
 
 
-# Compile-bound on CPU: XLA optimisations off for this module (see conftest).
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def run_cli(argv):

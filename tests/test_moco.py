@@ -25,7 +25,6 @@ from simlap.data import datasets
 from simlap.data import train_stream
 from test_train import tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def moco_config(method: str = "hydra", **overrides):

@@ -9,11 +9,11 @@ as in test_multiprocess) on test_train's tiny config for STEPS steps:
   * SIGTERM during startup, before the training loop.
 
 In each case every process exits 0 within STOP_BOUND_S of the signal and the only checkpoint is
-that of the step every process logged as the agreed stop; after the first and the third,
-restarting the job ends bitwise equal (final state and every logged metric) to one uninterrupted
-2-process run, which the tests share. The corrupted-checkpoint fallback is checked with the same
-2 processes: both set the damaged newest checkpoint aside, restore the same older step and finish
-bitwise equal too.
+that of the step every process logged as the agreed stop; after the first, restarting the job
+ends bitwise equal (final state and every logged metric) to one uninterrupted 2-process run,
+which the tests share. The corrupted-checkpoint fallback is checked with the same 2 processes:
+both set the damaged newest checkpoint aside, restore the same older step and finish bitwise
+equal too.
 """
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def test_sigterm_to_both_at_different_steps(jobs):
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_other_process_evaluation(jobs, straight, straight_state):
+def test_sigterm_during_the_other_process_evaluation(jobs):
   eval_every = SIGNAL_AT - 1
   job, workdir = jobs.start("eval", *JOB, f"--config.eval_every={eval_every}")
   try:
@@ -241,8 +241,8 @@ def test_sigterm_during_the_other_process_evaluation(jobs, straight, straight_st
   assert stopped >= eval_every
   print(f"stopped {'during the evaluation of' if stopped == eval_every else 'after'} step "
         f"{stopped}")
-  assert_resumes_to_straight(jobs, "eval_resumed", workdir, stopped, straight,
-                             straight_state)
+  # Its checkpoint is complete (asserted above); resuming from one is checked bitwise after the
+  # single-signal case, and after a stopped evaluation in test_train_eval.
 
 
 @pytest.mark.slow

@@ -114,12 +114,8 @@ def oracle(config, model, params, batch_stats, batch, step):
 
 
 @pytest.fixture(scope="module")
-def step(fast_compiles):
-  """One compiled trainer step and one compiled oracle, shared by every test below.
-
-  `fast_compiles` (conftest) turns XLA optimisations off while they compile: ~13 s of CPU
-  instead of ~23 s on 2 cores; the tolerances below hold either way.
-  """
+def step():
+  """One compiled trainer step and one compiled oracle, shared by every test below."""
   config = tiny_simlap_config()
   mesh = sharding.make_mesh(config.mesh)
   assert mesh.size == 8

@@ -240,12 +240,8 @@ def test_registry_and_config_checks():
 
 
 @pytest.fixture(scope="module")
-def trained(fmnist_data_dir, fast_compiles):
-  """{mode: (trainer, state before, state after 2 steps, losses, learning rates)}.
-
-  XLA optimisations off (`fast_compiles`): the two train-step compiles dominate this file's
-  time and take half as long; both modes compile the same way, so they still compare."""
-  del fast_compiles
+def trained(fmnist_data_dir):
+  """{mode: (trainer, state before, state after 2 steps, losses, learning rates)}."""
   out, host_batches = {}, None
   for mode in ("replicated", "fsdp"):
     # fsdp_min_size 16 so the tiny ViT's kernels are really split over the 8 devices.

@@ -8,6 +8,10 @@ tests/test_tpu_program.py fails when any of them grows by more than `TOLERANCE`.
 Refresh the baseline only on purpose, and say why in the commit that does it:
 
     .venv/bin/python tests/tpu_programs.py --refresh
+
+`--plant` shows that the guard fails on a real regression: it compiles each case with the CPU
+max pool planted in the TPU program (what the custom-VJP pool once did) and prints what the
+guard reports against the baseline; it exits 1 if the guard would let the plant through.
 """
 from __future__ import annotations
 
@@ -78,13 +82,38 @@ def _versions() -> dict[str, str]:
           "measured_at": _git("rev-parse", "--short", "HEAD")}
 
 
+def plant() -> int:
+  """The guard against a planted regression: `pooling.max_pool` (the CPU form) in the TPU
+  program, whatever conv_impl says. 0 if the guard flags every case, else 1."""
+  from simlap.models import pooling  # noqa: PLC0415
+  from simlap.models import resnet  # noqa: PLC0415
+  with open(BASELINE, encoding="utf-8") as f:
+    baseline = json.load(f)["cases"]
+  resnet._xla_max_pool = pooling.max_pool  # noqa: SLF001
+  missed = []
+  for name in CASES:
+    problems = regressions(measure(name), baseline[name])
+    print(f"{name} with the CPU max pool: " + ("; ".join(problems) or "nothing flagged"))
+    if not any(p.startswith(("temp_bytes", "bytes_accessed")) for p in problems):
+      missed.append(name)
+  print("the guard lets the plant through in " + ", ".join(missed) if missed
+        else "the guard fails on the plant in every case")
+  return 1 if missed else 0
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--refresh", action="store_true",
                       help="recompile every case and rewrite the committed baseline")
+  parser.add_argument("--plant", action="store_true",
+                      help="compile every case with the CPU max pool planted; print the guard's "
+                           "verdict against the baseline")
   args = parser.parse_args(argv)
+  if args.plant:
+    return plant()
   if not args.refresh:
-    parser.error("nothing to do: --refresh rewrites tests/golden/tpu_programs.json")
+    parser.error("nothing to do: --refresh rewrites tests/golden/tpu_programs.json, --plant "
+                 "checks that the guard fails on the planted CPU max pool")
   # The baseline names the commit it was measured at: that commit must be the code measured.
   changed = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
              if not line.endswith(os.path.relpath(BASELINE, REPO))]
