@@ -42,12 +42,14 @@ from simlap.data import datasets
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
 from simlap.evaluation import probes
+from simlap.evaluation import robustness as robustness_lib
+from simlap.evaluation import transfer_eval
 from simlap.data import fashion_mnist
 from simlap.models import gates as gates_lib
 
 RESULTS_KEYS = ("workdir", "step", "method", "objective", "budget", "dataset", "protocol",
-                "online_probe", "knn", "linear_probe", "few_shot", "analysis", "summary",
-                "timing_s")
+                "online_probe", "knn", "linear_probe", "few_shot", "robustness", "transfer",
+                "analysis", "summary", "timing_s")
 # The flat headline numbers (`results["summary"]`) that simlap.compare aggregates.
 SUMMARY_KEYS = ("knn_10", "knn_20", "knn_50", "linear", "few_shot_1", "few_shot_5",
                 "few_shot_10", "few_shot_25", "online_probe", "effective_rank_backbone",
@@ -55,7 +57,8 @@ SUMMARY_KEYS = ("knn_10", "knn_20", "knn_50", "linear", "few_shot_1", "few_shot_
                 "auroc_projector_gated", "auroc_projector_pair_gated", "group_recovery_gate",
                 "group_recovery_class_mean_projector", "group_recovery_class_mean_backbone",
                 "group_recovery_chance", "gate_activation_mean", "gate_frac_intermediate",
-                "pair_size_within", "pair_size_across", "pair_size_within_vs_across_auroc")
+                "pair_size_within", "pair_size_across", "pair_size_within_vs_across_auroc",
+                "robustness_clean", "robustness_mca", "robustness_relative_error")
 FASHION_MNIST_NAMES = (fashion_mnist.NAME, "fashion_mnist")
 _PAIR_GATES_MAX_CLASSES = 100  # (C, C, D) pair gates are materialised only for small C
 
@@ -151,6 +154,9 @@ def headline(res: dict[str, Any]) -> dict[str, float | None]:
   s["pair_size_within"] = _get(a, "pair_sizes", "within_mean")
   s["pair_size_across"] = _get(a, "pair_sizes", "across_mean")
   s["pair_size_within_vs_across_auroc"] = _get(a, "pair_sizes", "within_vs_across_auroc")
+  for key, name in (("clean", "clean_accuracy"), ("mca", "mca"),
+                    ("relative_error", "relative_corruption_error")):
+    s[f"robustness_{key}"] = _get(res, "robustness", name)
   return {k: s.get(k) for k in SUMMARY_KEYS}
 
 
@@ -159,7 +165,9 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
                      shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
                      lam: float = 1e-3, linear: dict[str, Any] | None = None,
                      num_pairs: int = 20000, plots: bool = True,
-                     out_dir: str | None = None) -> dict[str, Any]:
+                     out_dir: str | None = None, robustness: dict[str, Any] | None = None,
+                     transfer: Sequence[str] = (),
+                     transfer_data_dir: str | None = None) -> dict[str, Any]:
   """Evaluates W's checkpoint and writes `out_dir` (default W/eval): results.json, report.md.
 
   Args:
@@ -170,6 +178,10 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     linear: keyword overrides for `evaluators.linear_probe` (epochs, lr, ...); default protocol.
     num_pairs: sampled pairs per kind for the intra/inter AUROCs (test split).
     plots: write the analysis PNGs into `out_dir`.
+    robustness: None, or keyword arguments of `robustness.evaluate_robustness` (corruptions,
+      severities, seed) to score the ridge probe under corruptions ({}: the defaults).
+    transfer: transfer targets (`simlap.data.transfer.TARGETS`) for kNN and few-shot.
+    transfer_data_dir: TFDS data dir of the targets; default the run's dataset.data_dir.
 
   Returns:
     The results dict (exactly `RESULTS_KEYS`), as written to results.json (NaN -> null).
@@ -209,16 +221,32 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   timing["few_shot"] = time.time() - t
   logging.info("evaluation parts: %s", ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
 
-  t = time.time()
-  class_gates, pair_sizes, pair_gates = gate_tables(config, model, state, num_classes)
-  groups, group_source = known_groups(config, te)
-  feats = {"backbone": te["backbone"], "projector": te["projector"]}
   # matplotlib writes local files: for a URL out_dir the PNGs are drawn into a temporary folder
   # and copied at the end; a local out_dir gets them directly.
   remote = workdir_lib.is_remote(out_dir)
   png_dir = None
   if plots and jax.process_index() == 0:  # only process 0 writes
     png_dir = tempfile.mkdtemp(prefix="simlap-eval-") if remote else out_dir
+  shift = {"robustness": None, "transfer": None}
+  if robustness is not None:
+    t = time.time()
+    picture = os.path.join(png_dir, robustness_lib.PICTURE) if png_dir else None
+    shift["robustness"] = robustness_lib.evaluate_robustness(
+        config, model, state, mesh, train_bank, test_bank, num_classes=num_classes,
+        lam=lam, picture_path=picture, **robustness)
+    timing["robustness"] = time.time() - t
+  if transfer:
+    t = time.time()
+    shift["transfer"] = transfer_eval.evaluate_transfer(
+        config, model, state, mesh, transfer, k=20, temperature=temperature, shots=shots,
+        seeds=seeds, lam=lam,
+        data_dir=d.data_dir if transfer_data_dir is None else transfer_data_dir)
+    timing["transfer"] = time.time() - t
+
+  t = time.time()
+  class_gates, pair_sizes, pair_gates = gate_tables(config, model, state, num_classes)
+  groups, group_source = known_groups(config, te)
+  feats = {"backbone": te["backbone"], "projector": te["projector"]}
   ana = analysis.analyze(feats, te["labels"], num_classes=num_classes, class_gates=class_gates,
                          pair_sizes=pair_sizes, gated_features="projector",
                          class_names=list(info.class_names), groups=groups,
@@ -253,11 +281,15 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
           "few_shot": {"shots": [int(s) for s in shots], "seeds": [int(s) for s in seeds],
                        "lam": float(lam), "features": "backbone, L2-normalised, + bias"},
           "analysis": {"split": d.eval_split, "num_pairs": int(num_pairs),
-                       "gated": "class gates g(y, y) of the anchor's class"}},
+                       "gated": "class gates g(y, y) of the anchor's class"},
+          "transfer": transfer_eval.protocol(config, k=20, temperature=temperature,
+                                             shots=shots, seeds=seeds, lam=lam)
+                      if transfer else None},
       "online_probe": online,
       "knn": {name: {str(k): v for k, v in accs.items()} for name, accs in knn.items()},
       "linear_probe": lin,
       "few_shot": {**few, "shots": {str(k): v for k, v in few["shots"].items()}},
+      **shift,
       "analysis": ana,
   }
   res["summary"] = headline(res)
@@ -267,7 +299,8 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
     workdir_lib.write_json(os.path.join(out_dir, "results.json"), res, indent=1)
     with tf.io.gfile.GFile(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(report.markdown(res))
-    for name in ana.get("plots", []) if remote else ():
+    pictures = ana.get("plots", []) + [_get(res, "robustness", "picture")]
+    for name in [p for p in pictures if p] if remote else ():
       tf.io.gfile.copy(os.path.join(png_dir, name), os.path.join(out_dir, name), overwrite=True)
   if png_dir and remote:
     shutil.rmtree(png_dir, ignore_errors=True)

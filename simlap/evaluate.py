@@ -1,9 +1,12 @@
 """CLI: evaluate a training workdir with the fixed frozen-feature protocols.
 
     python -m simlap.evaluate --workdir=runs/default [--step=S] [--out_dir=D] [--noplots]
+        [--robustness [--corruptions=a,b] [--corruption_seed=0]] [--transfer=digits,...]
 
 Restores the checkpoint, scores kNN / linear probe / few-shot / analyses (`eval_workdir`), writes
 W/eval/{results.json, report.md, *.png} and prints one summary line and where those files are.
+--robustness adds the ridge probe under common corruptions (simlap/evaluation/robustness.py),
+--transfer kNN and few-shot on other datasets (simlap/evaluation/transfer_eval.py).
 With --step=S the files go to W/eval/step_<S>/ instead (where `simlap.compare --eval_fractions`
 keeps them), so W/eval/results.json stays the evaluation of the latest checkpoint.
 """
@@ -27,6 +30,17 @@ _FLAGS = (
      "Output folder; default W/eval, or W/eval/step_<S> with --step."),
     ("plots", flags.DEFINE_bool, True, "Write the analysis PNGs."),
     ("linear_epochs", flags.DEFINE_integer, 30, "Linear-probe epochs (the fixed protocol)."),
+    ("robustness", flags.DEFINE_bool, False,
+     "Also score the ridge probe (fitted on clean train features) on the eval split under "
+     "common corruptions at severities 1-5."),
+    ("corruptions", flags.DEFINE_list, None,
+     "With --robustness: the corruptions (default: ImageNet-C's 15; those unavailable are "
+     "listed as missing)."),
+    ("corruption_seed", flags.DEFINE_integer, 0, "Seed of the NumPy corruptions."),
+    ("transfer", flags.DEFINE_list, [],
+     "Transfer targets for kNN and few-shot ridge on their own splits, e.g. animal_mnist,digits."),
+    ("transfer_data_dir", flags.DEFINE_string, None,
+     "TFDS data dir of the transfer targets; default the run's config.dataset.data_dir."),
 )
 
 
@@ -51,6 +65,16 @@ def summary_lines(res: dict[str, Any], out_dir: str | None = None) -> list[str]:
            f"{s['effective_rank_projector']:.1f}",
            f"results: {os.path.join(out_dir, 'results.json')}",
            f"report:  {os.path.join(out_dir, 'report.md')}"]
+  rob = res.get("robustness")
+  if rob:
+    rel = rob["relative_corruption_error"]
+    lines.append(f"robustness ({len(rob['accuracy'])} corruptions, {rob['source']}): clean "
+                 f"{100 * rob['clean_accuracy']:.2f}  mCA {100 * rob['mca']:.2f}  relative "
+                 f"error {'-' if rel is None else f'{rel:.3f}'}")
+  for name, t in (res.get("transfer") or {}).items():
+    five = (t["few_shot"].get("5shot") or {}).get("mean")
+    lines.append(f"transfer {name}: kNN@20 {100 * t['knn_accuracy']:.2f}  5-shot "
+                 f"{'-' if five is None else f'{100 * five:.2f}'}")
   plots = res["analysis"].get("plots") or []
   if plots:
     lines.append(f"plots:   {out_dir}/ ({len(plots)} PNGs: {', '.join(plots[:3])}, ...)")
@@ -76,11 +100,21 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   try:
     with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
       from simlap import compare_steps, eval_workdir  # noqa: PLC0415
+      from simlap.evaluation import robustness, transfer_eval  # noqa: PLC0415
+    # Names are checked before the checkpoint is read: a typo costs no restore.
+    targets = transfer_eval.check_names(fv.transfer)
+    rob = None
+    if fv.robustness:
+      rob = {"corruptions": robustness.check_names(fv.corruptions), "seed": fv.corruption_seed}
+    elif fv.corruptions:
+      raise ValueError("--corruptions needs --robustness")
     out_dir = fv.out_dir
     if out_dir is None and fv.step is not None:
       out_dir = compare_steps.step_dir(fv.workdir, fv.step)
     res = eval_workdir.evaluate_workdir(fv.workdir, fv.step, plots=fv.plots,
-                                        linear={"epochs": fv.linear_epochs}, out_dir=out_dir)
+                                        linear={"epochs": fv.linear_epochs}, out_dir=out_dir,
+                                        robustness=rob, transfer=targets,
+                                        transfer_data_dir=fv.transfer_data_dir)
   except BaseException as e:  # pylint: disable=broad-except
     if not multi_process:
       raise

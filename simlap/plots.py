@@ -163,6 +163,32 @@ def budget_curves_figure(per_step: Sequence[Mapping[str, Any]],
   return fig
 
 
+def image_grid_figure(rows: Mapping[str, Sequence[np.ndarray | None]],
+                      column_titles: Sequence[str], *, cell_px: int = 100,
+                      label_px: int = 140, title_px: int = 30):
+  """uint8 images (H, W, C), C in {1, 3}, one row per key (its label on the left), one column
+  per title; None leaves a cell empty. cell_px pixels a cell at 100 dpi."""
+  width = label_px + len(column_titles) * cell_px
+  height = title_px + len(rows) * cell_px
+  fig = _figure(width / 100, height / 100)
+  for r, (name, images) in enumerate(rows.items()):
+    for c, x in enumerate(images):
+      ax = fig.add_axes(((label_px + c * cell_px) / width,
+                         1 - (title_px + (r + 1) * cell_px) / height,
+                         cell_px / width, cell_px / height))
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if x is not None:
+        gray = x.shape[-1] == 1
+        ax.imshow(x[..., 0] if gray else x, cmap="gray" if gray else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+      if c == 0:
+        ax.set_ylabel(name.replace("_", " "), rotation=0, ha="right", va="center", fontsize=9)
+      if r == 0:
+        ax.set_title(column_titles[c], fontsize=9)
+  return fig
+
+
 # ----------------------------------------------------------------------------------------------
 # One call per PNG
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +213,11 @@ def plot_intra_inter(stats: Mapping[str, Any], path: str, **kw) -> str:
 def plot_budget_curves(per_step: Sequence[Mapping[str, Any]], path: str,
                        panels: Sequence[tuple[str, str, float]]) -> str:
   return save_png(budget_curves_figure(per_step, panels), path)
+
+
+def plot_image_grid(rows: Mapping[str, Sequence[np.ndarray | None]],
+                    column_titles: Sequence[str], path: str, **kw) -> str:
+  return save_png(image_grid_figure(rows, column_titles, **kw), path)
 
 
 def write_analysis_plots(out_dir: str, results: Mapping[str, Any], *,

@@ -63,6 +63,57 @@ def markdown(res: dict[str, Any]) -> str:
         f"- pair subspace Σ g within groups {_num(s['pair_size_within'], 2)} vs across "
         f"{_num(s['pair_size_across'], 2)} (AUROC within > across "
         f"{_num(s['pair_size_within_vs_across_auroc'])}).", ""]
+  lines += shift_sections(res)
   lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in a.get("plots", [])), "",
             f"Timing (s): {res['timing_s']}", ""]
   return "\n".join(lines)
+
+
+def shift_sections(res: dict[str, Any]) -> list[str]:
+  """The robustness and transfer sections (none when they were not asked for)."""
+  lines = []
+  rob = res.get("robustness")
+  if rob:
+    sev = [str(s) for s in rob["severities"]]
+    p = rob["probe"]
+    rel = rob["relative_corruption_error"]
+    lines += [
+        "## Robustness: ridge probe under common corruptions (test %)", "",
+        f"Ridge (λ={p['lam']}, {p['features']}) fitted on the clean {p['fit_on']} "
+        f"({p['num_train']} images), scored on {rob['split']} ({rob['num_test']} images) "
+        f"corrupted at severities {', '.join(sev)} (source: {rob['source']}, seed "
+        f"{rob['seed']}).", "",
+        f"- clean accuracy **{_pct(rob['clean_accuracy'])}**, mCA **{_pct(rob['mca'])}** "
+        f"(mean of {len(rob['accuracy'])} corruptions × {len(sev)} severities), relative "
+        f"corruption error (1 − mCA) / (1 − clean) **{_num(rel)}**.", ""]
+    if rob["missing"]:
+      lines += ["- missing: " + "; ".join(f"{k} ({v})" for k, v in rob["missing"].items()), ""]
+    lines += ["| corruption | source | " + " | ".join(f"s{s}" for s in sev) + " | mean |",
+              "|---|---|" + "---|" * (len(sev) + 1)]
+    for name, acc in rob["accuracy"].items():
+      lines.append(f"| {name} | {rob['sources'][name]} | "
+                   + " | ".join(_pct(acc[s]) for s in sev) + f" | {_pct(acc['mean'])} |")
+    lines.append("")
+    if rob.get("picture"):
+      lines += ["The first test image under every corruption and severity (as corrupted, "
+                "before the eval view's resize):", "",
+                f"![corruptions]({rob['picture']})", ""]
+  transfer = res.get("transfer")
+  if transfer:
+    shots = res["protocol"]["transfer"]["few_shot"]["shots"]
+    lines += ["## Transfer: frozen backbone on other datasets (test %)", "",
+              f"Each target on its own train/test split, its images converted to the run's "
+              f"input ({res['protocol']['transfer']['input']}); kNN k=20, T=0.07 against the "
+              f"target's train split; few-shot ridge λ={res['few_shot']['lam']}, mean ± std "
+              f"over seeds {res['protocol']['transfer']['few_shot']['seeds']}.", "",
+              "| target | train / test | classes | kNN k=20 | "
+              + " | ".join(f"{s}-shot" for s in shots) + " |",
+              "|---|---|---|---|" + "---|" * len(shots)]
+    for name, t in transfer.items():
+      few = [t["few_shot"].get(f"{s}shot") for s in shots]
+      lines.append(f"| {name} | {t['num_train']} / {t['num_test']} | {t['num_classes']} | "
+                   f"{_pct(t['knn_accuracy'])} | " + " | ".join(
+                       "–" if f is None else f"{_pct(f['mean'])} ± {_pct(f['std'])}"
+                       for f in few) + " |")
+    lines.append("")
+  return lines

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -136,11 +136,20 @@ def extract_bank(config, model, state, mesh: Mesh, split: str, *, embeddings: bo
   `should_stop` is asked after every batch (raises `progress.Interrupted` when it says so);
   the extraction's seconds go to `timings["extract <split>"]`.
   """
-  batches = eval_stream.eval_iterator(config, mesh, split)
-  sizes = _slice_sizes(config, split)
+  return extract_batches(model, state, mesh, eval_stream.eval_iterator(config, mesh, split),
+                         _slice_sizes(config, split), name=f"extract {split}",
+                         embeddings=embeddings, should_stop=should_stop, timings=timings)
+
+
+def extract_batches(model, state, mesh: Mesh, batches, sizes: Sequence[int], *, name: str,
+                    embeddings: bool = False, should_stop: Callable[[], bool] | None = None,
+                    timings: dict[str, float] | None = None) -> Bank:
+  """`extract_bank` over any eval batches: `batches` has a len() (the same on every process)
+  and yields global {"image", "label", "mask", extra labels} batches of each process's
+  contiguous slice, `sizes[i]` real examples for process i (eval_stream's contract)."""
   start, count = sum(sizes[:jax.process_index()]), sizes[jax.process_index()]
   fn, write = features_fn(model, mesh, embeddings), _write_fn(mesh)
-  prog = progress_lib.Progress(f"extract {split}", len(batches), should_stop=should_stop)
+  prog = progress_lib.Progress(name, len(batches), should_stop=should_stop)
   bank = None
   local_rows = None
   for i, batch in enumerate(batches):

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from simlap import evaluators
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation.bank import Bank
+from simlap.losses import l2_normalize
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -171,3 +172,34 @@ def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "
     mean, std = evaluators.mean_std(accs)
     res[int(s)] = {"mean": mean, "std": std, "per_seed": accs}
   return {"lam": float(lam), "seeds": [int(s) for s in seeds], "shots": res}
+
+
+# ----------------------------------------------------------------------------------------------
+# Full ridge probe (robustness)
+# ----------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("num_classes",))
+def _ridge_fit_rows(x, y, mask, lam, *, num_classes):
+  # Row-sharded x: XLA forms each device's (F+1) x (F+1) Gram block and sums them (psum).
+  return evaluators._ridge_fit(  # noqa: SLF001
+      l2_normalize(x), jax.nn.one_hot(y, num_classes), lam, mask.astype(jnp.float32))
+
+
+@jax.jit
+def _ridge_rows_accuracy(w, x, y, m):
+  logits = jnp.dot(l2_normalize(x), w[:-1], precision=_HI) + w[-1]
+  return evaluators._masked_accuracy(  # noqa: SLF001
+      jnp.argmax(logits, -1), jnp.asarray(y, jnp.int32), m)
+
+
+def ridge_probe(bank: Bank, *, num_classes: int, feature: str = "features",
+                lam: float = 1e-3) -> jax.Array:
+  """The authors' few-shot ridge (L2-normalised features + bias, one-hot targets, λ) fitted on
+  every real row of `bank`: (F + 1, C) weights, the bias last. Padding rows weigh 0; the bank
+  stays split by rows."""
+  return _ridge_fit_rows(bank[feature], bank["labels"], bank["mask"], jnp.float32(lam),
+                         num_classes=num_classes)
+
+
+def ridge_accuracy(weights: jax.Array, test: Bank, *, feature: str = "features") -> float:
+  """Top-1 accuracy of `ridge_probe` weights (F + 1, C) over the real rows of `test`."""
+  return float(_ridge_rows_accuracy(weights, test[feature], test["labels"], test["mask"]))
