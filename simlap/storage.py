@@ -13,10 +13,10 @@ instead of TensorFlow's gfile, so Orbax and simlap share gcsfs and its endpoint.
 through tensorstore's own GCS driver.
 
 Pointing a run at a storage server (an emulator, or a GCS-compatible endpoint): set
-`STORAGE_EMULATOR_HOST=http://HOST:PORT`. gcsfs reads it; this module then also points
-tensorstore at it (`TENSORSTORE_GCS_HTTP_URL`, `GOOGLE_AUTH_TOKEN_FOR_TESTING`) and makes
-gcsfs connect anonymously, so that no credential lookup reaches for a metadata server. Every
-variable set here is a default: one set by the user wins. TensorFlow's own gfile (TensorBoard
+`STORAGE_EMULATOR_HOST=http://HOST:PORT` (or call `use_endpoint`). gcsfs reads it; this module
+then also points tensorstore at it (`TENSORSTORE_GCS_HTTP_URL`, `GOOGLE_AUTH_TOKEN_FOR_TESTING`)
+and makes gcsfs connect anonymously, so that no credential lookup reaches for a metadata
+server. Variables the user set win. TensorFlow's own gfile (TensorBoard
 in a local workdir, TFDS) has no endpoint setting and cannot be pointed there.
 """
 from __future__ import annotations
@@ -28,15 +28,38 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+import fsspec
+
 os.environ.setdefault("EPATH_USE_TF", "false")
 # gcsfs's experimental file system asks the storage control API (gRPC) for every bucket's
 # layout, which a plain bucket or an emulator does not serve: a minute of timeouts per bucket.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-EMULATOR = os.environ.get("STORAGE_EMULATOR_HOST", "")
-if EMULATOR:
-  os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", EMULATOR)
-  os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-  os.environ.setdefault("FSSPEC_GCS_TOKEN", "anon")  # fsspec reads FSSPEC_<PROTOCOL>_<KWARG>
+# gcsfs options for every instance (simlap's and epath's). No cached listings: tensorstore
+# writes objects behind gcsfs's back, and a cached listing of a checkpoint folder misses them.
+_GCS_OPTIONS = fsspec.config.conf.setdefault("gcs", {})
+_GCS_OPTIONS.setdefault("use_listings_cache", False)
+fsspec.config.conf["gs"] = _GCS_OPTIONS
+
+
+def use_endpoint(url: str, *, override: bool = True) -> None:
+  """Sends gs:// of this process (and of the processes it starts) to the server at `url`
+  (http://HOST:PORT): gcsfs, and so Orbax's epath, and tensorstore. `override=False` keeps
+  values the user set. Call it before the first gs:// access (tensorstore reads it then)."""
+  put = os.environ.__setitem__ if override else os.environ.setdefault
+  put("STORAGE_EMULATOR_HOST", url)
+  put("TENSORSTORE_GCS_HTTP_URL", url)
+  put("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore sends it as the bearer token
+  # Anonymous: no credential lookup, which would try a metadata server.
+  _GCS_OPTIONS["token"] = "anon" if override else _GCS_OPTIONS.get("token", "anon")
+  try:
+    import gcsfs  # noqa: PLC0415
+    gcsfs.GCSFileSystem.clear_instance_cache()  # instances made before keep their endpoint
+  except ImportError:
+    pass
+
+
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+  use_endpoint(os.environ["STORAGE_EMULATOR_HOST"], override=False)
 
 
 def is_remote(path: str) -> bool:
@@ -46,7 +69,6 @@ def is_remote(path: str) -> bool:
 
 def _fs(path: str):
   """(fsspec file system, path as it names it) for a URL."""
-  import fsspec  # noqa: PLC0415 - only URL workdirs need it
   return fsspec.core.url_to_fs(path)
 
 
