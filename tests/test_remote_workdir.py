@@ -128,3 +128,21 @@ def test_evaluation_reads_the_config_of_a_url_workdir(url):
   with pytest.raises(FileNotFoundError, match="is 'memory://.*' a training workdir"):
     workdir_lib.load_config(url + "/nothing_here")
   assert not os.path.exists("memory:")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_storage_calls_agree_on_local_paths_and_urls(url, tmp_path, local):
+  root = str(tmp_path / "w") if local else url
+  storage.write_text(f"{root}/a/x.json", "{}")
+  storage.write_bytes(f"{root}/a/y.bin", b"\x00")
+  assert storage.exists(f"{root}/a/x.json") and storage.isdir(f"{root}/a")
+  assert sorted(storage.listdir(f"{root}/a")) == ["x.json", "y.bin"]
+  assert storage.glob(f"{root}/a/*.json") == [f"{root}/a/x.json"]
+  assert storage.info(f"{root}/a/y.bin")["size"] == 1
+  assert storage.create_exclusive(f"{root}/a/z", b"1") and not storage.create_exclusive(
+      f"{root}/a/z", b"2")
+  storage.remove(f"{root}/a/z")
+  storage.remove(f"{root}/a/z", missing_ok=True)
+  with pytest.raises(FileNotFoundError):
+    storage.read_bytes(f"{root}/a/z")
+  assert storage.listdir(f"{root}/nothing") == []
