@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from absl import flags
 
 from simlap import eval_workdir
