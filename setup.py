@@ -26,6 +26,11 @@ TRAIN_REQUIRES = [
     "safetensors==0.8.0",
     # The `digits` transfer target reads sklearn/datasets/data/digits.csv.gz from this wheel.
     "scikit-learn==1.9.1",
+    # gs:// workdirs: simlap.storage and Orbax's directory operations (etils epath) go through
+    # gcsfs, which can be pointed at a storage server; TensorFlow's gfile cannot. What it pulls
+    # in: docs/reliability.md ("gs:// against a storage server").
+    "fsspec==2026.9.0",
+    "gcsfs==2026.10.1",
 ]
 
 # Installed with `pip install --no-deps` by scripts/setup.sh: data-only use of a wheel whose
@@ -43,6 +48,8 @@ TEST_REQUIRES = [
     "pytest-xdist==3.8.0",
     "execnet==2.1.2",
     "ruff==0.17.6",  # scripts/test.sh lints before testing (ruff.toml)
+    # tests/test_gcs_emulator.py: a GCS JSON API server on 127.0.0.1 (in memory).
+    "gcp-storage-emulator==2026.7.19",
 ]
 
 setuptools.setup(

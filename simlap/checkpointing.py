@@ -19,6 +19,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from simlap import storage  # noqa: F401 - epath on gcsfs, and the endpoint (see storage)
+
 _STATE = "state"
 _META = "meta"
 

@@ -7,8 +7,8 @@ step into the trainer's sharded abstract state -> `evaluation.bank.extract_bank`
 stream for the train split (kNN bank, probe training set, few-shot pool: it stays on the
 devices, split by rows) and the test split -> distributed kNN, data-parallel linear probe and
 few-shot (simlap/evaluation/) and the analyses of `simlap.analysis` (test split, on the host) ->
-results.json + report.md + PNGs. A URL workdir (gs://) is read and written through tf.io.gfile;
-its PNGs are drawn locally and copied.
+results.json + report.md + PNGs. A URL workdir (gs://) is read and written through
+`simlap.storage`; its PNGs are drawn locally and uploaded.
 
 Gates exist only where the objective trains them (`objectives.trains_gates`: simlap, or moco with a
 gated term, and a non-open gate); otherwise every gate entry is null.
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from simlap import analysis
 from simlap import checkpointing
@@ -36,6 +35,7 @@ from simlap import objectives
 from simlap import optim
 from simlap import report
 from simlap import sharding
+from simlap import storage
 from simlap import train
 from simlap import workdir as workdir_lib
 from simlap.data import datasets
@@ -297,11 +297,10 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
   res = analysis.jsonable(res)  # NaN -> null, numpy -> Python
   if jax.process_index() == 0:
     workdir_lib.write_json(os.path.join(out_dir, "results.json"), res, indent=1)
-    with tf.io.gfile.GFile(os.path.join(out_dir, "report.md"), "w") as f:
-      f.write(report.markdown(res))
+    workdir_lib.write_text(os.path.join(out_dir, "report.md"), report.markdown(res))
     pictures = ana.get("plots", []) + [_get(res, "robustness", "picture")]
     for name in [p for p in pictures if p] if remote else ():
-      tf.io.gfile.copy(os.path.join(png_dir, name), os.path.join(out_dir, name), overwrite=True)
+      storage.upload(os.path.join(png_dir, name), os.path.join(out_dir, name))
   if png_dir and remote:
     shutil.rmtree(png_dir, ignore_errors=True)
   logging.info("evaluated %s at step %d in %.1f s", workdir, step, time.time() - t0)

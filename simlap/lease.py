@@ -8,10 +8,13 @@ the holder. A lease whose heartbeat is older than `stale_after_s` belongs to a j
 without releasing it and may be taken over (logged as a warning); so may one written on this
 host by a process that no longer exists (a restart right after kill -9 need not wait).
 
-Writes are atomic: the content goes to a temporary file, which is then linked (first take:
-fails if a lease appeared meanwhile, so of two racing runs exactly one wins) or renamed (the
-heartbeat) into place. URL workdirs have no exclusive create through tf.io.gfile: there the
-lease is written, then read back, and whoever's token is in the file wins.
+Writes are atomic (`simlap.storage`). The first take is a create-if-absent, so of two racing
+runs exactly one wins: a hard link of a temporary file on local disks, a write with the
+precondition `ifGenerationMatch=0` on GCS (the server refuses it, 412, if the object exists).
+A heartbeat replaces the file in one step (a rename locally, one object write on GCS).
+Taking over a stale lease removes it, then creates anew: two runs that take over the same
+stale lease at the same moment both pass the removal, and the create lets one of them win;
+a heartbeat that finds another token in the file says so (logged as an error).
 
 Multi-process jobs: only process 0 holds the lease (see `simlap.main`), and its verdict is
 shared with every process, so all of them refuse or all go on.
@@ -27,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-import tensorflow as tf  # tf.io.gfile: workdirs may be gs:// URLs
+from simlap import storage
 
 LEASE_FILE = "lease.json"
 HEARTBEAT_S = 30.0
@@ -53,9 +56,8 @@ def _pid_alive(pid: int) -> bool:
 def _read(path: str) -> dict[str, Any] | None:
   """The lease at `path`; None if there is none. A damaged lease reads as a stale one."""
   try:
-    with tf.io.gfile.GFile(path, "r") as f:
-      text = f.read()
-  except (tf.errors.NotFoundError, FileNotFoundError):
+    text = storage.read_text(path)
+  except FileNotFoundError:
     return None
   try:
     lease = json.loads(text)
@@ -104,20 +106,7 @@ class Lease:
 
   def _write_new(self) -> bool:
     """Writes a lease where none is; False if another appeared first."""
-    tmp = f"{self.path}.{self._token}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(json.dumps(self._record()))
-    if "://" in self.path:
-      tf.io.gfile.rename(tmp, self.path, overwrite=True)
-      time.sleep(0.2)  # lets a concurrent writer's object land before reading back
-      return (_read(self.path) or {}).get("token") == self._token
-    try:
-      os.link(tmp, self.path)  # atomic, and fails if the lease exists
-      return True
-    except FileExistsError:
-      return False
-    finally:
-      os.remove(tmp)
+    return storage.create_exclusive(self.path, json.dumps(self._record()).encode())
 
   def acquire(self) -> None:
     """Takes the lease (taking over a stale one, with a warning) and starts the heartbeat."""
@@ -132,10 +121,7 @@ class Lease:
               f"taken over once its heartbeat is {self._stale_after_s:.0f} s old)")
         logging.warning("taking over the lease of %s from a run that is gone (%s): %s",
                         self._workdir, describe(current), why)
-        try:
-          tf.io.gfile.remove(self.path)
-        except (tf.errors.NotFoundError, FileNotFoundError):
-          pass
+        storage.remove(self.path, missing_ok=True)
       if self._write_new():
         self._thread = threading.Thread(target=self._beat, name="simlap-lease", daemon=True)
         self._thread.start()
@@ -151,10 +137,7 @@ class Lease:
                         "writing there", self._workdir,
                         describe(current) if current else "file removed")
           return
-        tmp = f"{self.path}.{self._token}.tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-          f.write(json.dumps(self._record()))
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
+        storage.write_text(self.path, json.dumps(self._record()))
       except Exception:  # pylint: disable=broad-except
         # A heartbeat that cannot be written is not worth stopping a run for; the lease just
         # turns stale sooner. The run's own writes report a full or lost disk.
@@ -168,7 +151,7 @@ class Lease:
       self._thread = None
       current = _read(self.path)
       if current is not None and current.get("token") == self._token:
-        tf.io.gfile.remove(self.path)
+        storage.remove(self.path, missing_ok=True)
 
   def __enter__(self) -> Lease:
     self.acquire()

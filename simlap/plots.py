@@ -6,10 +6,13 @@ plotting works headless and from threads.
 """
 from __future__ import annotations
 from collections.abc import Mapping, Sequence
+import io
 import os
 from typing import Any
 
 import numpy as np
+
+from simlap import storage
 
 ArrayLike = Any
 
@@ -25,14 +28,10 @@ def _figure(width: float = 6.0, height: float = 4.0):
 
 def save_png(fig, path: str) -> str:
   """Writes `fig` as a PNG to `path` (parent folders created) and returns the path."""
-  if "://" in path:  # gs:// workdirs: matplotlib writes local files only
-    import io  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+  if storage.is_remote(path):  # gs:// workdirs: matplotlib writes local files only
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "wb") as f:
-      f.write(buffer.getvalue())
+    storage.write_bytes(path, buffer.getvalue())
     return path
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format="png")

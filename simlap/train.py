@@ -54,7 +54,10 @@ def _finish_writes_on_error(ckpt: checkpointing.Checkpointer, writer) -> Iterato
     yield
   except BaseException:
     ckpt.wait()
-    writer.flush()
+    try:
+      writer.close()
+    except Exception:  # pylint: disable=broad-except - the loop's error is the one to report
+      logging.warning("could not finish writing the metrics", exc_info=True)
     raise
 
 
@@ -167,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def save(step, force):
     if force or step % config.checkpoint_every == 0 or step in ckpt.keep_steps:
       step_lib.raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
+      writer.sync()  # rows up to `step` stored before its checkpoint (never recomputed)
       ckpt.save(step, state, {**meta, "step": step}, force=force)
 
   # ---- the loop: no host transfer except on log, eval and checkpoint steps ----
@@ -210,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.wait()
   if not preempted and config.eval_at_end:
     run_eval(step)
-  writer.flush()
+  writer.close()
   ckpt.close()
   summary = {"step": step, "num_steps": num_steps, "preempted": preempted,
              "workdir": workdir, "train_step_compilations": step_fn._cache_size(),  # noqa: SLF001

@@ -1,6 +1,6 @@
 """A run's workdir: prepared and proven writable, its config.json read and written, and whether
 another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every
-file here goes through tf.io.gfile, never `open`, and only local paths are made absolute
+file here goes through `simlap.storage`, and only local paths are made absolute
 (`os.path.abspath` would turn a URL into a local "gs:/bucket/run").
 
 A workdir's `config.json` records the config of the run that wrote its checkpoints. Resuming it
@@ -16,9 +16,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import tensorflow as tf  # tf.io.gfile: workdirs may be gs:// URLs
 
 from simlap import config_schema
+from simlap import storage
 
 # Dotted config keys a resumed run may change: logging, evaluation, checkpoint cadence, where
 # the data lives, and the device layout (checkpoints restore onto any mesh, replicated or
@@ -50,15 +50,14 @@ def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
 def read_json(path: str) -> Any:
   """The JSON file at `path` (local or a URL); None when it is missing or unreadable."""
   try:
-    with tf.io.gfile.GFile(path, "r") as f:
-      return json.load(f)
-  except (OSError, ValueError, tf.errors.OpError):
+    return json.loads(storage.read_bytes(path))
+  except (OSError, ValueError):
     return None
 
 
 def is_remote(path: str) -> bool:
-  """True for URLs such as gs://bucket/run, which need tf.io.gfile instead of local file I/O."""
-  return "://" in path
+  """True for URLs such as gs://bucket/run, which `simlap.storage` reads and writes."""
+  return storage.is_remote(path)
 
 
 def resolve(workdir: str) -> str:
@@ -80,42 +79,33 @@ def prepare(workdir: str) -> str:
   workdir = resolve(check_given(workdir))
   probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
   try:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("")
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as e:
+    storage.makedirs(workdir)
+    storage.write_bytes(probe, b"")
+    storage.remove(probe)
+  except OSError as e:
     reason = (str(e).splitlines() or [type(e).__name__])[0]
     raise ValueError(f"workdir {workdir!r} is not writable: {reason}") from e
   return workdir
 
 
 def write_json(path: str, value: Any, indent: int = 2) -> None:
-  """Writes `value` as JSON to `path` (local or a URL), folders created."""
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump(value, f, indent=indent)
+  """Writes `value` as JSON to `path` (local or a URL), folders created, in one step."""
+  storage.write_text(path, json.dumps(value, indent=indent))
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` (local or a URL), folders created."""
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text)
+  """Writes `text` to `path` (local or a URL), folders created, in one step."""
+  storage.write_text(path, text)
 
 
 def listdir(path: str) -> list[str]:
-  """Entry names of the folder `path` (local or a URL; object stores' trailing "/" removed);
-  [] when it does not exist."""
-  if not tf.io.gfile.isdir(path):
-    return []
-  return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+  """Entry names of the folder `path` (local or a URL); [] when it does not exist."""
+  return storage.listdir(path)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config as W/config.json (what `load_config` and resume checks read)."""
-  with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  storage.write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
@@ -125,12 +115,11 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
   error: treated as missing, it would switch off `check_resumable` and be overwritten.
   """
   path = os.path.join(workdir, "config.json")
-  if not tf.io.gfile.exists(path):
+  if not storage.exists(path):
     return None
   try:
-    with tf.io.gfile.GFile(path, "r") as f:
-      saved = json.load(f)
-  except (OSError, ValueError, tf.errors.OpError) as e:
+    saved = json.loads(storage.read_bytes(path))
+  except (OSError, ValueError) as e:
     reason = (str(e).splitlines() or [type(e).__name__])[0]
     raise ValueError(f"{path} is unreadable ({type(e).__name__}: {reason}); it records the "
                      "config of the run that wrote this workdir's checkpoints: restore it, or "
@@ -174,9 +163,7 @@ def resume_blockers(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  directory = os.path.join(workdir, "checkpoints")
-  return tf.io.gfile.isdir(directory) and any(
-      name.rstrip("/").isdigit() for name in tf.io.gfile.listdir(directory))
+  return any(name.isdigit() for name in storage.listdir(os.path.join(workdir, "checkpoints")))
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:

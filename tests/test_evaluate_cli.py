@@ -4,10 +4,10 @@ import json
 import os
 
 import pytest
-import tensorflow as tf
 from absl import flags
 
 from simlap import eval_workdir
+from simlap import storage
 from simlap import workdir as workdir_lib
 from simlap import compare
 from simlap import evaluate
@@ -89,12 +89,12 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
 
 
 def test_step_flag_restores_that_checkpoint_and_writes_to_a_url(workdir):
-  # Results go through tf.io.gfile, so an out_dir (or workdir) may be a URL: TF's ram:// here.
+  # Results go through simlap.storage, so an out_dir (or workdir) may be a URL: memory:// here.
   path, _ = workdir
-  url = "ram://evaluate_cli/eval"
+  url = "memory://evaluate_cli/eval"
   res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
                                       out_dir=url)
   assert res["step"] == 2 and res["analysis"]["plots"] == []
   assert workdir_lib.read_json(f"{url}/results.json")["step"] == 2
-  assert tf.io.gfile.exists(f"{url}/report.md")
-  assert not os.path.exists("ram:")
+  assert storage.exists(f"{url}/report.md")
+  assert not os.path.exists("memory:")

@@ -1,0 +1,175 @@
+"""gs:// workdirs against a storage server: PyPI's gcp-storage-emulator, started by the test.
+
+Every byte of these runs goes over the GCS JSON API to 127.0.0.1: simlap's own files (through
+simlap.storage and gcsfs), Orbax's directory operations (etils epath on the same gcsfs),
+tensorstore's arrays, and the TensorBoard event parts. The children get
+STORAGE_EMULATOR_HOST, which simlap.storage turns into all three clients' endpoints.
+
+  * train on gs://bucket/cmp/simlap/seed0, SIGTERM, resume: every logged row and the final
+    state equal an uninterrupted local run's, bit for bit; metrics.jsonl holds each step once;
+    the TensorBoard event parts load in TensorBoard with each step once; the lease is gone;
+  * `python -m simlap.evaluate` writes eval/results.json and report.md there;
+  * `python -m simlap.compare` on the gs:// root finds that run trained and evaluated and
+    writes comparison.{md,json} there (no local "gs:" tree);
+  * the lease is created with ifGenerationMatch=0: a second create is refused by the server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from simlap import storage  # before gcsfs: it sets gcsfs's options (see storage)
+
+pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed "
+                    "(setup.py's test extra installs it)")
+pytest.importorskip("gcsfs", reason="gcsfs is not installed (setup.py's train extra has it)")
+
+from simlap import metrics_io  # noqa: E402
+from test_reliability import (Launcher, assert_same_as_straight_run, log_tail,  # noqa: E402
+                              loss_rows, resumed_from, wait_for_step)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+BUCKET = "simlap-test"
+_STEPS = 14  # test_reliability's: its compiled programs serve these runs too
+
+_CONFIG_FILE = '''"""test_train.tiny_config for test_gcs_emulator's subprocesses."""
+from test_train import tiny_config
+
+
+def get_config():
+  return tiny_config({data_dir!r}, log_every=1, checkpoint_every=1000, num_steps={steps})
+'''
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  """http://127.0.0.1:PORT of a fresh in-memory emulator holding bucket BUCKET; this process
+  and the ones it starts use it for gs:// (restored afterwards)."""
+  port = _free_port()
+  proc = subprocess.Popen([sys.executable, os.path.join(TESTS, "gcs_emulator.py"), str(port),
+                           BUCKET], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  saved = dict(os.environ)
+  try:
+    assert proc.stdout.readline().strip() == "ready", "the emulator did not start"
+    url = f"http://127.0.0.1:{port}"
+    storage.use_endpoint(url)
+    yield url
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+    proc.kill()
+    proc.wait()
+
+
+class _Runs(Launcher):
+  """test_reliability's launcher, its console logs kept locally for a gs:// workdir."""
+
+  def __init__(self, config_file: str, cache_dir: str, log_dir: str):
+    super().__init__(config_file, cache_dir)
+    self.log_dir = log_dir
+    self.env["STORAGE_EMULATOR_HOST"] = os.environ["STORAGE_EMULATOR_HOST"]
+
+  def start_module(self, module: str, *args: str) -> subprocess.Popen:
+    self._count += 1
+    log = open(os.path.join(self.log_dir, f"{self._count}.log"), "w", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=self.log_dir,
+                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = self.last_log = log.name  # type: ignore[attr-defined]
+    log.close()
+    return proc
+
+  def start(self, workdir: str, **overrides) -> subprocess.Popen:
+    return self.start_module("simlap.main", f"--config={self.config_file}",
+                             f"--workdir={workdir}")
+
+  def finish(self, proc: subprocess.Popen, timeout: float = 180) -> None:
+    try:
+      rc = proc.wait(timeout=timeout)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    assert rc == 0, f"exit {rc}:\n{log_tail(proc)}"
+
+
+def _json(url: str):
+  return json.loads(storage.read_bytes(url))
+
+
+def _event_steps(workdir: str, tmp_path) -> list[int]:
+  """The steps of the "loss" scalar, as TensorBoard loads the run's event files."""
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+  local = tmp_path / "events"
+  local.mkdir()
+  for name in storage.listdir(workdir):
+    if "tfevents" in name:
+      (local / name).write_bytes(storage.read_bytes(f"{workdir}/{name}"))
+  acc = event_accumulator.EventAccumulator(str(local))
+  acc.Reload()
+  return [e.step for e in acc.Scalars("loss")]
+
+
+def test_lease_create_is_refused_by_the_server_when_the_object_exists(emulator):
+  path = f"gs://{BUCKET}/lease_test/lease.json"
+  assert storage.create_exclusive(path, b"first")
+  assert not storage.create_exclusive(path, b"second")
+  assert storage.read_bytes(path) == b"first"
+
+
+@pytest.mark.slow
+def test_train_sigterm_resume_evaluate_compare_on_gs(emulator, fmnist_data_dir, tmp_path):
+  config_file = tmp_path / "tiny_config.py"
+  config_file.write_text(_CONFIG_FILE.format(data_dir=fmnist_data_dir, steps=_STEPS))
+  runs = _Runs(str(config_file), str(tmp_path / "jax_cache"), str(tmp_path))
+  straight = str(tmp_path / "straight")
+  runs.finish(runs.start(straight))  # the uninterrupted reference, on local disk
+
+  # compare's layout (W/<method>/seed<k>), so the grid below finds this run done.
+  root = f"gs://{BUCKET}/cmp"
+  workdir = f"{root}/simlap/seed0"
+  proc = runs.start(workdir)
+  wait_for_step(proc, workdir, 3)
+  proc.send_signal(signal.SIGTERM)
+  runs.finish(proc, timeout=60)
+  summary = _json(f"{workdir}/summary.json")
+  stopped = summary["step"]
+  assert summary["preempted"] and 3 <= stopped < _STEPS
+  assert storage.listdir(f"{workdir}/checkpoints") == [str(stopped)]
+
+  proc = runs.start(workdir)
+  runs.finish(proc)
+  assert resumed_from(proc) == stopped
+  assert _json(f"{workdir}/summary.json")["step"] == _STEPS
+  rows = [r for r in metrics_io.read_jsonl(f"{workdir}/metrics.jsonl") if "loss" in r]
+  assert [r["step"] for r in rows] == list(range(1, _STEPS + 1))
+  reference = {r["step"]: r for r in loss_rows(straight)}
+  assert all(r == reference[r["step"]] for r in rows)
+  assert_same_as_straight_run(straight, workdir, fmnist_data_dir)  # restores from gs://
+  assert _event_steps(workdir, tmp_path) == list(range(1, _STEPS + 1))
+  assert not storage.exists(f"{workdir}/lease.json")
+  assert _json(f"{workdir}/config.json")["num_steps"] == _STEPS
+
+  runs.finish(runs.start_module("simlap.evaluate", f"--workdir={workdir}", "--plots=false",
+                                "--linear_epochs=2"))
+  assert _json(f"{workdir}/eval/results.json")["step"] == _STEPS
+  assert storage.exists(f"{workdir}/eval/report.md")
+
+  runs.finish(runs.start_module("simlap.compare", f"--config={config_file}",
+                                f"--workdir={root}", "--methods=simlap", "--seeds=0",
+                                "--plots=false", "--linear_epochs=2"))
+  with open(runs.last_log, encoding="utf-8") as f:
+    assert "done earlier, skipped" in f.read()
+  assert list(_json(f"{root}/comparison.json")["methods"]) == ["simlap"]
+  assert "| simlap | 1 |" in storage.read_text(f"{root}/comparison.md")
+  assert not os.path.exists(tmp_path / "gs:")  # the children ran in tmp_path
