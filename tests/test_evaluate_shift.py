@@ -23,7 +23,6 @@ from simlap.evaluation import robustness
 from test_evaluate_cli import run_cli, workdir  # noqa: F401 - the trained tiny run
 from test_train import tiny_config
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
