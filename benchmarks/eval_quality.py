@@ -1,10 +1,11 @@
 """Sharded evaluation against the single-device evaluators on real Fashion-MNIST features.
 
-  python -m benchmarks.eval_quality [--steps=300] [--devices=8]
+  python -m benchmarks.eval_quality [--steps=300] [--devices=8] [--workdir=W]
 
 Trains a small SimLAP (resnet_tiny, 28x28, batch 256) on the full Fashion-MNIST train split for
---steps steps, extracts the row-sharded train (60k) and test (10k) banks on --devices simulated
-CPU devices, and prints:
+--steps steps (or, with --workdir, takes the latest checkpoint of a trained workdir, such as the
+main job's runs/default), extracts the row-sharded train (60k) and test (10k) banks on
+--devices simulated CPU devices, and prints:
   kNN (k = 10, 20, 50): accuracy and time of the single-device `evaluators.knn_accuracy` (on
     the same features, on the host) and of the distributed kNN at HIGHEST and DEFAULT matmul
     precision and on bfloat16-rounded features (what one bf16 pass on a TPU reads); whether
@@ -35,6 +36,7 @@ from simlap.data import datasets  # noqa: E402
 from simlap.evaluation import bank as bank_lib, knn as knn_lib, probes  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 300, "Training steps before the features are taken.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Score this trained workdir instead of training.")
 flags.DEFINE_integer("devices", 8, "Simulated CPU devices.")
 KS = (10, 20, 50)
 
@@ -60,21 +62,34 @@ def timed(fn):
   return out, time.perf_counter() - t
 
 
-def main(argv):
-  del argv
-  config = config_for(_STEPS.value)
-  workdir = tempfile.mkdtemp(prefix="eval-quality-")
-  _, t_train = timed(lambda: train.train_and_evaluate(config, workdir))
+def _restore_trained(config, workdir: str):
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.make_trainer(config, mesh, datasets.get_dataset_info(config))
   from simlap import checkpointing  # noqa: PLC0415
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
   state = ckpt.restore(trainer.abstract_state)[0]
   ckpt.close()
-  tr = bank_lib.extract_bank(config, trainer.model, state, mesh, "train")
-  te = bank_lib.extract_bank(config, trainer.model, state, mesh, "test")
+  return trainer.model, state, mesh
+
+
+def main(argv):
+  del argv
+  if _WORKDIR.value:
+    from simlap import eval_workdir, workdir as workdir_lib  # noqa: PLC0415
+    config = workdir_lib.load_config(_WORKDIR.value)
+    (model, state, mesh, _, step), t_train = timed(
+        lambda: eval_workdir.restore(config, _WORKDIR.value))
+    what = f"{_WORKDIR.value} at step {step} (restored in {t_train:.0f} s)"
+  else:
+    config = config_for(_STEPS.value)
+    workdir = tempfile.mkdtemp(prefix="eval-quality-")
+    _, t_train = timed(lambda: train.train_and_evaluate(config, workdir))
+    model, state, mesh = _restore_trained(config, workdir)
+    what = f"{_STEPS.value} training steps in {t_train:.0f} s"
+  tr = bank_lib.extract_bank(config, model, state, mesh, "train")
+  te = bank_lib.extract_bank(config, model, state, mesh, "test")
   host_tr, host_te = (bank_lib.host_rows(b, ("features", "labels")) for b in (tr, te))
-  print(f"{jax.device_count()} devices; {_STEPS.value} training steps in {t_train:.0f} s; "
+  print(f"{jax.device_count()} devices; {what}; "
         f"train bank {tr['features'].shape}, test {te['features'].shape}")
 
   ref, t_ref = timed(lambda: {k: np.asarray(v) for k, v in evaluators.knn_classify(
