@@ -126,9 +126,9 @@ def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) 
   """
   from simlap.data import datasets  # noqa: PLC0415
   d = config.dataset
-  if d.get("view_dtype") is not None:
+  if d.view_dtype is not None:
     return d.view_dtype
-  if d.get("in_memory") is not None:
+  if d.in_memory is not None:
     return "float32" if d.in_memory else "uint8"
   images = (num_train or TRAIN_SIZES.get(d.name, 0)) * d.image_size ** 2 * d.channels
   return "float32" if images <= datasets.IN_MEMORY_MAX_BYTES else "uint8"

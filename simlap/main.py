@@ -42,6 +42,8 @@ from simlap import platforms  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
+flags.DEFINE_bool("config_help", False, "Print every config field (name, default, description) "
+                  "and exit; needs no other flag.")
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -89,7 +91,7 @@ def main(argv):
   platforms.skip_absent_tpu()
   from simlap import errors  # noqa: PLC0415
   try:
-    _CONFIG.value.get("method")  # a config file that failed to load raises here
+    _CONFIG.value.method  # a config file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
     _exit(errors.report("main", e))
   multi_process = distributed.initialize()  # the one start-up shared with simlap.evaluate
@@ -122,8 +124,13 @@ def main(argv):
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override as one line and exit status 2.
 
-  An unknown `--config.<field>` names the field and the closest valid ones.
+  An unknown `--config.<field>` names the field and the closest valid ones. `--config_help`
+  prints the schema and exits 0 before the required flags are checked.
   """
+  if "--config_help" in argv[1:]:
+    from simlap import config_schema  # noqa: PLC0415
+    print(config_schema.help_text())
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

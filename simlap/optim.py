@@ -88,7 +88,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_train: int, *,
   schedule = learning_rate_schedule(config, num_train)
   # A frozen ViT patch projection (model.freeze_patch_embed: stop-gradient in the model) also
   # gets no update at all, not even weight decay: it stays at its random init, as in MoCo-v3.
-  frozen = "patch_embed" if config.model.get("freeze_patch_embed", False) else None
+  frozen = "patch_embed" if config.model.freeze_patch_embed else None
   if separate_probe and not config.optimizer.probe_lr > 0:
     raise ValueError(f"optimizer.probe_lr must be positive, got {config.optimizer.probe_lr}")
   if not separate_probe and frozen is None:

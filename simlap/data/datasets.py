@@ -231,14 +231,8 @@ def load_arrays(builder, split: Any, d: ConfigDict, with_ids: bool) -> dict[str,
   return _loaded[key]
 
 
-def _in_memory(builder, config: ConfigDict) -> bool:
-  if config.dataset.get("in_memory") is not None:
-    return bool(config.dataset.in_memory)
-  return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES
-
-
 def in_memory(builder, config: ConfigDict) -> bool:
   """Whether `config`'s train split is read into memory (exact, free resume) or streamed."""
-  if config.dataset.get("in_memory") is not None:
+  if config.dataset.in_memory is not None:
     return bool(config.dataset.in_memory)
   return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES

@@ -79,7 +79,7 @@ def _step_indices(step: tf.Tensor, unique: int, n: int, seed: int) -> tf.Tensor:
 
 def random_access(builder, config: ConfigDict) -> bool:
   """Whether a streamed split is read by index (ArrayRecord) rather than as a TFRecord stream."""
-  if config.dataset.get("random_access") is not None:
+  if config.dataset.random_access is not None:
     return bool(config.dataset.random_access)
   return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
 
@@ -188,7 +188,7 @@ def epochs_overlapped(epoch_fn, first_epoch: int, n: int) -> tf.data.Dataset:
 def view_dtype(config: ConfigDict, builder) -> str:
   """"uint8" or "float32": the dtype of the views this config's stream yields (see
   config.dataset.view_dtype; the auto choice is uint8 exactly when the split is streamed)."""
-  if config.dataset.get("view_dtype") is not None:
+  if config.dataset.view_dtype is not None:
     return config.dataset.view_dtype
   return "float32" if datasets.in_memory(builder, config) else "uint8"
 
@@ -227,7 +227,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   split = tfds.split_for_jax_process(d.train_split, process_index=pi, process_count=pc)
 
   in_memory = datasets.in_memory(builder, config)
-  if d.get("random_labels") and not in_memory:
+  if d.random_labels and not in_memory:
     raise ValueError(f"config.dataset.random_labels needs an in-memory train split; {d.name!r} "
                      "is streamed (set config.dataset.in_memory=True if it fits)")
   if in_memory:
@@ -238,7 +238,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     for k in d.extra_label_keys:
       if isinstance(builder.info.features[k], tfds.features.ClassLabel):
         datasets.check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
-    if d.get("random_labels"):  # the random-label control; the true labels ride along
+    if d.random_labels:  # the random-label control; the true labels ride along
       arrays = {**arrays, "true_label": arrays["label"],
                 "label": random_labels.process_labels(builder, config, pi, pc)}
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,

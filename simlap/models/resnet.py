@@ -37,7 +37,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from simlap.models import cpu_conv
 from simlap.models import pooling
@@ -283,40 +282,43 @@ def parse_dtype(name: str | Dtype) -> Dtype:
   return name
 
 
-def build_backbone(model_config: ml_collections.ConfigDict,
-                   platform: str | None = None) -> ResNet:
-  """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype,
-  conv_impl).
+def build_backbone(*, backbone: str, stem: str, width: float, output_stride: int,
+                   bn_momentum: float, dtype: str | Dtype, conv_impl: str,
+                   platform: str | None = None, **other_model_fields: Any) -> ResNet:
+  """ResNet from the `config.model` fields, as `build_backbone(**config.model)`.
+
+  A missing field is a TypeError naming it; the model's other fields (projector, probe, ...)
+  are not the backbone's and pass unread.
 
   Args:
-    model_config: the `config.model` ConfigDict.
+    backbone, stem, width, output_stride, bn_momentum, dtype, conv_impl: the `config.model`
+      fields of the same names (config_schema.py describes them).
     platform: what the program is compiled for (`resolve_conv_impl`); None = the default backend.
 
   Returns:
     An unbound `ResNet`; `apply(..., images (B, H, W, C), train=...)` gives (B, F) float32.
   """
-  name = model_config.backbone
-  if name not in VARIANTS:
-    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(VARIANTS)}")
-  stages, widths, block, stem_width = VARIANTS[name]
-  mult = float(model_config.get("width", 1.0))
-  scale = lambda w: max(1, int(round(w * mult)))  # noqa: E731
+  del other_model_fields
+  if backbone not in VARIANTS:
+    raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(VARIANTS)}")
+  stages, widths, block, stem_width = VARIANTS[backbone]
+  scale = lambda w: max(1, int(round(w * float(width))))  # noqa: E731
   return ResNet(
       stage_sizes=stages,
       widths=tuple(scale(w) for w in widths),
       block=block,
-      stem=model_config.get("stem", "cifar"),
+      stem=stem,
       stem_width=scale(stem_width),
-      output_stride=int(model_config.get("output_stride", 32)),
-      bn_momentum=float(model_config.get("bn_momentum", 0.9)),
-      dtype=parse_dtype(model_config.get("dtype", "float32")),
-      conv_impl=resolve_conv_impl(model_config.get("conv_impl", "auto"), platform),
+      output_stride=int(output_stride),
+      bn_momentum=float(bn_momentum),
+      dtype=parse_dtype(dtype),
+      conv_impl=resolve_conv_impl(conv_impl, platform),
   )
 
 
-def feature_dim(model_config: ml_collections.ConfigDict) -> int:
-  """F, the pooled feature width `build_backbone(model_config)` returns."""
-  stages, widths, block, _ = VARIANTS[model_config.backbone]
-  del stages
-  w = max(1, int(round(widths[-1] * float(model_config.get("width", 1.0)))))
+def feature_dim(*, backbone: str, width: float, **other_model_fields: Any) -> int:
+  """F, the pooled feature width `build_backbone(**config.model)` returns."""
+  del other_model_fields
+  _, widths, block, _ = VARIANTS[backbone]
+  w = max(1, int(round(widths[-1] * float(width))))
   return w * 4 if block == "bottleneck" else w
