@@ -52,12 +52,9 @@ from ml_collections import config_flags  # noqa: E402
 from simlap import console  # noqa: E402
 from simlap import hlo_collectives  # noqa: E402
 from simlap import tpu_topology  # noqa: E402
+from simlap.data import split_sizes  # noqa: E402
 
 _GIB = 2.0 ** 30
-# Train-split sizes, so that shapes (and the LR schedule's length) come from the config alone.
-TRAIN_SIZES = {"imagenet2012": 1_281_167, "imagenette": 9_469, "cifar10": 50_000,
-               "cifar100": 50_000, "fashion_mnist": 60_000, "fashion_mnist_local": 60_000,
-               "mnist": 60_000}
 # XLA's out-of-memory messages: "Used 20.1G of 15.5G hbm" or "... temporaries (388.16G)
 # exceeds available HBM (15.75G)". Sizes are binary (G = GiB).
 _OOM_USED = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
@@ -94,11 +91,16 @@ class Row:
 def _info(config: ml_collections.ConfigDict, num_train: int | None):
   from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow; see main())
   d = config.dataset
-  num_train = num_train or TRAIN_SIZES.get(d.name)
+  num_train = num_train or _known_train_size(d.name)
   if not num_train:
-    raise ValueError(f"the size of dataset {d.name!r} is not in simlap.aot.TRAIN_SIZES; pass "
-                     "--num_train (it sets the LR schedule's length, not the shapes)")
+    raise ValueError(f"the size of dataset {d.name!r} is not in simlap/data/split_sizes.py; "
+                     "pass --num_train (it sets the LR schedule's length, not the shapes)")
   return datasets.info_from_config(config, num_train)
+
+
+def _known_train_size(name: str) -> int | None:
+  sizes = split_sizes.SIZES.get(name)
+  return sizes.train if sizes else None
 
 
 def _per_chip_bytes(tree: Any) -> int:
@@ -130,7 +132,7 @@ def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) 
     return d.view_dtype
   if d.in_memory is not None:
     return "float32" if d.in_memory else "uint8"
-  images = (num_train or TRAIN_SIZES.get(d.name, 0)) * d.image_size ** 2 * d.channels
+  images = (num_train or _known_train_size(d.name) or 0) * d.image_size ** 2 * d.channels
   return "float32" if images <= datasets.IN_MEMORY_MAX_BYTES else "uint8"
 
 
@@ -248,7 +250,7 @@ _FLAGS = (
     ("batch_sizes", flags.DEFINE_list, None, "Global batches to compile (default: config's)."),
     ("max_batch", flags.DEFINE_bool, False, "Search the largest global batch that fits."),
     ("batch_multiple", flags.DEFINE_integer, 8, "--max_batch: per-chip batch granularity."),
-    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in TRAIN_SIZES."),
+    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in simlap/data/split_sizes.py."),
     ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
     ("eval", flags.DEFINE_bool, False, "Also compile the evaluation programs (extraction "
      "batch, kNN block against the sharded bank) and print their per-chip HBM."),

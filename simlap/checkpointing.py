@@ -106,6 +106,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is a save step of the Orbax policy (every `every_steps`, or one of
+    `keep_steps`): the one place that decides it. `save` without `force` asks the same."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves if the interval policy (or `force`) says so; returns whether a save started.
 
