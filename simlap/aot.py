@@ -250,7 +250,8 @@ _FLAGS = (
     ("batch_sizes", flags.DEFINE_list, None, "Global batches to compile (default: config's)."),
     ("max_batch", flags.DEFINE_bool, False, "Search the largest global batch that fits."),
     ("batch_multiple", flags.DEFINE_integer, 8, "--max_batch: per-chip batch granularity."),
-    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in simlap/data/split_sizes.py."),
+    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in "
+     "simlap/data/split_sizes.py."),
     ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
     ("eval", flags.DEFINE_bool, False, "Also compile the evaluation programs (extraction "
      "batch, kNN block against the sharded bank) and print their per-chip HBM."),

@@ -208,13 +208,11 @@ class ResNet(nn.Module):
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
     # ~20k parameters: for tests only.
     "resnet_tiny": ((1, 1, 1), (8, 16, 32), "basic", 8),
-    # He et al.'s CIFAR ResNet-6n+2 family (3 stages, 16/32/64). Fwd+bwd of 512 28x28x1 images,
-    # measured as CPU-seconds / 2 on a busy 2-core box (uncontended wall time is somewhat lower):
-    # resnet_small (= ResNet-8) ~0.7 s, resnet14 ~1.2 s, resnet20 ~2.0 s; resnet_tiny ~0.25 s.
+    # He et al.'s CIFAR ResNet-6n+2 family (3 stages, 16/32/64).
     "resnet14": ((2, 2, 2), (16, 32, 64), "basic", 16),
     "resnet20": ((3, 3, 3), (16, 32, 64), "basic", 16),
-    # The default Fashion-MNIST backbone, ResNet-8: the only depth of the family that keeps a
-    # step on 2 x 256 views near the ~0.5 s that configs/default.py's ~10 minute budget allows.
+    # ResNet-8, the default Fashion-MNIST backbone: the depth configs/default.py's CPU budget
+    # allows (step times: docs/performance.md, "Train step").
     "resnet_small": ((1, 1, 1), (16, 32, 64), "basic", 16),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), "basic", 64),
     "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512), "basic", 64),
