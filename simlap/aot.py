@@ -6,19 +6,10 @@
 
 The same config, overrides, `make_trainer` and step as `simlap.main`, lowered with abstract
 shapes and compiled by libtpu for compile-only devices (`simlap.tpu_topology`); no dataset is
-read and nothing runs. One Markdown table row per compile:
-
-- per-chip HBM from the compiler's memory analysis: train state (parameters, optimizer state,
-  BatchNorm statistics: from the state's shardings), temporaries (activations and XLA scratch),
-  and the total (arguments + outputs - donated aliases + temporaries) against the chip's HBM;
-- FLOPs and HBM bytes per step per chip (the compiler's cost analysis);
-- collective payload bytes per step per chip by kind, read from the compiled HLO
-  (`simlap.hlo_collectives`);
-- a roofline ESTIMATE of the step time, max(FLOPs / peak bf16, HBM bytes / HBM bandwidth,
-  ICI bytes / ICI bandwidth), and the views/s per chip it implies: an upper bound on
-  throughput from peak figures (`simlap.tpu_topology.CHIPS`), not a measurement.
-
-An out-of-memory compile is a row too: "does not fit: needs X GiB of Y GiB".
+read and nothing runs. One Markdown table row per compile: per-chip HBM from the compiler's
+memory analysis, FLOPs and HBM bytes per step, collective bytes from the HLO and a roofline
+ESTIMATE of the step time, an upper bound from peak figures, not a measurement (docs/tpu.md,
+"The columns"). An out-of-memory compile is a row too: "does not fit: needs X GiB of Y GiB".
 """
 from __future__ import annotations
 

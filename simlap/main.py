@@ -1,22 +1,15 @@
 """Entry point: `python -m simlap.main --config=configs/default.py --workdir=runs/x`.
 
 Flags only; the work happens in `simlap.train.train_and_evaluate`. Config overrides use
-ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`.
-
-Multi-process jobs: simlap/distributed.py (its flags: --coordinator_address, --num_processes,
---process_id, --local_device_ids, --heartbeat_timeout_seconds).
+ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`;
+`--config_help` lists every field with its default. Multi-process flags: simlap/distributed.py.
 
 Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
 flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
-W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir: process 0
-holds its lease (simlap/lease.py) and a second run is refused.
-
-A process that fails in a multi-process job exits at once (status 1 or 2) instead of waiting in
-JAX's shutdown barrier for peers that are themselves blocked in a collective on it: its closed
-connections make their collectives fail too, so the whole job stops within seconds. A process
-that hangs or is killed without an error is declared dead by the coordinator after
---heartbeat_timeout_seconds, which then stops the others. A SIGTERM (preemption) to any process
-stops every process after one agreed step, with a checkpoint of it (simlap/preemption.py).
+W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir (process 0
+holds its lease, simlap/lease.py). A process that fails in a multi-process job exits at once
+(`distributed.exit_now`), so its peers' collectives fail and the whole job stops within seconds;
+a hung or killed one is declared dead after --heartbeat_timeout_seconds (docs/reliability.md).
 """
 from __future__ import annotations
 import json

@@ -2,27 +2,14 @@
 
 Each process reads only its own slice of a split (`tfds.split_for_jax_process`), builds its
 local rows with tf.data, and `jax.make_array_from_process_local_data` assembles the global batch
-sharded over the mesh's batch axis.
-
-Determinism. The training stream is a pure function of (seed, step):
-  * Order. Each process sees an infinite stream of its examples, epoch after epoch; stream
-    position p is example `perm_e[p % n]` of epoch e = p // n. In-memory datasets (the default
-    whenever the split fits in 1 GiB, see `datasets.in_memory`) compute `perm_e` per element
-    with the stateless, O(1) `RandomIndexShuffle` op keyed by (seed, epoch), and read by direct
-    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) prepared as
-    ArrayRecord (`tfds build --file_format=array_record`) are read by index in the same order
-    (`tfds.data_source`): the same free resume, no buffer. TFRecord-only data is streamed in a
-    fixed file order through a shuffle buffer seeded by (seed, epoch), the next epoch's buffer
-    filling while the current epoch drains (`epochs_overlapped`); resuming at step s re-reads
-    (without decoding: JPEG bytes are only parsed) the examples of the current epoch before s,
-    i.e. at most one epoch of records, and never earlier epochs.
-  * Transfer. Streamed datasets send uint8 views (a quarter of float32's bytes); the jitted
-    step converts them (`train_step.float_views`). In-memory ones keep float32 (view_dtype).
-  * Augmentation. The row at position r of the global batch at step s draws its randomness
-    from a seed folded from (seed, s, r); `repeats` copies of an image sit at different rows,
-    so they get independent views.
-  A run started with `start_step=s` therefore yields the batches an uninterrupted run yields
-  from s on.
+sharded over the mesh's batch axis. Invariant: the stream is a pure function of (seed, step), so
+`start_step=s` yields the batches an uninterrupted run yields from s on. Order: stream position p
+is example perm_e[p % n] of epoch e = p // n, perm_e a `RandomIndexShuffle` keyed by (seed, e)
+for in-memory and ArrayRecord splits (read by index: free resume), or a shuffle buffer seeded by
+(seed, e) for a TFRecord stream (`epochs_overlapped`; resume re-reads at most the current
+epoch's records). Row r of step s draws its augmentation from a seed folded from (seed, s, r),
+so `repeats` copies of an image get independent views. Streamed splits send uint8 views (the
+step converts them), in-memory ones float32. docs/performance.md, "Input pipeline".
 """
 from __future__ import annotations
 from collections.abc import Iterator

@@ -2,32 +2,12 @@
 
 Layer for layer the same networks as timm's and torchvision's `ResNet` (conv-BN-ReLU order,
 torch-style symmetric padding, the stride on the 3x3 conv of a bottleneck: "v1.5"), so their
-weights load through `simlap.convert` and give the same outputs (tests/test_golden.py).
-
-Layout is NHWC. Parameters are float32 (`param_dtype`); convolutions and activations run in the
-compute `dtype` (bfloat16 for mixed precision) while BatchNorm reduces its statistics in float32
-(Flax's `force_float32_reductions`) and the pooled features are returned as float32, so every
-head and loss downstream works in float32.
-
-BatchNorm has no `axis_name`: the train step is a `jax.jit` over *global* arrays, so the batch
-mean/variance are already computed over the whole (sharded) batch — synchronized BN for free.
-
-Stems (`stem=`), with w the variant's stem width (64 for ResNet-18/34/50):
-  "imagenet":   7x7 stride-2 conv (3 -> w), BN, ReLU, 3x3 stride-2 max-pool: stride 4.
-  "timm_deep":  timm's `stem_type="deep"`: 3x3 stride-2 conv (3 -> w), BN, ReLU, 3x3 conv
-                (w -> w), BN, ReLU, 3x3 conv (w -> 2w), BN, ReLU, 3x3 stride-2 max-pool:
-                stride 4. With 2w channels out, the first block gets a 1x1 projection shortcut
-                (2w -> w), as in timm.
-  "cifar":      one 3x3 stride-1 conv, no pool: stride 1.
-  "cifar_deep": three 3x3 stride-1 convs (w/2, w/2, w), each with BN and ReLU, no pool:
-                stride 1. A deep stem at full resolution; it is in neither timm nor torchvision.
-
-Stages: the first keeps the resolution, each later one halves it, until the network's total
-stride reaches `output_stride` (8, 16 or 32). From there on, stages dilate their 3x3 convs
-instead (dilation 2, then 4), as timm's `output_stride` does: the first block of a dilated
-stage runs its first 3x3 conv at the previous stage's dilation. The authors' CIFAR-10 network
-is timm's `resnet18(stem_type="deep", output_stride=8)` = `stem="timm_deep"`,
-`output_stride=8`: maps 8, 4, 4, 4 on a 32x32 input (and 16 after the stem's first conv).
+weights load through `simlap.convert` and give the same outputs (tests/test_golden.py). Layout is
+NHWC. Parameters are float32; convs and activations run in the compute `dtype`, BatchNorm reduces
+in float32 and the pooled features are float32, so every head and loss works in float32.
+BatchNorm has no `axis_name`: the train step is one `jax.jit` over *global* arrays, so its
+statistics are already over the whole sharded batch (synchronized BN). Stems: `STEM_STRIDE`;
+strides and dilations per stage: `stage_geometry` (timm's `output_stride`).
 """
 from __future__ import annotations
 from collections.abc import Callable, Sequence
@@ -130,7 +110,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
     widths: channels of each stage (before the bottleneck expansion).
     block: "basic" or "bottleneck".
-    stem: one of `STEMS` (see the module docstring).
+    stem: one of `STEMS` (see `STEM_STRIDE`).
     stem_width: the stem's width w (its output has 2w channels for "timm_deep", else w).
     output_stride: 8, 16 or 32, the largest total stride; later stages dilate instead.
     bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
@@ -220,7 +200,14 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
 }
 
 
-# stem -> its stride (the resolution it divides the image by).
+# stem -> its stride (the resolution it divides the image by). With w the variant's stem width:
+#   "imagenet":   7x7 stride-2 conv (3 -> w), BN, ReLU, 3x3 stride-2 max-pool.
+#   "timm_deep":  timm's `stem_type="deep"`: 3x3 stride-2 conv (3 -> w), BN, ReLU, 3x3 conv
+#                 (w -> w), BN, ReLU, 3x3 conv (w -> 2w), BN, ReLU, 3x3 stride-2 max-pool; the
+#                 first block gets a 1x1 projection shortcut (2w -> w), as in timm.
+#   "cifar":      one 3x3 stride-1 conv, no pool.
+#   "cifar_deep": three 3x3 stride-1 convs (w/2, w/2, w), each with BN and ReLU, no pool (in
+#                 neither timm nor torchvision).
 STEM_STRIDE = {"imagenet": 4, "timm_deep": 4, "cifar": 1, "cifar_deep": 1}
 STEMS = tuple(STEM_STRIDE)
 OUTPUT_STRIDES = (8, 16, 32)
