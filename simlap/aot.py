@@ -6,19 +6,10 @@
 
 The same config, overrides, `make_trainer` and step as `simlap.main`, lowered with abstract
 shapes and compiled by libtpu for compile-only devices (`simlap.tpu_topology`); no dataset is
-read and nothing runs. One Markdown table row per compile:
-
-- per-chip HBM from the compiler's memory analysis: train state (parameters, optimizer state,
-  BatchNorm statistics: from the state's shardings), temporaries (activations and XLA scratch),
-  and the total (arguments + outputs - donated aliases + temporaries) against the chip's HBM;
-- FLOPs and HBM bytes per step per chip (the compiler's cost analysis);
-- collective payload bytes per step per chip by kind, read from the compiled HLO
-  (`simlap.hlo_collectives`);
-- a roofline ESTIMATE of the step time, max(FLOPs / peak bf16, HBM bytes / HBM bandwidth,
-  ICI bytes / ICI bandwidth), and the views/s per chip it implies: an upper bound on
-  throughput from peak figures (`simlap.tpu_topology.CHIPS`), not a measurement.
-
-An out-of-memory compile is a row too: "does not fit: needs X GiB of Y GiB".
+read and nothing runs. One Markdown table row per compile: per-chip HBM from the compiler's
+memory analysis, FLOPs and HBM bytes per step, collective bytes from the HLO and a roofline
+ESTIMATE of the step time, an upper bound from peak figures, not a measurement (docs/tpu.md,
+"The columns"). An out-of-memory compile is a row too: "does not fit: needs X GiB of Y GiB".
 """
 from __future__ import annotations
 
@@ -52,12 +43,9 @@ from ml_collections import config_flags  # noqa: E402
 from simlap import console  # noqa: E402
 from simlap import hlo_collectives  # noqa: E402
 from simlap import tpu_topology  # noqa: E402
+from simlap.data import split_sizes  # noqa: E402
 
 _GIB = 2.0 ** 30
-# Train-split sizes, so that shapes (and the LR schedule's length) come from the config alone.
-TRAIN_SIZES = {"imagenet2012": 1_281_167, "imagenette": 9_469, "cifar10": 50_000,
-               "cifar100": 50_000, "fashion_mnist": 60_000, "fashion_mnist_local": 60_000,
-               "mnist": 60_000}
 # XLA's out-of-memory messages: "Used 20.1G of 15.5G hbm" or "... temporaries (388.16G)
 # exceeds available HBM (15.75G)". Sizes are binary (G = GiB).
 _OOM_USED = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
@@ -94,11 +82,16 @@ class Row:
 def _info(config: ml_collections.ConfigDict, num_train: int | None):
   from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow; see main())
   d = config.dataset
-  num_train = num_train or TRAIN_SIZES.get(d.name)
+  num_train = num_train or _known_train_size(d.name)
   if not num_train:
-    raise ValueError(f"the size of dataset {d.name!r} is not in simlap.aot.TRAIN_SIZES; pass "
-                     "--num_train (it sets the LR schedule's length, not the shapes)")
+    raise ValueError(f"the size of dataset {d.name!r} is not in simlap/data/split_sizes.py; "
+                     "pass --num_train (it sets the LR schedule's length, not the shapes)")
   return datasets.info_from_config(config, num_train)
+
+
+def _known_train_size(name: str) -> int | None:
+  sizes = split_sizes.SIZES.get(name)
+  return sizes.train if sizes else None
 
 
 def _per_chip_bytes(tree: Any) -> int:
@@ -126,11 +119,11 @@ def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) 
   """
   from simlap.data import datasets  # noqa: PLC0415
   d = config.dataset
-  if d.get("view_dtype") is not None:
+  if d.view_dtype is not None:
     return d.view_dtype
-  if d.get("in_memory") is not None:
+  if d.in_memory is not None:
     return "float32" if d.in_memory else "uint8"
-  images = (num_train or TRAIN_SIZES.get(d.name, 0)) * d.image_size ** 2 * d.channels
+  images = (num_train or _known_train_size(d.name) or 0) * d.image_size ** 2 * d.channels
   return "float32" if images <= datasets.IN_MEMORY_MAX_BYTES else "uint8"
 
 
@@ -248,7 +241,8 @@ _FLAGS = (
     ("batch_sizes", flags.DEFINE_list, None, "Global batches to compile (default: config's)."),
     ("max_batch", flags.DEFINE_bool, False, "Search the largest global batch that fits."),
     ("batch_multiple", flags.DEFINE_integer, 8, "--max_batch: per-chip batch granularity."),
-    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in TRAIN_SIZES."),
+    ("num_train", flags.DEFINE_integer, None, "Train-split size if not in "
+     "simlap/data/split_sizes.py."),
     ("json", flags.DEFINE_string, None, "Also write the rows to this JSON file."),
     ("eval", flags.DEFINE_bool, False, "Also compile the evaluation programs (extraction "
      "batch, kNN block against the sharded bank) and print their per-chip HBM."),

@@ -106,6 +106,11 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is a save step of the Orbax policy (every `every_steps`, or one of
+    `keep_steps`): the one place that decides it. `save` without `force` asks the same."""
+    return self._manager.should_save(step)
+
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves if the interval policy (or `force`) says so; returns whether a save started.
 
@@ -285,8 +290,8 @@ def _first_nonfinite(state: Any) -> str:
 
   A restored state with NaN/Inf is treated like a damaged checkpoint. Checked on the host,
   shard by shard: restore runs once per job, and a jitted check would compile a reduction per
-  leaf shape (~20 s for ~150 leaves on a busy 2-core CPU). With several processes each checks
-  its own shards; `restore` then combines every process's verdict.
+  leaf shape, which costs more than it saves. With several processes each checks its own
+  shards; `restore` then combines every process's verdict.
   """
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     if not (hasattr(leaf, "dtype") and np.issubdtype(leaf.dtype, np.floating)):

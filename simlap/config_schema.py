@@ -1,14 +1,14 @@
-"""The config schema: every field any config may set, with its default, and the method presets.
+"""The config schema: every field, its default and a one-line description; the method presets.
 
-Config files (configs/*.py) start from `base_config()` and override what their recipe changes;
-`apply_method` turns one config into each method of a fair comparison (same backbone, budget,
-augmentation and evaluation; only the objective and gate differ); `validate` is the one check of
-a whole config, run before any data or model is touched. Derived values (LR scaling, step
-counts) are computed in code, not here.
+These are the only defaults: code reads a field without a fallback, so a missing one fails
+loudly. Config files (configs/*.py) start from `base_config()`; `apply_method` turns one config
+into each method of a fair comparison (only the objective and gate differ); `validate` checks a
+whole config before any data or model is touched. Derived values are computed in code.
 """
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -45,164 +45,202 @@ METHODS = {
 SELECTIVE_ALPHAS = {"simlap_selective_a0": 0.0, "simlap_selective_a2": 2.0}
 
 
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.method = "simlap"  # a name from METHODS, for reports
-  # Mesh axes: ("data", -1) puts every device on the batch axis. A tuple, not a list: ml_collections
-  # can override tuples from the command line, --config.mesh="(('data',4),('x',2))".
-  c.mesh = (("data", -1),)
-  # How the train state is laid out over the mesh (simlap/sharding.py; docs/scaling.md).
-  c.sharding = ml_collections.ConfigDict(dict(
-      params="replicated",  # replicated | fsdp (ZeRO-3: params and optimizer state split)
-      fsdp_min_size=2**16,  # elements; under fsdp smaller leaves stay replicated
-  ))
+class Field(NamedTuple):
+  """A schema leaf: its default and a one-line description (`--config_help` prints both)."""
+  default: Any
+  help: str
 
-  # ---- data (simlap/data) ----
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="fashion_mnist_local",  # or any TFDS name: cifar10, cifar100, imagenet2012, ...
-      data_dir=ml_collections.FieldReference(None, field_type=str),  # TFDS data dir
-      manual_dir=ml_collections.FieldReference(None, field_type=str),  # imagenet2012 tars
-      # Fashion-MNIST IDX .gz dir; None -> $SIMLAP_FASHION_MNIST_DIR or Debian's location.
-      source_dir=ml_collections.FieldReference(None, field_type=str),
-      download=False,  # never touch the network unless the user asks
-      train_split="train",
-      eval_split="test",
-      image_key="image",
-      label_key="label",
-      extra_label_keys=(),  # e.g. ("coarse_label",) for cifar100
-      num_classes=10,
-      image_size=28,  # side of the augmented views fed to the model
-      channels=1,
-      shuffle_buffer=20_000,
-      repeats=1,  # repeated augmentation: each image this many times per batch
-      classes_per_batch=0,  # class-balanced P x K sampler; 0 = off
-      samples_per_class=0,
-      prefetch=2,  # device batches prepared ahead of the step
-      # Read the train split into memory (exact, free resume) or stream it from disk;
-      # None = in memory when the prepared dataset is at most 1 GiB.
-      in_memory=ml_collections.FieldReference(None, field_type=bool),
-      # Train on a seeded permutation of the train labels (simlap/data/random_labels.py);
-      # evaluation and the online probe keep the true labels. Needs an in-memory split.
-      random_labels=False,
-      # dtype of the views sent to the device: "uint8" (a quarter of float32's bytes; the
-      # step divides by 255) or "float32"; None = uint8 when the train split is streamed from
-      # disk (ImageNet), float32 in memory (exact [0, 1] floats, as the published results).
-      view_dtype=ml_collections.FieldReference(None, field_type=str),
-      # A streamed split read by index from ArrayRecord files (`tfds build
-      # --file_format=array_record`: per-epoch permutation, no epoch stall, free resume) or as
-      # a TFRecord stream through shuffle_buffer; None = by index when the files are ArrayRecord.
-      random_access=ml_collections.FieldReference(None, field_type=bool),
-  ))
-  view = dict(
-      crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5,
-      jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-      grayscale_prob=0.2, blur_prob=0.0, solarize_prob=0.0,
-      randaugment_layers=0, randaugment_magnitude=9,
+
+def _maybe(field_type: type) -> ml_collections.FieldReference:
+  """A field whose default is None yet that the command line may set (to a `field_type`)."""
+  return ml_collections.FieldReference(None, field_type=field_type)
+
+
+def _view() -> dict[str, Field]:
+  """The augmentation of one view (simlap/data/augment.py)."""
+  return dict(
+      crop_scale=Field((0.2, 1.0), "random resized crop: range of the area fraction kept"),
+      crop_ratio=Field((3 / 4, 4 / 3), "random resized crop: range of the aspect ratio"),
+      flip_prob=Field(0.5, "probability of a horizontal flip"),
+      jitter_prob=Field(0.8, "probability of colour jitter"),
+      brightness=Field(0.4, "jitter: brightness factor ~ U[1 - s, 1 + s]"),
+      contrast=Field(0.4, "jitter: contrast factor ~ U[1 - s, 1 + s]"),
+      saturation=Field(0.4, "jitter: saturation factor ~ U[1 - s, 1 + s] (RGB only)"),
+      hue=Field(0.1, "jitter: hue rotation ~ 2 pi U[-h, h] (RGB only)"),
+      grayscale_prob=Field(0.2, "probability of grayscale (RGB only)"),
+      blur_prob=Field(0.0, "probability of a Gaussian blur, sigma ~ U[0.1, 2]"),
+      solarize_prob=Field(0.0, "probability of solarizing at 0.5"),
+      randaugment_layers=Field(0, "RandAugment ops per image, after crop and flip; 0 = off"),
+      randaugment_magnitude=Field(9, "RandAugment magnitude (0..10)"),
   )
-  c.augment = ml_collections.ConfigDict(dict(
-      view1=dict(view), view2=dict(view),
-      eval_crop_fraction=1.0,  # ImageNet: 0.875 (resize to size/0.875, center crop)
-  ))
 
-  # ---- model (simlap/models) ----
-  c.model = ml_collections.ConfigDict(dict(
-      # resnet_tiny | resnet_small | resnet14 | resnet20 | resnet18 | resnet34 | resnet50 |
-      # vit_tiny | vit_ti16 | vit_s16 | vit_b16 | vit_l16 (simlap/models/backbones.py)
-      backbone="resnet18",
-      # imagenet | timm_deep | cifar | cifar_deep (simlap/models/resnet.py); ResNets only, a ViT
-      # ignores it and output_stride.
-      stem="cifar",
-      output_stride=32,  # 8 | 16 | 32: the largest total stride; later stages dilate (timm)
-      width=1.0,  # ResNets: multiplier on the 64 base filters; a ViT's size is its name
-      freeze_patch_embed=False,  # ViTs: MoCo-v3's stop-gradient on the patch projection
-      bn_momentum=0.9,  # 0.99 lags on short runs
-      dtype="float32",  # compute dtype; parameters stay float32
-      # ResNets: auto | xla | cpu. "cpu" computes convs and the max pool in the forms XLA:CPU
-      # runs fast (models/cpu_conv.py, models/pooling.py; same parameters and numbers), which
-      # cost a TPU HBM; "auto" = "cpu" when compiling for a CPU, "xla" for TPU and GPU. It never
-      # changes what is learned, so a resumed run may change it.
-      conv_impl="auto",
-      projector_hidden=(2048,),  # hidden widths: Dense -> BN -> ReLU each
-      projector_dim=256,  # D, the embedding (and gate) dimension
-      projector_bias=True,  # biases in the hidden Dense layers (MoCo-v3 has none)
-      # objective "moco" only: the predictor's hidden widths; () = the projector's last hidden
-      # width, as in MoCo-v3 (mlp_dim for both)
-      predictor_hidden=(),
-      probe_stop_gradient=True,  # online linear probe on stop-gradient features
-      # (x - mean) / std per channel before the backbone; () = none, images stay in [0, 1].
-      pixel_mean=(),
-      pixel_std=(),
-  ))
-  c.gate = ml_collections.ConfigDict(dict(
-      kind="sigmoid",  # sigmoid | open | gumbel | stochastic | lowrank (simlap/models/lowrank.py)
-      fuse="mean",  # mean | product
-      embed_dim=512,
-      hidden_dim=1024,
-      tau=1.0,  # gumbel temperature
-      penalty=0.0,  # gamma, weight of the gate's Bernoulli entropy
-      rank=16,  # kind "lowrank": r directions per pair; must divide hidden_dim
-  ))
 
-  # ---- objective (simlap/losses.py) ----
-  c.objective = "simlap"  # simlap | simclr | supcon | ce | moco | xclr
-  c.loss = ml_collections.ConfigDict(dict(
-      pair_kind="arbitrary",  # arbitrary | identical | distinct | selective
-      # selective: y2 ~ (1 + d(y1, y2))^-alpha over the dataset's class-tree distances d
-      # (simlap/data/class_trees.py); pairs with d >= max_level never drawn (0 = no cut-off,
-      # 1 = identical pairs only).
-      selective_alpha=0.0,
-      selective_max_level=0,
-      variant="cosine",  # cosine | weighted
-      reduction="anchor",  # anchor | pair
-      symmetric=True,  # 1/2 [L(z1, z2) + L(z2, z1)] with one shared permutation
-      temperature=0.1,
-      learn_scale=False,  # learn log(1/T), initialised at log(1/temperature)
-      chunk_size=0,  # anchor rows per chunk in the loss; 0 = no chunking
-      xclr_tau_s=0.1,  # objective "xclr": temperature of the class-similarity targets
-  ))
-  # ---- objective "moco": a momentum (key) encoder and a predictor (simlap/momentum.py) ----
-  # L = (instance + beta * D(y, y2) + alpha * D(y, y)) / (1 + alpha + beta), D the gated loss
-  # with the momentum keys; instance = MoCo-v3's InfoNCE at loss.temperature.
-  c.moco = ml_collections.ConfigDict(dict(
-      momentum=0.99,  # EMA decay at step 0, cosine to 1 at the last step (0.996 for long runs)
-      beta=1.0,  # weight of the arbitrary-pair gated loss
-      alpha=0.0,  # weight of the identical-pair gated loss ("class loss")
-      gate_warmup_epochs=0.0,  # queries stop-gradient inside D: only the gate learns from it
-  ))
+def _schema() -> dict[str, Any]:
+  """Every field as a nested dict of `Field`s (fresh FieldReferences on each call)."""
+  return dict(
+      seed=Field(0, "seed of every random key and of the data order"),
+      method=Field("simlap", "a name from METHODS (set by apply_method), for reports"),
+      # A tuple, not a list: ml_collections overrides tuples from the command line.
+      mesh=Field((("data", -1),), "device mesh axes as (name, size); -1 = the rest of the "
+                 "devices, e.g. --config.mesh=\"(('data',4),('x',2))\""),
+      sharding=dict(
+          params=Field("replicated", "replicated | fsdp (ZeRO-3: params and optimizer state "
+                       "split over devices; docs/scaling.md)"),
+          fsdp_min_size=Field(2**16, "under fsdp, leaves with fewer elements stay replicated"),
+      ),
+      # ---- data (simlap/data) ----
+      dataset=dict(
+          name=Field("fashion_mnist_local", "fashion_mnist_local or a TFDS name: cifar10, "
+                     "cifar100, imagenet2012, ..."),
+          data_dir=Field(_maybe(str), "TFDS data dir; None = TFDS's default"),
+          manual_dir=Field(_maybe(str), "folder holding the imagenet2012 tars"),
+          source_dir=Field(_maybe(str), "Fashion-MNIST IDX .gz folder; None = "
+                           "$SIMLAP_FASHION_MNIST_DIR or Debian's location"),
+          download=Field(False, "let TFDS download a missing dataset (else never the network)"),
+          train_split=Field("train", "the split trained on"),
+          eval_split=Field("test", "the split evaluated on"),
+          image_key=Field("image", "the feature holding the image"),
+          label_key=Field("label", "the feature holding the class label"),
+          extra_label_keys=Field((), "more label features to carry, e.g. ('coarse_label',)"),
+          num_classes=Field(10, "C, the classes of label_key"),
+          image_size=Field(28, "side of the augmented views fed to the model"),
+          channels=Field(1, "image channels: 1 (gray) or 3 (RGB)"),
+          shuffle_buffer=Field(20_000, "shuffle buffer of a TFRecord-streamed train split"),
+          repeats=Field(1, "repeated augmentation: each image this many times per batch"),
+          classes_per_batch=Field(0, "class-balanced P x K sampler: P classes a batch; 0 = off"),
+          samples_per_class=Field(0, "class-balanced sampler: K images per class"),
+          prefetch=Field(2, "device batches prepared ahead of the step"),
+          in_memory=Field(_maybe(bool), "train split in memory (exact, free resume) or "
+                          "streamed; None = in memory when the prepared split is <= 1 GiB"),
+          random_labels=Field(False, "train on a seeded permutation of the labels (in-memory "
+                              "split); evaluation and the probe keep the true ones"),
+          view_dtype=Field(_maybe(str), "uint8 | float32, the views sent to the device; None = "
+                           "uint8 when the split is streamed, float32 in memory"),
+          random_access=Field(_maybe(bool), "read a streamed split by index (ArrayRecord) or as "
+                              "a TFRecord stream; None = by index for ArrayRecord files"),
+      ),
+      augment=dict(
+          view1=_view(), view2=_view(),
+          eval_crop_fraction=Field(1.0, "eval: resize to size / f, center crop (ImageNet 0.875)"),
+      ),
+      # ---- model (simlap/models) ----
+      model=dict(
+          backbone=Field("resnet18", "resnet_tiny | resnet_small | resnet14 | resnet20 | "
+                         "resnet18/34/50 | vit_tiny | vit_ti16 | vit_s16/b16/l16"),
+          stem=Field("cifar", "ResNets: imagenet | timm_deep | cifar | cifar_deep"),
+          output_stride=Field(32, "ResNets: 8 | 16 | 32, the largest total stride; later "
+                              "stages dilate"),
+          width=Field(1.0, "ResNets: multiplier on the 64 base filters"),
+          freeze_patch_embed=Field(False, "ViTs: stop-gradient on the patch projection "
+                                   "(MoCo-v3)"),
+          bn_momentum=Field(0.9, "running-average decay of every BatchNorm"),
+          dtype=Field("float32", "compute dtype (float32 | bfloat16); parameters stay float32"),
+          # Never changes what is learned, so a resumed run may change it.
+          conv_impl=Field("auto", "ResNets: auto | xla | cpu, convs and pools in XLA:CPU's fast "
+                          "forms (cpu); auto = cpu when compiling for a CPU"),
+          projector_hidden=Field((2048,), "projector hidden widths, Dense -> BN -> ReLU each"),
+          projector_dim=Field(256, "D, the embedding (and gate) dimension"),
+          projector_bias=Field(True, "biases in the projector's hidden Dense layers"),
+          predictor_hidden=Field((), "objective moco: predictor hidden widths; () = the "
+                                 "projector's last hidden width"),
+          probe_stop_gradient=Field(True, "the online linear probe sees stop-gradient features"),
+          pixel_mean=Field((), "per-channel mean subtracted before the backbone; () = none"),
+          pixel_std=Field((), "per-channel std divided by before the backbone; () = none"),
+      ),
+      gate=dict(
+          kind=Field("sigmoid", "sigmoid | open | gumbel | stochastic | lowrank"),
+          fuse=Field("mean", "mean | product, how the two classes' embeddings combine"),
+          embed_dim=Field(512, "width of the label embeddings"),
+          hidden_dim=Field(1024, "hidden width of the gate MLP"),
+          tau=Field(1.0, "kind gumbel: temperature"),
+          noise_std=Field(0.5, "kind stochastic: std of the Gaussian noise (STG)"),
+          penalty=Field(0.0, "gamma, weight of the gates' mean Bernoulli entropy"),
+          rank=Field(16, "kind lowrank: r directions per pair; must divide hidden_dim"),
+      ),
+      # ---- objective (simlap/objectives.py, simlap/losses.py) ----
+      objective=Field("simlap", "simlap | simclr | supcon | ce | moco | xclr"),
+      loss=dict(
+          pair_kind=Field("arbitrary", "arbitrary | identical | distinct | selective"),
+          selective_alpha=Field(0.0, "selective: y2 ~ (1 + d(y1, y2))^-alpha, d the class-tree "
+                                "distance"),
+          selective_max_level=Field(0, "selective: pairs with d >= this never drawn; 0 = no "
+                                    "cut-off, 1 = identical only"),
+          variant=Field("cosine", "cosine | weighted"),
+          reduction=Field("anchor", "anchor | pair"),
+          symmetric=Field(True, "1/2 [L(z1, z2) + L(z2, z1)] with one shared permutation"),
+          temperature=Field(0.1, "T; logits are cosine similarities / T"),
+          learn_scale=Field(False, "learn log(1/T), initialised at log(1/temperature)"),
+          chunk_size=Field(0, "anchor rows per chunk in the loss; 0 = no chunking"),
+          xclr_tau_s=Field(0.1, "objective xclr: temperature of the class-similarity targets"),
+      ),
+      # L = (instance + beta D(y, y2) + alpha D(y, y)) / (1 + alpha + beta), D the gated loss
+      # on the momentum keys (simlap/momentum.py).
+      moco=dict(
+          momentum=Field(0.99, "EMA decay at step 0, cosine to 1 at the last step"),
+          beta=Field(1.0, "weight of the arbitrary-pair gated loss"),
+          alpha=Field(0.0, "weight of the identical-pair gated loss (class loss)"),
+          gate_warmup_epochs=Field(0.0, "epochs in which the gated loss trains only the gate"),
+      ),
+      # ---- optimisation (simlap/optim.py) ----
+      batch_size=Field(256, "global batch, over all devices and processes"),
+      eval_batch_size=Field(512, "global batch of feature extraction"),
+      num_epochs=Field(10.0, "training length in epochs of num_train // batch_size steps"),
+      num_steps=Field(0, "training length in steps; > 0 overrides num_epochs"),
+      optimizer=dict(
+          name=Field("adamw", "adamw | adam_l2 | sgd | lars"),
+          lr=Field(1e-3, "peak learning rate"),
+          lr_scaling=Field("none", "none | linear (lr * batch_size / 256)"),
+          weight_decay=Field(1e-4, "on weight matrices and kernels, not biases or norms"),
+          momentum=Field(0.9, "sgd and lars momentum"),
+          warmup_epochs=Field(1.0, "linear warm-up from 0"),
+          schedule=Field("cosine", "cosine | constant, after the warm-up"),
+          probe_lr=Field(1e-3, "learning rate of the online probe's own Adam"),
+      ),
+      init_from=Field(_maybe(str), "workdir whose latest weights start this run (fresh "
+                      "optimizer, step 0; simlap/init_from.py)"),
+      # ---- loop ----
+      log_every=Field(50, "steps between metrics rows"),
+      eval_every=Field(0, "steps between evaluations; 0 = only at the end"),
+      eval_at_end=Field(True, "evaluate after the last step"),
+      checkpoint_every=Field(500, "steps between checkpoints"),
+      keep_checkpoints=Field(2, "newest checkpoints kept"),
+      keep_checkpoint_steps=Field((), "steps also saved and never deleted, e.g. "
+                                  "--config.keep_checkpoint_steps=\"(468,936)\""),
+      knn_k=Field(20, "neighbours of the kNN evaluation"),
+      knn_temperature=Field(0.07, "temperature of the kNN vote weights"),
+  )
 
-  # ---- optimisation ----
-  c.batch_size = 256  # global, over all devices and processes
-  c.eval_batch_size = 512
-  c.num_epochs = 10.0
-  c.num_steps = 0  # > 0 overrides num_epochs
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw",  # adamw | adam_l2 | sgd | lars
-      lr=1e-3,
-      lr_scaling="none",  # none | linear (lr * batch / 256)
-      weight_decay=1e-4,
-      momentum=0.9,
-      warmup_epochs=1.0,
-      schedule="cosine",  # cosine | constant
-      probe_lr=1e-3,  # the online probe's own optimizer
-  ))
 
-  # A workdir (or checkpoint folder) whose latest weights start this run: its converted
-  # modules (simlap.convert) or all of them; fresh optimizer, step 0 (simlap/init_from.py).
-  c.init_from = ml_collections.FieldReference(None, field_type=str)
+def _build(tree: dict[str, Any]) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({k: _build(v) if isinstance(v, dict) else v.default
+                                    for k, v in tree.items()})
 
-  # ---- loop ----
-  c.log_every = 50
-  c.eval_every = 0  # 0 = only at the end
-  c.eval_at_end = True
-  c.checkpoint_every = 500
-  c.keep_checkpoints = 2
-  # Steps whose checkpoints are also saved and never deleted (simlap.compare --eval_fractions
-  # sets them); a tuple, e.g. --config.keep_checkpoint_steps="(468,936)".
-  c.keep_checkpoint_steps = ()
-  c.knn_k = 20
-  c.knn_temperature = 0.07
-  return c
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field at its default: where each configs/*.py starts, and what an old
+  config.json is merged onto (fields it lacks keep these defaults)."""
+  return _build(_schema())
+
+
+def fields(tree: dict[str, Any] | None = None, prefix: str = "") -> dict[str, Field]:
+  """Dotted name -> `Field` for every leaf of the schema, in schema order."""
+  out = {}
+  for key, value in (_schema() if tree is None else tree).items():
+    if isinstance(value, dict):
+      out.update(fields(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def help_text() -> str:
+  """`field  default  description` lines, one per schema leaf (`simlap.main --config_help`)."""
+  def shown(default):
+    return repr(default.get() if isinstance(default, ml_collections.FieldReference)
+                else default)
+  rows = [(name, shown(f.default), f.help) for name, f in fields().items()]
+  w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+  return "\n".join(f"{n:<{w0}}  {d:<{w1}}  {h}" for n, d, h in rows)
 
 
 def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
@@ -226,8 +264,7 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.Co
   c.loss.pair_kind = {"simlap_identical_open": "identical",
                       "simlap_distinct": "distinct"}.get(method, "arbitrary")
   if method in SELECTIVE_ALPHAS:
-    # Only the selective presets touch the selective fields: other methods' configs (and the
-    # config.json of runs saved before these fields existed) stay as they were.
+    # Only the selective presets set the selective fields; every other method keeps them.
     c.loss.pair_kind = "selective"
     c.loss.selective_alpha = SELECTIVE_ALPHAS[method]
   if method == "simlap_random_labels":  # the only preset touching it (see the selective ones)
@@ -277,7 +314,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
       ("optimizer.schedule", o.schedule, optim.SCHEDULES),
       ("sharding.params", config.sharding.params, sharding.PARAM_MODES),
-      ("dataset.view_dtype", config.dataset.get("view_dtype"), (None, "uint8", "float32"))]:
+      ("dataset.view_dtype", config.dataset.view_dtype, (None, "uint8", "float32"))]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
   m = config.model
@@ -312,6 +349,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.num_steps <= 0 and not config.num_epochs > 0:
     raise ValueError(f"set config.num_steps > 0 or config.num_epochs > 0 (got "
                      f"{config.num_steps} and {config.num_epochs})")
+  if not config.gate.noise_std >= 0:
+    raise ValueError(f"config.gate.noise_std must be >= 0, got {config.gate.noise_std}")
   moco = config.moco
   if not 0.0 <= moco.momentum < 1.0:
     raise ValueError(f"config.moco.momentum must be in [0, 1), got {moco.momentum}")

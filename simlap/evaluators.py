@@ -69,7 +69,7 @@ def _knn_predict(train_feats, train_labels, train_mask, test_feats, *, num_class
     top_sim, top_idx = jax.lax.top_k(sim, kmax)                   # sorted, descending
     # No slicing of the top-k outputs below (neither [:, :1] nor [:, :k]): XLA pushes such
     # slices into the TopK, cannot match its TopK rewrite any more, and falls back to a full
-    # sort of every (chunk, N) row, ~30x slower on CPU. Per-k votes use a rank mask instead.
+    # sort of every (chunk, N) row, far slower on CPU. Per-k votes use a rank mask instead.
     # Subtracting the row max leaves the argmax unchanged and keeps exp() <= 1 for any T.
     w = jnp.exp((top_sim - jnp.max(top_sim, axis=-1, keepdims=True)) / temperature)
     top_lab = labels[top_idx]

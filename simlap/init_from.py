@@ -111,5 +111,5 @@ def load(directory: str, state: Any) -> Any:
 
 def maybe_load(config, state: Any) -> Any:
   """`load(config.init_from, state)`, or `state` unchanged when init_from is unset."""
-  directory = config.get("init_from")
+  directory = config.init_from
   return load(directory, state) if directory else state

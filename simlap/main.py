@@ -1,22 +1,15 @@
 """Entry point: `python -m simlap.main --config=configs/default.py --workdir=runs/x`.
 
 Flags only; the work happens in `simlap.train.train_and_evaluate`. Config overrides use
-ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`.
-
-Multi-process jobs: simlap/distributed.py (its flags: --coordinator_address, --num_processes,
---process_id, --local_device_ids, --heartbeat_timeout_seconds).
+ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`;
+`--config_help` lists every field with its default. Multi-process flags: simlap/distributed.py.
 
 Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
 flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
-W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir: process 0
-holds its lease (simlap/lease.py) and a second run is refused.
-
-A process that fails in a multi-process job exits at once (status 1 or 2) instead of waiting in
-JAX's shutdown barrier for peers that are themselves blocked in a collective on it: its closed
-connections make their collectives fail too, so the whole job stops within seconds. A process
-that hangs or is killed without an error is declared dead by the coordinator after
---heartbeat_timeout_seconds, which then stops the others. A SIGTERM (preemption) to any process
-stops every process after one agreed step, with a checkpoint of it (simlap/preemption.py).
+W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir (process 0
+holds its lease, simlap/lease.py). A process that fails in a multi-process job exits at once
+(`distributed.exit_now`), so its peers' collectives fail and the whole job stops within seconds;
+a hung or killed one is declared dead after --heartbeat_timeout_seconds (docs/reliability.md).
 """
 from __future__ import annotations
 import json
@@ -42,6 +35,8 @@ from simlap import platforms  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, metrics.")
+flags.DEFINE_bool("config_help", False, "Print every config field (name, default, description) "
+                  "and exit; needs no other flag.")
 distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -89,7 +84,7 @@ def main(argv):
   platforms.skip_absent_tpu()
   from simlap import errors  # noqa: PLC0415
   try:
-    _CONFIG.value.get("method")  # a config file that failed to load raises here
+    _CONFIG.value.method  # a config file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
     _exit(errors.report("main", e))
   multi_process = distributed.initialize()  # the one start-up shared with simlap.evaluate
@@ -122,8 +117,13 @@ def main(argv):
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag or config override as one line and exit status 2.
 
-  An unknown `--config.<field>` names the field and the closest valid ones.
+  An unknown `--config.<field>` names the field and the closest valid ones. `--config_help`
+  prints the schema and exits 0 before the required flags are checked.
   """
+  if "--config_help" in argv[1:]:
+    from simlap import config_schema  # noqa: PLC0415
+    print(config_schema.help_text())
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

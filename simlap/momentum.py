@@ -75,8 +75,9 @@ def query_loss(params: dict[str, Any], batch_stats: dict[str, Any], *, config, m
                batch: dict[str, jax.Array], pair_labels: jax.Array | None,
                keys: tuple[jax.Array, jax.Array], gate_rng: jax.Array,
                gate_warmup: jax.Array) -> tuple[jax.Array, tuple[Any, ...]]:
-  """Loss to differentiate w.r.t. `params` ({"model", maybe "log_scale"}), as train.py's
-  two-view loss: returns (loss + probe loss, (loss, metrics, new batch_stats))."""
+  """Loss to differentiate w.r.t. `params` ({"model", maybe "log_scale"}), as
+  `train_step._two_view_loss` is for the other objectives: returns (loss + probe loss,
+  (loss, metrics, new batch_stats))."""
   labels = batch["label"]
   beta, alpha = config.moco.beta, config.moco.alpha
   # Gate rows: g(y, y2) for D, then g(y, y) for the class loss; one gate call, one BN batch.

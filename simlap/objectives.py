@@ -1,8 +1,8 @@
 """Training objectives on the model's outputs for two views: SimLAP and its baselines.
 
-All four share the model, data, augmentation, optimizer and evaluation, so that a comparison
-changes exactly one thing. Each returns (loss, metrics) for one global batch of B images seen
-as two views; embeddings z1, z2 are (B, D), labels y (B,).
+Every objective in OBJECTIVES shares the model, data, augmentation, optimizer and evaluation, so
+a comparison changes exactly one thing. Each returns (loss, metrics) for one global batch of B
+images seen as two views; embeddings z1, z2 are (B, D), labels y (B,).
 
   simlap  1/2 [L(z1, z2) + L(z2, z1)] (or L(z1, z2) alone) with gates g(y, y2), y2 sampled
           by `loss.pair_kind`; + gate.penalty * mean Bernoulli entropy of g.

@@ -29,16 +29,18 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     return int(config.num_steps)
   if not config.num_epochs > 0:
     raise ValueError(f"set num_steps > 0 or num_epochs > 0 (got {config.num_epochs})")
-  return max(1, math.ceil(config.num_epochs * steps_per_epoch(config, num_train)))
+  return max(1, math.ceil(config.num_epochs * steps_per_epoch(config.batch_size, num_train)))
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict, num_train: int) -> int:
-  return max(1, num_train // config.batch_size)
+def steps_per_epoch(batch_size: int, num_train: int) -> int:
+  """The one definition of an epoch: num_train // batch_size steps (the ragged last batch is
+  dropped), at least 1. Step counts, warm-ups and reports of epochs all go through it."""
+  return max(1, num_train // batch_size)
 
 
 def epochs_to_steps(config: ml_collections.ConfigDict, epochs: float, num_train: int) -> int:
   """A span given in epochs (warm-ups), in steps, rounded to the nearest."""
-  return int(round(epochs * steps_per_epoch(config, num_train)))
+  return int(round(epochs * steps_per_epoch(config.batch_size, num_train)))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train: int
@@ -88,7 +90,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_train: int, *,
   schedule = learning_rate_schedule(config, num_train)
   # A frozen ViT patch projection (model.freeze_patch_embed: stop-gradient in the model) also
   # gets no update at all, not even weight decay: it stays at its random init, as in MoCo-v3.
-  frozen = "patch_embed" if config.model.get("freeze_patch_embed", False) else None
+  frozen = "patch_embed" if config.model.freeze_patch_embed else None
   if separate_probe and not config.optimizer.probe_lr > 0:
     raise ValueError(f"optimizer.probe_lr must be positive, got {config.optimizer.probe_lr}")
   if not separate_probe and frozen is None:

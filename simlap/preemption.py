@@ -1,35 +1,13 @@
 """When the training loop stops before `num_steps`, decided the same way on every process.
 
-Three things end a run early: a preemption notice (SIGTERM), `stop_at` (time-boxed jobs, resume
-tests) and a non-finite loss or gradient. In a multi-process job every process must stop after
-the same step: the checkpoint save is collective (Orbax coordinates every process's writes), so a
-process that stops alone waits in the save for peers that wait for it in the next step's
-collectives, and the job hangs without a checkpoint. `stop_at` and the NaN flag are the same on
-every process by construction (a flag, and a value of the replicated state). A signal is not: it
-reaches the processes at different moments, or only some of them.
-
-Multi-process: JAX's preemption sync manager decides. `jax.distributed.initialize` creates it,
-and its notifier installs a C++ SIGTERM handler (`std::signal`) that only sets a flag; a thread
-polls that flag every second, tells the coordination service, and every process then runs a
-background protocol: each publishes the last counter it passed to
-`multihost_utils.reached_preemption_sync_point`, they meet at a barrier, and all take the largest
-counter + 1 as the sync point. Calls block while the protocol holds its lock, so no process can
-pass the sync point before it is known, and the call that passes it returns True on every
-process. A Python `signal.signal(SIGTERM, ...)` replaces that C++ handler (both use the process's
-one SIGTERM disposition) and the notice never arrives, so multi-process runs install none.
-
-Single process: no coordination service exists (the sync point call returns False), so a Python
-handler sets a flag that the loop reads after each step.
-
-Ctrl-C (SIGINT) stops the same way: inside the loop a handler turns the first one into a
-SIGTERM to this process (so in a multi-process job JAX's notifier sees it and every process
-agrees), and a second Ctrl-C exits at once, with status 130 and no checkpoint.
-
-Counters: 1, 2, ... once per loop step. All processes start the loop from the same restored step,
-so the n-th call is the same step everywhere. A process that has not called yet counts as 0 (JAX's
-initial value), so a notice during startup makes 1 the sync point: the job stops after its first
-step. These calls must be the only ones: Orbax's own check (with the step as counter) is switched
-off in simlap/checkpointing.py.
+Three things end a run early: a preemption notice (SIGTERM, or a first Ctrl-C), `stop_at` and a
+non-finite loss or gradient. Invariant: in a multi-process job every process stops after the
+same step, because the checkpoint save is collective and a process that stops alone hangs the
+job. `stop_at` and the NaN flag agree by construction; a signal does not (it reaches processes
+at different moments, or only some), so multi-process runs let JAX's preemption sync manager
+agree on the step and install no Python SIGTERM handler (it would replace JAX's C++ one, and the
+notice would never arrive). A single process has no coordination service: a Python handler sets
+a flag the loop reads after each step. How the step is agreed: docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -45,7 +23,12 @@ from jax.experimental import multihost_utils
 
 def _sync_point(counter: int) -> bool | None:
   """Whether every process has agreed to stop at `counter`; None if JAX's preemption service
-  is off (`jax_enable_preemption_service`), when SIGTERM keeps its default action."""
+  is off (`jax_enable_preemption_service`), when SIGTERM keeps its default action.
+
+  Counters are 1, 2, ... once per loop step; all processes start the loop from the same
+  restored step, so the n-th call is the same step everywhere. A process that has not called
+  yet counts as 0, so a notice during startup makes 1 the sync point. These calls must be the
+  only ones: Orbax's own check (with the step as counter) is off in simlap/checkpointing.py."""
   try:
     return multihost_utils.reached_preemption_sync_point(counter)
   except RuntimeError:
@@ -83,7 +66,9 @@ class _LocalSignal:
 
 
 class _CtrlC:
-  """SIGINT inside the loop: the first one saves and stops as SIGTERM does, the second exits."""
+  """SIGINT inside the loop: the first one saves and stops as SIGTERM does (it sends this
+  process a SIGTERM, so in a multi-process job JAX's notifier sees it and every process
+  agrees), the second exits at once with status 130 and no checkpoint."""
 
   def __init__(self):
     self._count = 0

@@ -2,29 +2,11 @@
 
 Pure NumPy: no torch, no JAX. Every source tensor is either mapped by a rule below, dropped
 because it has no simlap counterpart (`DROPPED`: BatchNorm's `num_batches_tracked` counter), or
-dropped because the caller asked (`skip`); anything else is an error that names the key.
-
-Layouts:
-  conv weight  (O, I, kh, kw)  -> kernel (kh, kw, I, O)   ("conv")
-  linear weight (O, I)         -> kernel (I, O)           ("linear")
-  BatchNorm weight, bias       -> params scale, bias
-            running_mean, _var -> batch_stats mean, var
-  LayerNorm weight, bias       -> params scale, bias
-  embedding weight (C, E)      -> as is
-  scale_logit (1,)             -> log_scale ()
-
-Sources (`detect_format` picks one from the names):
-  "resnet":  a timm or torchvision ResNet (conv1, bn1, layerI.J.{conv,bn}K, downsample.{0,1},
-             fc); timm's deep stem is conv1.{0,1,3,4,6} + bn1. -> backbone (+ fc -> probe).
-  "simlap":  the authors' SimLAP model (vitookit, FastSSL): `backbone.` (a ResNet as above),
-             `projector.` (Linear, BN, ReLU, ..., Linear without bias, LayerNorm), `filter.`
-             (label_embedding, mlp = ReLU, BN, Linear, ReLU, BN, Linear), `cls_head.` (the
-             online linear head) and FastSSL's learned `scale_logit`.
-  "vit":     a MoCo-v3 (timm-named) ViT: patch_embed.proj, cls_token, blocks.I.{norm1, attn.qkv,
-             attn.proj, norm2, mlp.fc1, mlp.fc2}, norm; a MoCo-v3 checkpoint's `base_encoder.`
-             prefix is removed. pos_embed must equal simlap's fixed sin-cos table (checked, not
-             loaded). MoCo-v3's `head.` projector, `predictor.` and `momentum_encoder.` have no
-             simlap counterpart: --skip them.
+dropped because the caller asked (`skip`); anything else is an error that names the key. Layouts
+(`_LAYOUTS`): conv weight (O, I, kh, kw) -> kernel (kh, kw, I, O); linear weight (O, I) -> kernel
+(I, O); BatchNorm weight, bias -> params scale, bias and running_mean, _var -> batch_stats mean,
+var; LayerNorm weight, bias -> scale, bias; embeddings as they are; scale_logit (1,) -> log_scale
+(). The three source formats: `detect_format`.
 """
 from __future__ import annotations
 
@@ -167,7 +149,20 @@ def vit_target(key: str) -> Target | None:
 
 def detect_format(sd: StateDict) -> str:
   """"simlap" if any name starts like the authors' modules (`backbone.`, ...), "vit" if it has
-  ViT blocks or MoCo-v3's `base_encoder.`, else "resnet"."""
+  ViT blocks or MoCo-v3's `base_encoder.`, else "resnet".
+
+    "resnet":  a timm or torchvision ResNet (conv1, bn1, layerI.J.{conv,bn}K, downsample.{0,1},
+               fc); timm's deep stem is conv1.{0,1,3,4,6} + bn1. -> backbone (+ fc -> probe).
+    "simlap":  the authors' SimLAP model (vitookit, FastSSL): `backbone.` (a ResNet as above),
+               `projector.` (Linear, BN, ReLU, ..., Linear without bias, LayerNorm), `filter.`
+               (label_embedding, mlp = ReLU, BN, Linear, ReLU, BN, Linear), `cls_head.` (the
+               online linear head) and FastSSL's learned `scale_logit`.
+    "vit":     a MoCo-v3 (timm-named) ViT: patch_embed.proj, cls_token, blocks.I.{norm1,
+               attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm; a `base_encoder.` prefix is
+               removed. pos_embed must equal simlap's fixed sin-cos table (checked, not loaded).
+               MoCo-v3's `head.`, `predictor.` and `momentum_encoder.` have no simlap
+               counterpart: --skip them.
+  """
   if any(k.startswith(_SIMLAP_PREFIXES) for k in sd):
     return "simlap"
   if any(k.startswith(("base_encoder.", "blocks.0.", "patch_embed.")) for k in sd):

@@ -168,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return True
 
   def save(step, force):
-    if force or step % config.checkpoint_every == 0 or step in ckpt.keep_steps:
+    if force or ckpt.should_save(step):  # the NaN check costs a host sync: save steps only
       step_lib.raise_if_nonfinite(state)  # no checkpoint after a NaN, ever
       writer.sync()  # rows up to `step` stored before its checkpoint (never recomputed)
       ckpt.save(step, state, {**meta, "step": step}, force=force)

@@ -56,7 +56,8 @@ def build(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
           platform: str | None = None):
   """Model, optimizer and LR schedule for `config` on a dataset described by `info`; `platform`
   is the one the step is compiled for (None = JAX's default backend)."""
-  model = model_lib.build_model(config, info.num_classes, platform)
+  model = model_lib.build_model(config.model, config.gate, info.num_classes,
+                                predictor=config.objective == "moco", platform=platform)
   tx, schedule = optim.make_optimizer(config, info.num_train,
                                       separate_probe=config.objective != "ce")
   return model, tx, schedule

@@ -194,3 +194,19 @@ def test_views_compile_in_the_dtype_the_run_sends():
   assert aot.view_dtype(default) == "uint8"
   in1k.dataset.view_dtype = "float32"
   assert aot.view_dtype(in1k) == "float32"
+
+
+def test_split_sizes_come_from_one_table():
+  """The train step's schedule (aot) and the eval programs' banks (aot_eval) size the dataset
+  from simlap/data/split_sizes.py; an unknown train split must be given."""
+  import importlib  # noqa: PLC0415
+  from simlap.data import split_sizes  # noqa: PLC0415
+  from simlap.evaluation import aot_eval  # noqa: PLC0415
+  in1k = importlib.import_module("configs.in1k").get_config(None)
+  assert aot._info(in1k, None).num_train == split_sizes.SIZES["imagenet2012"].train  # noqa: SLF001
+  assert aot_eval.eval_size("imagenet2012") == split_sizes.SIZES["imagenet2012"].eval == 50_000
+  assert aot_eval.eval_size("no_such_set") == 10_000
+  in1k.dataset.name = "no_such_set"
+  with pytest.raises(ValueError, match="not in simlap/data/split_sizes.py; pass --num_train"):
+    aot._info(in1k, None)  # noqa: SLF001
+  assert aot._info(in1k, 123).num_train == 123  # noqa: SLF001

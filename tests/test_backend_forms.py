@@ -37,7 +37,9 @@ def _config(backbone="resnet_tiny", stem="imagenet"):
 
 @pytest.mark.parametrize("platform,impl", [("tpu", "xla"), ("cuda", "xla"), ("cpu", "cpu")])
 def test_build_model_resolves_auto_against_the_target_platform(platform, impl):
-  assert model_lib.build_model(_config(), 3, platform).backbone.conv_impl == impl
+  config = _config()
+  model = model_lib.build_model(config.model, config.gate, 3, platform=platform)
+  assert model.backbone.conv_impl == impl
 
 
 @pytest.mark.parametrize("stem", ["imagenet", "timm_deep"])

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,9 @@ CONFIGS = [("default", None), ("default", "supcon"), ("fashion_mnist", None),
            ("in1k_vit", None), ("in1k_vit", "moco,s16"), ("in1k_vit", "hydra,smoke")]
 
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
 def load(name: str, arg: str | None):
   return importlib.import_module(f"configs.{name}").get_config(arg)
 
@@ -31,7 +37,8 @@ def test_config_loads_validates_and_builds_its_model(name, arg):
   method = config_schema.parse_config_arg(arg, ("smoke", "s16", "b16"))[0]
   assert config.method == ("hydra" if name == "in1k_vit" and method == "simlap" else method)
   d = config.dataset
-  model = model_lib.build_model(config, d.num_classes)
+  model = model_lib.build_model(config.model, config.gate, d.num_classes,
+                                predictor=config.objective == "moco")
   images = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), jnp.float32)
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
@@ -76,6 +83,7 @@ def test_config_argument_errors_name_the_choices():
     ("objective", "byol", "config.objective='byol' is not one of"),
     ("moco.momentum", 1.0, r"config.moco.momentum must be in \[0, 1\)"),
     ("moco.beta", -1.0, "config.moco.beta must be >= 0"),
+    ("gate.noise_std", -0.1, "config.gate.noise_std must be >= 0"),
 ])
 def test_validate_names_the_bad_field(field, value, message):
   config = load("default", None)
@@ -122,7 +130,8 @@ def test_fashion_mnist_class_tree_distances():
 # changed config), so the files must leave them at their defaults.
 _ADDED_FIELDS = ("moco", "model.predictor_hidden", "model.projector_bias", "model.output_stride",
                  "model.pixel_mean", "model.pixel_std", "init_from", "keep_checkpoint_steps",
-                 "loss.selective_alpha", "loss.selective_max_level", "model.conv_impl")
+                 "loss.selective_alpha", "loss.selective_max_level", "model.conv_impl",
+                 "gate.noise_std")
 
 
 @pytest.mark.parametrize("name", ["default", "fashion_mnist"])
@@ -142,3 +151,62 @@ def test_runs_saved_before_the_new_fields_still_resume(name, method):
   changed = load(name, method)
   changed.model.predictor_hidden = (512,)  # what the check exists for
   assert workdir_lib.resume_blockers(saved, changed) == ["model.predictor_hidden: None -> [512]"]
+
+
+# ---------------------------------------------------------------- the schema: defaults, help
+
+
+def _leaves(tree, prefix=""):
+  for key, value in tree.items():
+    if hasattr(value, "items"):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}"
+
+
+def test_every_schema_field_has_a_one_line_description():
+  fields = config_schema.fields()
+  assert sorted(_leaves(config_schema.base_config())) == sorted(fields)
+  bad = {name: f.help for name, f in fields.items()
+         if not f.help.strip() or "\n" in f.help or len(f.help) > 120}
+  assert not bad, f"fields without a one-line description: {bad}"
+
+
+def test_config_help_prints_every_field_and_exits_0():
+  done = subprocess.run([sys.executable, "-m", "simlap.main", "--config_help"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = {line.split()[0]: line.split(None, 2)[1:] for line in done.stdout.splitlines()}
+  assert list(rows) == list(config_schema.fields())
+  assert rows["gate.noise_std"] == ["0.5", "kind stochastic: std of the Gaussian noise (STG)"]
+  assert rows["dataset.data_dir"][0] == "None"
+
+
+def test_gate_noise_std_is_set_from_the_command_line():
+  from absl import flags  # noqa: PLC0415
+  from ml_collections import config_flags  # noqa: PLC0415
+  argv = ["simlap.main", f"--config={REPO}/configs/default.py", "--config.gate.noise_std=0.25"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  assert values.config.gate.noise_std == 0.25
+
+
+GRID_RUNS = sorted((REPO / "results" / "grid_full").glob("*/seed*/config.json"))
+
+
+def test_the_grid_runs_configs_load_with_the_fields_added_since():
+  # These config.json files predate gate.noise_std: loading fills it (and every other field
+  # added since) from the schema, and the result still resumes and builds its model.
+  from simlap import workdir as workdir_lib  # noqa: PLC0415
+  assert len(GRID_RUNS) == 27
+  for path in GRID_RUNS:
+    saved = json.loads(path.read_text())
+    assert "noise_std" not in saved["gate"], path
+    config = workdir_lib.load_config(str(path.parent))
+    assert config.gate.noise_std == config_schema.base_config().gate.noise_std
+    config_schema.validate(config)
+    assert workdir_lib.resume_blockers(saved, config) == [], path
+    model_lib.build_model(config.model, config.gate, config.dataset.num_classes,
+                          predictor=config.objective == "moco")

@@ -108,7 +108,7 @@ def run_backbone(name: str, **model_overrides):
   assert modules == ["backbone"]
   config = default_config.get_config()
   config.model.update(model_overrides)
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = nhwc(tensors["input"])
   variables = {"params": params["backbone"], "batch_stats": stats["backbone"]}
   fresh = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(0), x)
@@ -170,7 +170,7 @@ def test_authors_whole_model_through_simlap_model():
   config.model.update(backbone="resnet18", width=0.0625, stem="timm_deep", output_stride=8,
                       projector_hidden=(64,), projector_dim=16)
   config.gate.update(embed_dim=16, hidden_dim=32)
-  model = model_lib.build_model(config, 10)
+  model = model_lib.build_model(config.model, config.gate, 10)
   x, y = nhwc(tensors["input"]), tensors["labels"].astype(np.int32)
   params, stats, modules = convert.to_simlap(part(tensors, "sd/"))
   assert modules == ["backbone", "gate", "probe", "projector"]

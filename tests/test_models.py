@@ -80,7 +80,8 @@ def tiny():
 
   Shared by the model tests: each jit compilation of the full network costs seconds on 2 CPUs.
   """
-  model = model_lib.build_model(_tiny_config(), C)
+  config = _tiny_config()
+  model = model_lib.build_model(config.model, config.gate, C)
   x = _images()
   y1, y2 = _labels()
 
@@ -101,7 +102,7 @@ def test_resnet_tiny_runs_cifar_deep_stem():
   # The "cifar" stem runs in the `tiny` fixture, "imagenet" in the eval_shape test below.
   config = _tiny_config()
   config.model.stem = "cifar_deep"
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = _images(size=12)
 
   @jax.jit
@@ -110,7 +111,7 @@ def test_resnet_tiny_runs_cifar_deep_stem():
     return variables, *net.apply(variables, x, train=True, mutable=["batch_stats"])
 
   variables, feats, upd = init_and_run(x)
-  assert feats.shape == (6, resnet.feature_dim(config.model)) == (6, 32)
+  assert feats.shape == (6, resnet.feature_dim(**config.model)) == (6, 32)
   assert feats.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(feats)))
   assert set(upd) == {"batch_stats"}
@@ -130,17 +131,17 @@ def test_resnet_tiny_runs_cifar_deep_stem():
 def test_backbone_shapes_eval_shape(name, stem, width, size, expected):
   config = _tiny_config()
   config.model.update(dict(backbone=name, stem=stem, width=width))
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
   out = jax.eval_shape(functools.partial(net.apply, train=False), variables, x)
   assert out.shape == (2, expected) and out.dtype == jnp.float32
-  assert resnet.feature_dim(config.model) == expected
+  assert resnet.feature_dim(**config.model) == expected
 
 
 def _stage_maps(config, size):
   """Spatial side of every block's output, in order, from shapes alone."""
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
   _, state = jax.eval_shape(functools.partial(net.apply, train=False,
@@ -170,7 +171,7 @@ def test_authors_cifar_network_param_count():
   # 128 -> 64 projection; counted with timm 1.0.31.
   config = _tiny_config()
   config.model.update(dict(backbone="resnet18", stem="timm_deep", output_stride=8))
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
   assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 11_324_992
@@ -194,7 +195,7 @@ def test_resnet50_param_count():
   # torchvision's ResNet-50 trunk without fc has 23,508,032 parameters.
   config = _tiny_config()
   config.model.update(dict(backbone="resnet50", stem="imagenet"))
-  net = resnet.build_backbone(config.model)
+  net = resnet.build_backbone(**config.model)
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   variables = jax.eval_shape(functools.partial(net.init, train=False), _key(0), x)
   assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 23_508_032
@@ -204,10 +205,10 @@ def test_unknown_backbone_and_stem_raise():
   config = _tiny_config()
   config.model.backbone = "resnet9000"
   with pytest.raises(ValueError):
-    resnet.build_backbone(config.model)
+    resnet.build_backbone(**config.model)
   config.model.backbone, config.model.stem = "resnet_tiny", "nope"
   with pytest.raises(ValueError):
-    resnet.build_backbone(config.model).init(_key(0), _images(), train=False)
+    resnet.build_backbone(**config.model).init(_key(0), _images(), train=False)
 
 
 def test_last_bn_gamma_zero_in_every_block(tiny):
@@ -245,7 +246,7 @@ def test_block_is_identity_at_init(block_cls, features, last_bn):
 def test_bfloat16_params_float32_outputs_close(tiny):
   config16 = _tiny_config()
   config16.model.dtype = "bfloat16"
-  m16 = model_lib.build_model(config16, C)
+  m16 = model_lib.build_model(config16.model, config16.gate, C)
   variables = tiny["init_variables"]
   assert jax.tree.leaves(jax.eval_shape(  # bf16 init still makes float32 variables
       functools.partial(m16.init, train=False), {"params": _key(0)}, tiny["x"], tiny["y1"],
@@ -453,14 +454,25 @@ def test_unknown_gate_kind_raises():
 
 
 def test_build_model_reads_config():
-  config = _tiny_config(kind="stochastic", fuse="product", tau=0.5)
+  config = _tiny_config(kind="stochastic", fuse="product", tau=0.5, noise_std=0.25)
   config.model.probe_stop_gradient = False
-  model = model_lib.build_model(config, C)
+  model = model_lib.build_model(config.model, config.gate, C)
   assert (model.gate.kind, model.gate.fuse, model.gate.tau) == ("stochastic", "product", 0.5)
+  assert model.gate.noise_std == 0.25 and model.predictor is None
   assert (model.gate.dim, model.gate.embed_dim, model.gate.hidden_dim) == (D, 8, 16)
   assert model.projector.hidden == (32,) and model.projector.out_dim == D
   assert model.backbone.widths == (8, 16, 32) and not model.probe_stop_gradient
   assert model.probe.num_classes == C == model.num_classes
+
+
+@pytest.mark.parametrize("section,field", [("gate", "noise_std"), ("model", "dtype"),
+                                           ("model", "stem"), ("model", "predictor_hidden")])
+def test_a_missing_field_fails_naming_it(section, field):
+  # The schema holds every default: the model builds nothing from a fallback of its own.
+  config = _tiny_config()
+  del config[section][field]
+  with pytest.raises((KeyError, AttributeError, TypeError), match=field):
+    model_lib.build_model(config.model, config.gate, C, predictor=True)
 
 
 def test_model_outputs(tiny):
@@ -484,7 +496,7 @@ def test_model_outputs(tiny):
 def test_probe_stop_gradient(tiny, stop_gradient):
   config = _tiny_config()
   config.model.probe_stop_gradient = stop_gradient
-  model = model_lib.build_model(config, C)
+  model = model_lib.build_model(config.model, config.gate, C)
   x, y1, variables = tiny["x"], tiny["y1"], tiny["variables"]
 
   def probe_loss(params):

@@ -56,9 +56,9 @@ def one_update(tx, params, grads, steps=1):
 # ------------------------------------------------------------------------------------------------
 def test_steps_per_epoch_and_total_steps():
   c = make_config()
-  assert optim.steps_per_epoch(c, NUM_TRAIN) == 10
-  assert optim.steps_per_epoch(c, 1099) == 10  # the last partial batch is dropped
-  assert optim.steps_per_epoch(c, 37) == 1  # never 0, even when one batch exceeds the data
+  assert optim.steps_per_epoch(c.batch_size, NUM_TRAIN) == 10
+  assert optim.steps_per_epoch(c.batch_size, 1099) == 10  # the last partial batch is dropped
+  assert optim.steps_per_epoch(c.batch_size, 37) == 1  # never 0, even when one batch is more
   assert optim.total_steps(c, NUM_TRAIN) == 50
   c.num_epochs = 2.5
   assert optim.total_steps(c, NUM_TRAIN) == 25

@@ -11,8 +11,9 @@ PACKAGE = ROOT / "simlap"
 MAX_LINES = 350
 # The exceptions, and why: simlap/losses.py is the file other JAX projects copy whole (it
 # imports only jax); splitting it would make them copy several files that import each other.
-# simlap/config_schema.py is the one list of every field and its default, so it grows with them.
-LONGER_ALLOWED = {"simlap/losses.py": 660, "simlap/config_schema.py": 380}
+# simlap/config_schema.py is the one list of every field, its default and its description, so it
+# grows with them.
+LONGER_ALLOWED = {"simlap/losses.py": 660, "simlap/config_schema.py": 400}
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -182,6 +182,18 @@ def test_resume_is_exact(fmnist_data_dir, tmp_path):
   assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6, 8]
 
 
+def test_the_checkpointer_alone_decides_which_steps_save(tmp_path):
+  # The loop asks `should_save` (to pay the NaN check only on save steps), `save` asks Orbax's
+  # policy: the two must be one rule, the interval and the kept steps.
+  ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=3, keep=10, keep_steps=(4,))
+  decided = [step for step in range(1, 10) if ckpt.should_save(step)]
+  assert decided == [3, 4, 6, 9]
+  for step in range(1, 10):
+    assert ckpt.save(step, {"w": np.zeros(2, np.float32)}, {"step": step}) == (step in decided)
+  ckpt.close()
+  assert ckpt.all_steps() == decided
+
+
 def event_tags(workdir):
   tags = set()
   for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):

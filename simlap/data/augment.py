@@ -1,40 +1,14 @@
 """SimCLR / BYOL style image augmentations as TensorFlow ops, keyed by explicit seeds.
 
-Every random choice uses a `tf.random.stateless_*` op with a seed derived from the caller's
-seed (shape [2], int64), so a view depends only on (image, seed): the input pipeline derives the
-seed from (run seed, step, position) and a resumed run reproduces its augmentations exactly.
-
-A view is made in two stages so that the pixel-heavy colour work runs on whole batches:
-  1. `first_stage`, per image: random resized crop (JPEG bytes: only the window is decoded,
-     `tf.image.decode_and_crop_jpeg`, as big_vision and TF SimCLR do), flip, RandAugment, and
-     the draw of every later random choice as small tensors (`sample_params`).
-  2. `second_stage`, per batch: colour jitter, grayscale, Gaussian blur, solarize, each image
-     with its own parameters. `train_view` runs both stages on one image.
-Views are float32 (size, size, C) in [0, 1]. For C = 1 (Fashion-MNIST) the colour-only ops
-(saturation, hue, grayscale) are skipped: they are identities on gray.
-
-Colour jitter follows torchvision's ColorJitter (factors ~ U[1 - s, 1 + s], the four ops in a
-random order per image): brightness = scale, contrast = blend with the mean luma, saturation =
-blend with the luma image. Two deliberate differences make the colour stage ~6x cheaper on CPU
-(~0.6 instead of ~3.7 ms per 224 px image and core):
-  * hue rotates the chroma plane in YIQ space by 2 pi * U[-h, h], a linear stand-in for the
-    HSV hue shift (grays stay gray, as with HSV);
-  * so every jitter op and grayscale is an affine map of RGB, and each image's sequence is
-    composed into one 3x3 map + offset applied in one pass, clipped to [0, 1] once at the end
-    instead of after every op (values that leave [0, 1] mid-sequence may come back).
-Blur follows SimCLR (sigma ~ U[0.1, 2], zero padding) with the kernel cut at 3 sigma_max =
-6 px instead of 10% of the side (the weights beyond are < 0.3% of the centre's). Solarize uses
-the 0.5 threshold. Blur and solarize touch only the images that drew them.
-
-View settings (config.augment.view1 / view2), fields as in configs/default.py:
-  crop_scale, crop_ratio     random resized crop: area fraction and aspect-ratio ranges
-  flip_prob                  horizontal flip
-  jitter_prob, brightness, contrast, saturation, hue
-  grayscale_prob, blur_prob, solarize_prob
-  randaugment_layers, randaugment_magnitude
-                             RandAugment (0 layers = off), applied after crop/flip, before jitter
-
-RandAugment lives in `randaugment.py`, the pixel primitives both share in `image_ops.py`.
+Every random choice is a `tf.random.stateless_*` op seeded from the caller's seed (shape [2],
+int64), so a view depends only on (image, seed) and a resumed run reproduces its augmentations.
+A view is made in two stages, so that the pixel-heavy colour work runs on whole batches:
+`first_stage` per image (random resized crop, decoding only the crop window of JPEG bytes; flip;
+RandAugment; the draw of every later choice, `sample_params`), then `second_stage` per batch
+(colour jitter, grayscale, blur, solarize, each image with its own parameters). Views are float32
+(size, size, C) in [0, 1]; for C = 1 the colour-only ops are skipped (identities on gray). The
+view fields are described in config_schema.py; where the ops depart from torchvision's and
+SimCLR's: docs/method.md, "Augmentations". RandAugment is in `randaugment.py`.
 """
 from __future__ import annotations
 from collections.abc import Mapping

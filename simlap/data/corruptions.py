@@ -1,38 +1,16 @@
 """ImageNet-C / CIFAR-10-C common corruptions (Hendrycks & Dietterich, ICLR 2019) in NumPy.
 
-Source of the definitions and constants: the authors' public code, github.com/hendrycks/robustness,
-`ImageNet-C/imagenet_c/imagenet_c/corruptions.py` (the ImageNet-C table, for 224-px images) and
-`ImageNet-C/create_c/make_cifar_c.py` (the CIFAR-10-C table, for 32-px images). This module is a
-re-implementation with NumPy, scipy.ndimage and Pillow only (the reference also needs OpenCV,
-scikit-image and ImageMagick's Wand); docs/method.md ("Corruptions") lists where it departs.
+A re-implementation of github.com/hendrycks/robustness with NumPy, scipy.ndimage and Pillow only:
+14 of the 15 corruptions (`CORRUPTIONS`; frost, `MISSING`, needs the authors' photographs).
+Images whose longer side is <= `SMALL_IMAGE_MAX_SIDE` get the CIFAR-10-C constants, larger ones
+ImageNet-C's. docs/method.md ("Corruptions") gives the sources, where this departs from the
+reference and how it was checked against it (scripts/check_corruptions_reference.py).
 
-Which table: images whose longer side is <= 64 px (`SMALL_IMAGE_MAX_SIDE`; the embedded
-Fashion-MNIST is 28 x 28 x 1) get the CIFAR-10-C constants, larger ones the ImageNet-C constants.
-Sizes the reference hard-codes for 32 or 224 px are computed for the image instead: the glass-blur
-loop bounds, the pixelate size, the fog fractal (the next power of two >= the longer side, cropped),
-the elastic transform's scale (CIFAR: side x fraction, as the reference's IMSIZE; ImageNet: side x
-244/224 x fraction, which is the reference's 244 x fraction at 224 px). Blur radii, zoom factors
-and noise levels are per pixel and stay as the table gives them.
-
-Corruptions (`CORRUPTIONS`, 14 of the 15): gaussian_noise, shot_noise, impulse_noise,
-defocus_blur, glass_blur, motion_blur, zoom_blur, snow, fog, brightness, contrast,
-elastic_transform, pixelate, jpeg_compression. Missing (`MISSING`): frost, which blends in crops of
-the authors' six frost photographs; they ship only with the reference code and cannot be made
-here. Motion blur and snow use ImageMagick's MotionBlurImage kernel (a one-sided Gaussian along a
-line, `2 ceil(radius) + 1` taps, edge pixels repeated, 16-bit rounding then 8-bit), re-implemented
-in `corruption_ops` and checked against ImageMagick 6.9.11 (tests/golden/).
-
-This module is the API (checks, seeding, batching, the picture); the constants are in
-`corruption_tables`, the pixel operations in `corruption_ops`.
-scripts/check_corruptions_reference.py runs the reference's own code next to this one: at 32 and
-224 px every corruption gives the same bytes, except defocus blur and the elastic transform at
-224 px, off by one gray level in some pixels (OpenCV's float32 arithmetic); docs/method.md.
-
-Images are uint8 (H, W, C) with C in {1, 3}; the output has the input's shape and dtype. As the
-reference's dataset scripts do (`np.uint8(...)`), float results in [0, 1] are scaled by 255 and
-truncated. Severity 0 is the identity; 1-5 index the tables. Randomness comes from a NumPy
-Generator seeded with (seed, crc32(corruption name), severity, image index) (`image_rng`), so a
-fixed seed gives fixed bytes, for any batching, on one NumPy/Pillow version.
+Invariants: images are uint8 (H, W, C), C in {1, 3}, and the output has the input's shape and
+dtype; severity 0 is the identity, 1-5 index the tables; randomness comes from a NumPy Generator
+seeded with (seed, crc32(name), severity, image index) (`image_rng`), so a fixed seed gives fixed
+bytes for any batching. This module is the API (checks, seeding, batching, the picture); the
+constants are in `corruption_tables`, the pixel operations in `corruption_ops`.
 """
 from __future__ import annotations
 import zlib

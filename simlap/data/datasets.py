@@ -214,8 +214,8 @@ _loaded: dict[str, dict[str, np.ndarray]] = {}  # the last few splits read into 
 
 def load_arrays(builder, split: Any, d: ConfigDict, with_ids: bool) -> dict[str, np.ndarray]:
   """Reads a whole split into numpy arrays (image, labels), cached: TFDS decodes one example
-  at a time (~7 s for Fashion-MNIST's 60k on a busy 2-core machine), and tests and restarts in
-  one process read the same split again."""
+  at a time, which takes seconds for a 60k split, and tests and restarts in one process read
+  the same split again."""
   key = repr((builder.data_dir, split, d.image_key, d.label_key, tuple(d.extra_label_keys),
               with_ids))
   if key not in _loaded:
@@ -231,14 +231,8 @@ def load_arrays(builder, split: Any, d: ConfigDict, with_ids: bool) -> dict[str,
   return _loaded[key]
 
 
-def _in_memory(builder, config: ConfigDict) -> bool:
-  if config.dataset.get("in_memory") is not None:
-    return bool(config.dataset.in_memory)
-  return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES
-
-
 def in_memory(builder, config: ConfigDict) -> bool:
   """Whether `config`'s train split is read into memory (exact, free resume) or streamed."""
-  if config.dataset.get("in_memory") is not None:
+  if config.dataset.in_memory is not None:
     return bool(config.dataset.in_memory)
   return (builder.info.dataset_size or 0) <= IN_MEMORY_MAX_BYTES

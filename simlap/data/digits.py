@@ -5,9 +5,9 @@ in setup.py).
 
 The file `sklearn/datasets/data/digits.csv.gz` is read directly (65 integer columns a row: 64
 pixels in 0..16 row by row, then the digit), as `sklearn.datasets.load_digits` reads it, but
-without importing scikit-learn (~1.6 s of imports). Pixels are scaled to uint8 0..255 by
-round(v * 255 / 16), so 16 (all 16 source pixels of the 4x4 block on) is 255. No split ships:
-`array_builder.split_indices` makes a stratified 1,438 / 359 one.
+without importing scikit-learn (docs/datasets.md times that import). Pixels are scaled to
+uint8 0..255 by round(v * 255 / 16), so 16 (all 16 source pixels of the 4x4 block on) is 255.
+No split ships: `array_builder.split_indices` makes a stratified 1,438 / 359 one.
 """
 from __future__ import annotations
 import gzip

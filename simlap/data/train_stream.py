@@ -2,27 +2,14 @@
 
 Each process reads only its own slice of a split (`tfds.split_for_jax_process`), builds its
 local rows with tf.data, and `jax.make_array_from_process_local_data` assembles the global batch
-sharded over the mesh's batch axis.
-
-Determinism. The training stream is a pure function of (seed, step):
-  * Order. Each process sees an infinite stream of its examples, epoch after epoch; stream
-    position p is example `perm_e[p % n]` of epoch e = p // n. In-memory datasets (the default
-    whenever the split fits in 1 GiB, see `datasets.in_memory`) compute `perm_e` per element
-    with the stateless, O(1) `RandomIndexShuffle` op keyed by (seed, epoch), and read by direct
-    indexing, so starting at any step costs nothing. Larger datasets (ImageNet) prepared as
-    ArrayRecord (`tfds build --file_format=array_record`) are read by index in the same order
-    (`tfds.data_source`): the same free resume, no buffer. TFRecord-only data is streamed in a
-    fixed file order through a shuffle buffer seeded by (seed, epoch), the next epoch's buffer
-    filling while the current epoch drains (`epochs_overlapped`); resuming at step s re-reads
-    (without decoding: JPEG bytes are only parsed) the examples of the current epoch before s,
-    i.e. at most one epoch of records, and never earlier epochs.
-  * Transfer. Streamed datasets send uint8 views (a quarter of float32's bytes); the jitted
-    step converts them (`train_step.float_views`). In-memory ones keep float32 (view_dtype).
-  * Augmentation. The row at position r of the global batch at step s draws its randomness
-    from a seed folded from (seed, s, r); `repeats` copies of an image sit at different rows,
-    so they get independent views.
-  A run started with `start_step=s` therefore yields the batches an uninterrupted run yields
-  from s on.
+sharded over the mesh's batch axis. Invariant: the stream is a pure function of (seed, step), so
+`start_step=s` yields the batches an uninterrupted run yields from s on. Order: stream position p
+is example perm_e[p % n] of epoch e = p // n, perm_e a `RandomIndexShuffle` keyed by (seed, e)
+for in-memory and ArrayRecord splits (read by index: free resume), or a shuffle buffer seeded by
+(seed, e) for a TFRecord stream (`epochs_overlapped`; resume re-reads at most the current
+epoch's records). Row r of step s draws its augmentation from a seed folded from (seed, s, r),
+so `repeats` copies of an image get independent views. Streamed splits send uint8 views (the
+step converts them), in-memory ones float32. docs/performance.md, "Input pipeline".
 """
 from __future__ import annotations
 from collections.abc import Iterator
@@ -79,7 +66,7 @@ def _step_indices(step: tf.Tensor, unique: int, n: int, seed: int) -> tf.Tensor:
 
 def random_access(builder, config: ConfigDict) -> bool:
   """Whether a streamed split is read by index (ArrayRecord) rather than as a TFRecord stream."""
-  if config.dataset.get("random_access") is not None:
+  if config.dataset.random_access is not None:
     return bool(config.dataset.random_access)
   return builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
 
@@ -188,7 +175,7 @@ def epochs_overlapped(epoch_fn, first_epoch: int, n: int) -> tf.data.Dataset:
 def view_dtype(config: ConfigDict, builder) -> str:
   """"uint8" or "float32": the dtype of the views this config's stream yields (see
   config.dataset.view_dtype; the auto choice is uint8 exactly when the split is streamed)."""
-  if config.dataset.get("view_dtype") is not None:
+  if config.dataset.view_dtype is not None:
     return config.dataset.view_dtype
   return "float32" if datasets.in_memory(builder, config) else "uint8"
 
@@ -227,7 +214,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   split = tfds.split_for_jax_process(d.train_split, process_index=pi, process_count=pc)
 
   in_memory = datasets.in_memory(builder, config)
-  if d.get("random_labels") and not in_memory:
+  if d.random_labels and not in_memory:
     raise ValueError(f"config.dataset.random_labels needs an in-memory train split; {d.name!r} "
                      "is streamed (set config.dataset.in_memory=True if it fits)")
   if in_memory:
@@ -238,7 +225,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
     for k in d.extra_label_keys:
       if isinstance(builder.info.features[k], tfds.features.ClassLabel):
         datasets.check_labels(arrays[k], builder.info.features[k].num_classes, f"{d.name} {k}")
-    if d.get("random_labels"):  # the random-label control; the true labels ride along
+    if d.random_labels:  # the random-label control; the true labels ride along
       arrays = {**arrays, "true_label": arrays["label"],
                 "label": random_labels.process_labels(builder, config, pi, pc)}
     ds = _memory_stream(arrays, config, seed=seed, start_step=start_step, unique=unique,

@@ -21,14 +21,13 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from simlap import sharding
+from simlap.data import split_sizes
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
 
 _GIB = 2.0 ** 30
-# Eval-split sizes of the datasets simlap.aot knows (its TRAIN_SIZES give the train split).
-EVAL_SIZES = {"imagenet2012": 50_000, "imagenette": 3_925, "cifar10": 10_000,
-              "cifar100": 10_000, "fashion_mnist": 10_000, "fashion_mnist_local": 10_000,
-              "mnist": 10_000}
+# The query bank of a dataset split_sizes does not know: a CIFAR-sized test split.
+_UNKNOWN_EVAL_SIZE = 10_000
 
 
 @dataclasses.dataclass
@@ -120,7 +119,13 @@ def fit_check(config, tpu, devices, info, make_trainer) -> list[EvalRow]:
   trainer = make_trainer(config, mesh, info)
   return compile_eval(config, trainer, mesh, topology=tpu.name, capacity_gib=tpu.chip.hbm_gib,
                       num_train=info.num_train,
-                      num_eval=EVAL_SIZES.get(config.dataset.name, 10_000))
+                      num_eval=eval_size(config.dataset.name))
+
+
+def eval_size(name: str) -> int:
+  """The eval split's size from simlap/data/split_sizes.py (10,000 for an unknown dataset)."""
+  sizes = split_sizes.SIZES.get(name)
+  return sizes.eval if sizes else _UNKNOWN_EVAL_SIZE
 
 
 def format_row(r: EvalRow) -> str:

@@ -30,22 +30,21 @@ def build_backbone(model_config: ml_collections.ConfigDict,
                    platform: str | None = None) -> nn.Module:
   """The backbone `config.model` names: apply(..., images (B, H, W, C), train=) -> (B, F) f32.
 
-  ResNets read backbone, stem, width, output_stride, bn_momentum, dtype; ViTs read backbone,
+  ResNets take their fields as keywords (`resnet.build_backbone(**model_config)`); ViTs read
   dtype and freeze_patch_embed (a ViT's size is fixed by its name; it has no stem and no
   BatchNorm). `platform` is what the program is compiled for: it picks the ResNets' CPU or XLA
   forms (`resnet.resolve_conv_impl`); None = JAX's default backend.
   """
   if family(model_config.backbone) == "resnet":
-    return resnet.build_backbone(model_config, platform)
-  return vit.build_vit(model_config.backbone,
-                       dtype=parse_dtype(model_config.get("dtype", "float32")),
-                       freeze_patch_embed=bool(model_config.get("freeze_patch_embed", False)))
+    return resnet.build_backbone(**model_config, platform=platform)
+  return vit.build_vit(model_config.backbone, dtype=parse_dtype(model_config.dtype),
+                       freeze_patch_embed=bool(model_config.freeze_patch_embed))
 
 
 def feature_dim(model_config: ml_collections.ConfigDict) -> int:
   """F, the feature width `build_backbone(model_config)` returns."""
   if family(model_config.backbone) == "resnet":
-    return resnet.feature_dim(model_config)
+    return resnet.feature_dim(**model_config)
   return vit.SIZES[model_config.backbone].width
 
 
@@ -58,22 +57,19 @@ def check_config(model_config: ml_collections.ConfigDict, image_size: int) -> No
   where they would silently do nothing.
   """
   name = model_config.backbone
-  freeze = bool(model_config.get("freeze_patch_embed", False))
+  freeze = bool(model_config.freeze_patch_embed)
   if family(name) == "resnet":
     stem = model_config.stem
     if stem not in resnet.STEMS:
-      # "deep" was the stride-1 three-conv stem's old name; timm's "deep" is another network.
-      hint = (" ('deep' is now 'cifar_deep', three stride-1 convs; timm's deep stem, the "
-              "authors' CIFAR network, is 'timm_deep')" if stem == "deep" else "")
-      raise ValueError(f"config.model.stem={stem!r} is not one of {resnet.STEMS}{hint}")
-    output_stride = model_config.get("output_stride", 32)
+      raise ValueError(f"config.model.stem={stem!r} is not one of {resnet.STEMS}")
+    output_stride = model_config.output_stride
     if output_stride not in resnet.OUTPUT_STRIDES:
       raise ValueError(f"config.model.output_stride={output_stride!r} is not one of "
                        f"{resnet.OUTPUT_STRIDES} (the largest total stride; later stages dilate)")
     if freeze:
       raise ValueError(f"config.model.freeze_patch_embed=True needs a ViT backbone, not {name!r}")
     return
-  if float(model_config.get("width", 1.0)) != 1.0:
+  if float(model_config.width) != 1.0:
     raise ValueError(f"config.model.width={model_config.width} scales ResNets only; a ViT's "
                      f"size is its name ({name!r}): leave width at 1.0")
   patch = vit.SIZES[name].patch

@@ -1,40 +1,13 @@
 """Convolutions in the forms XLA:CPU runs fast: the same numbers as `lax.conv_general_dilated`.
 
 `conv_general_dilated` here is a drop-in that `nn.Conv(conv_general_dilated=...)` calls, so the
-kernel parameter keeps its (kh, kw, Cin, Cout) shape and name: checkpoints, the converter and
-the golden tests see the same network. Values agree with the lax conv up to float summation
-order, gradients too (taps that read only padding get exact zeros, as from the lax conv).
-`model.conv_impl = "cpu"` selects it (the default "auto" does for CPU compiles only; resnet.py).
-Three measured XLA:CPU weaknesses are worked around; every other conv goes to the lax conv
-unchanged.
-
-1. **Dilated stride-1 convs on small maps** (`dilated_conv`). The authors' CIFAR network (timm
-   resnet18, output stride 8) runs stages 3 and 4 at dilation 2 and 4 on 4 x 4 maps, where most
-   taps read padding. Along one axis, output row o reads input row o - pad + i * d through tap
-   i, so the taps that read real pixels are constant on a few intervals of rows ("regions"): at
-   dilation 2 on 4 rows, rows 0-1 use taps 1, 2 and rows 2-3 use taps 0, 1; at dilation >= the
-   map size only the centre tap is ever live. Each (row region, column region) block of the
-   output is one matmul of its live taps' shifted maps, concatenated on the channel axis
-   (im2col), with those taps' (taps * Cin, Cout) kernel: 4/9 of the multiply-adds at dilation 2
-   on 4 x 4 maps, 1/9 at dilation 4, and no XLA:CPU dilated convolution (2.3-4.3x the cost of the
-   undilated one). Taken where it skips at least half the multiply-adds; on larger maps the conv
-   reads real pixels almost everywhere and the lax conv is kept.
-2. **Convs over many pixels** (`batch_chunked_conv`). XLA:CPU's convolutions slow down per
-   pixel once their operands outgrow the caches, the kernel gradient most: on the 2-core AMD
-   EPYC VM, the kernel gradient of a 16 x 16 x 64 -> 128 3x3 conv over 512 images (96 MiB of
-   operands) takes 423 ms whole and 98 ms as the sum over 32 batch chunks of 3 MiB; its forward
-   pass takes 135 ms whole and 113 ms in 4 chunks. The custom VJP computes the kernel gradient
-   as a sum over batch chunks of at most `CHUNK_BYTES` each, and the forward pass and the input
-   gradient of convs with at least `IO_CHUNK_MIN_BYTES` of operands in `IO_CHUNKS` chunks. The
-   chunks interleave (images k, k + c, k + 2c, ...), so a batch-sharded input splits on every
-   device alike, without moving data between devices.
-
-3. **1x1 convs** (`pointwise_conv`). For a 1x1 conv's kernel gradient XLA:CPU transposes the
-   activations to a batch-minor layout first (24 of 64 CPU-seconds of a ResNet-50 step at batch
-   32). A 1x1 conv is a matmul over the (strided) pixels, and is computed as one.
-
-`benchmarks/conv_bench.py` and `benchmarks/step_bench.py` measure the effect
-(docs/performance.md).
+kernel keeps its (kh, kw, Cin, Cout) shape and name: checkpoints, the converter and the golden
+tests see the same network. Values and gradients agree with the lax conv up to float summation
+order (taps that read only padding get exact zeros). `model.conv_impl = "cpu"` selects it ("auto"
+does for CPU compiles; resnet.py). Three XLA:CPU weaknesses are worked around, every other conv
+goes to the lax conv unchanged: dilated stride-1 convs on small maps (`dilated_conv`), convs over
+many pixels (`batch_chunked_conv`) and 1x1 convs (`pointwise_conv`). docs/performance.md ("What
+moved the ratio") measures each, with `benchmarks/conv_bench.py`.
 """
 from __future__ import annotations
 
@@ -102,6 +75,12 @@ def dilated_conv(lhs: jax.Array, rhs: jax.Array, padding: Padding,
                  preferred_element_type: Any = None) -> jax.Array | None:
   """A stride-1 NHWC conv by live-tap regions, or None where that would not skip half the work.
 
+  Along one axis output row o reads input row o - pad + i * d through tap i, so the taps that
+  read real pixels are constant on a few intervals of rows (`tap_regions`; at dilation >= the
+  map size only the centre tap is live). Each (row region, column region) block of the output
+  is one matmul of its live taps' shifted maps, concatenated on the channel axis (im2col), with
+  those taps' (taps * Cin, Cout) kernel, and XLA:CPU's dilated convolution is never called.
+
   lhs: (B, H, W, Cin); rhs: (kh, kw, Cin, Cout); padding: ((lo, hi), (lo, hi)).
   Returns (B, H', W', Cout).
   """
@@ -132,7 +111,8 @@ def dilated_conv(lhs: jax.Array, rhs: jax.Array, padding: Padding,
 
 def pointwise_conv(lhs: jax.Array, rhs: jax.Array, strides: tuple[int, int], precision: Any = None,
                    preferred_element_type: Any = None) -> jax.Array:
-  """A 1x1 conv (no padding: "SAME" and "VALID" agree for 1x1) as the matmul it is.
+  """A 1x1 conv (no padding: "SAME" and "VALID" agree for 1x1) as the matmul it is, so that
+  XLA:CPU does not transpose the activations to a batch-minor layout for its kernel gradient.
 
   lhs: (B, H, W, Cin); rhs: (1, 1, Cin, Cout). Returns (B, ceil(H / sh), ceil(W / sw), Cout).
   """
@@ -190,7 +170,11 @@ def _by_chunks(fn, chunks: int, *arrays: jax.Array) -> jax.Array:
 def batch_chunked_conv(lhs, rhs, strides, padding, dimension_numbers, precision, chunks,
                        io_chunks):
   """The lax conv (NHWC) over `io_chunks` interleaved batch chunks; its input gradient takes the
-  same chunks, its kernel gradient sums `chunks` of them."""
+  same chunks, its kernel gradient sums `chunks` of them.
+
+  XLA:CPU's convs slow down per pixel once their operands outgrow the caches, the kernel
+  gradient most. Chunk k holds images k, k + c, k + 2c, ..., so a batch-sharded input splits on
+  every device alike, without moving data between devices."""
   conv = functools.partial(_lax_conv, strides=strides, padding=padding,
                            dimension_numbers=dimension_numbers, precision=precision)
   return _by_chunks(lambda x: conv(x, rhs), io_chunks, lhs)

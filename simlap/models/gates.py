@@ -5,21 +5,12 @@
     fuse "mean":    g = act(f((E[y1] + E[y2]) / 2))          symmetric in (y1, y2)
     fuse "product": g = act(f(E[y1])) * act(f(E[y2]))
 
-`act` depends on `kind`:
-    "sigmoid":    sigmoid(l)
-    "open":       1 everywhere (the ungated baseline; the module has no parameters)
-    "gumbel":     train: sigmoid((l + G) / tau), G a logistic sample (= difference of two Gumbels);
-                  eval:  sigmoid(l / tau), the noise-free gate at the same temperature (G has
-                  median 0, so this is the gate's median under the training noise).
-    "stochastic": STG. train: clip(l + 0.5 + eps, 0, 1), eps ~ N(0, noise_std^2);
-                  eval:  clip(l + 0.5, 0, 1).
-Noise is drawn from the Flax rng stream "gate" and only when train=True. The whole table runs in
-float32 whatever the backbone's compute dtype: gates multiply embeddings and enter the entropy
-penalty, where bfloat16's 8 mantissa bits would quantise g near 0 and 1.
-
-Analysis (`class_gates`, `pair_gates`, `pair_matrix`) always runs the BatchNorms in inference
-mode on their running statistics, so it never changes `batch_stats` (the authors' analysis code
-ran them in training mode and polluted the statistics).
+`act` by `kind`: "sigmoid"; "open", 1 everywhere (no parameters); "gumbel" and "stochastic"
+(STG), noisy in training, noise-free in evaluation (`GateTable._activate`). Noise comes from the
+Flax rng stream "gate", only with train=True. The table runs in float32 whatever the compute
+dtype: bfloat16 would quantise g near 0 and 1, where the entropy penalty reads it. Analysis
+(`class_gates`, `pair_gates`, `pair_matrix`) runs the BatchNorms on their running statistics,
+so it never changes `batch_stats`.
 """
 from __future__ import annotations
 from collections.abc import Callable
@@ -81,7 +72,12 @@ class GateTable(nn.Module):
     return self.fc2(h)
 
   def _activate(self, logits: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Gate logits (N, D) -> gates (N, D) in [0, 1] for this table's kind."""
+    """Gate logits (N, D) -> gates (N, D) in [0, 1] for this table's kind.
+
+    gumbel:     train sigmoid((l + G) / tau), G a logistic sample (= difference of two Gumbels);
+                eval sigmoid(l / tau), the gate's median under the training noise (G's is 0).
+    stochastic: train clip(l + 0.5 + eps, 0, 1), eps ~ N(0, noise_std^2); eval clip(l + 0.5).
+    """
     if self.kind == "sigmoid":
       return jax.nn.sigmoid(logits)
     if self.kind == "gumbel":

@@ -1,12 +1,11 @@
-"""SimLAPModel: backbone + projector + gate table + online linear probe, built from a config.
+"""SimLAPModel: backbone + projector + gate table + online linear probe (+ MoCo's predictor).
 
-One module serves every objective of the trainer (simlap, simclr, supcon, ce), so baselines share
-the backbone, projector and probe exactly; objectives differ only in which outputs the loss uses.
+One module serves every objective (`objectives.OBJECTIVES`), so baselines share the backbone,
+projector and probe exactly; objectives differ only in which outputs the loss uses. Variables:
+"params" and "batch_stats"; the "gate" rng stream is needed only for the gumbel and stochastic
+gates with train=True:
 
-Variables: "params" and "batch_stats". The "gate" rng stream is needed only when the gate kind is
-"gumbel" or "stochastic" and train=True. Typical init:
-
-    model = build_model(config, num_classes)
+    model = build_model(config.model, config.gate, num_classes)
     variables = model.init({"params": k1, "gate": k2}, images, labels, labels, train=False)
 """
 from __future__ import annotations
@@ -114,53 +113,57 @@ class SimLAPModel(nn.Module):
     return self.gate.num_classes
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int,
+def build_model(model: ml_collections.ConfigDict, gate: ml_collections.ConfigDict,
+                num_classes: int, *, predictor: bool = False,
                 platform: str | None = None) -> SimLAPModel:
-  """SimLAPModel from `config.model` and `config.gate`.
+  """SimLAPModel from the `config.model` and `config.gate` sections.
+
+  Every field is read without a fallback (the schema holds the defaults): a missing one raises,
+  naming it.
 
   Args:
-    config: the full experiment config (reads `model.*` and `gate.*`).
+    model: `config.model`.
+    gate: `config.gate`.
     num_classes: C, for the gate table and the probe.
+    predictor: add MoCo-v3's predictor, q = predictor(projector(backbone(x))) (objective moco).
     platform: the platform the program is compiled for ("cpu", "tpu", "cuda", ...), which
       `model.conv_impl="auto"` resolves against; None = JAX's default backend.
 
   Returns:
     An unbound `SimLAPModel`.
   """
-  m, g = config.model, config.gate
-  dtype = backbones.parse_dtype(m.get("dtype", "float32"))
-  bn_momentum = float(m.get("bn_momentum", 0.9))
-  dim = int(m.projector_dim)
-  use_bias = bool(m.get("projector_bias", True))
-  predictor = None
-  if config.get("objective") == "moco":  # MoCo-v3: q = predictor(projector(backbone(x)))
-    # () = the projector's last hidden width (MoCo-v3 uses mlp_dim for both), or D if it has none.
-    widths = tuple(m.get("predictor_hidden", ())) or tuple(m.projector_hidden[-1:]) or (dim,)
-    predictor = heads.Projector(hidden=tuple(int(w) for w in widths), out_dim=dim,
-                                bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias,
-                                last_norm="none")
+  dtype = backbones.parse_dtype(model.dtype)
+  bn_momentum = float(model.bn_momentum)
+  dim = int(model.projector_dim)
+  hidden = tuple(int(w) for w in model.projector_hidden)
+  head = lambda widths, **kw: heads.Projector(  # noqa: E731
+      hidden=widths, out_dim=dim, bn_momentum=bn_momentum, dtype=dtype,
+      use_bias=bool(model.projector_bias), **kw)
   return SimLAPModel(
-      backbone=backbones.build_backbone(m, platform),
-      projector=heads.Projector(hidden=tuple(int(w) for w in m.projector_hidden), out_dim=dim,
-                                bn_momentum=bn_momentum, dtype=dtype, use_bias=use_bias),
-      gate=_gate_table(g, int(num_classes), dim, bn_momentum),
+      backbone=backbones.build_backbone(model, platform),
+      projector=head(hidden),
+      gate=_gate_table(int(num_classes), dim, bn_momentum, **gate),
       probe=heads.LinearHead(int(num_classes), bn_momentum=bn_momentum),
-      probe_stop_gradient=bool(m.get("probe_stop_gradient", True)),
-      predictor=predictor,
-      pixel_mean=tuple(float(v) for v in m.get("pixel_mean", ())),
-      pixel_std=tuple(float(v) for v in m.get("pixel_std", ())),
+      probe_stop_gradient=bool(model.probe_stop_gradient),
+      # () = the projector's last hidden width (MoCo-v3 uses mlp_dim for both), or D if none.
+      predictor=head(tuple(int(w) for w in model.predictor_hidden) or hidden[-1:] or (dim,),
+                     last_norm="none") if predictor else None,
+      pixel_mean=tuple(float(v) for v in model.pixel_mean),
+      pixel_std=tuple(float(v) for v in model.pixel_std),
   )
 
 
-def _gate_table(g: ml_collections.ConfigDict, num_classes: int, dim: int,
-                bn_momentum: float) -> nn.Module:
-  """The pair module: a `GateTable`, or for gate.kind "lowrank" a `lowrank.LowRankTable`."""
-  if g.get("kind", "sigmoid") == lowrank.KIND:
+def _gate_table(num_classes: int, dim: int, bn_momentum: float, *, kind: str, fuse: str,
+                embed_dim: int, hidden_dim: int, tau: float, noise_std: float, penalty: float,
+                rank: int) -> nn.Module:
+  """The pair module from the `config.gate` fields: a `GateTable`, or for kind "lowrank" a
+  `lowrank.LowRankTable`. A missing or unknown field is a TypeError naming it."""
+  del penalty  # the objective's weight on the gates, not part of the table
+  if kind == lowrank.KIND:
     return lowrank.LowRankTable(
-        num_classes=num_classes, dim=dim, rank=int(g.rank), embed_dim=int(g.embed_dim),
-        hidden_dim=int(g.hidden_dim), bn_momentum=bn_momentum)
+        num_classes=num_classes, dim=dim, rank=int(rank), embed_dim=int(embed_dim),
+        hidden_dim=int(hidden_dim), bn_momentum=bn_momentum)
   return gates_lib.GateTable(
-      num_classes=num_classes, dim=dim, embed_dim=int(g.get("embed_dim", 512)),
-      hidden_dim=int(g.get("hidden_dim", 1024)), kind=g.get("kind", "sigmoid"),
-      fuse=g.get("fuse", "mean"), tau=float(g.get("tau", 1.0)),
-      noise_std=float(g.get("noise_std", 0.5)), bn_momentum=bn_momentum)
+      num_classes=num_classes, dim=dim, embed_dim=int(embed_dim), hidden_dim=int(hidden_dim),
+      kind=kind, fuse=fuse, tau=float(tau), noise_std=float(noise_std),
+      bn_momentum=bn_momentum)

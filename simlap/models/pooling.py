@@ -1,15 +1,11 @@
-"""Max pooling whose gradient is elementwise work: 5x faster than `reduce_window`'s on XLA:CPU.
+"""Max pooling whose gradient is elementwise work instead of XLA:CPU's slow
+`select_and_scatter_add` (docs/performance.md, "What moved the ratio").
 
-`nn.max_pool` is `lax.reduce_window(max)`; its gradient is `select_and_scatter_add`, which
-XLA:CPU runs as a reduce-window over (value, index) tuples built from four full-size iotas. On
-the stem of the authors' CIFAR network (3x3 stride-2 pool of 16 x 16 x 128 maps) that gradient
-took 20 % of the whole train step. Here the pool is the maximum of the window's k*k strided
-views of the padded input, and the gradient goes to the *first* view (row-major window order)
-that holds the maximum: the element `select_and_scatter_add` and PyTorch's max-pool pick, so the
-gradients are identical, ties included (tests/test_pooling.py).
-
-For XLA:CPU only (`model.conv_impl`): compiled for a TPU, the k*k views and masks are
-materialised, about 9x the HBM traffic of `select_and_scatter_add` (docs/tpu.md).
+The pool is the maximum of the window's k*k strided views of the padded input, and the gradient
+goes to the *first* view (row-major window order) that holds the maximum: the element
+`select_and_scatter_add` and PyTorch's max-pool pick, so the gradients are identical, ties
+included (tests/test_pooling.py). For XLA:CPU only (`model.conv_impl`): on a TPU the views and
+masks would be materialised, many times the HBM traffic (docs/tpu.md).
 """
 from __future__ import annotations
 

@@ -2,32 +2,12 @@
 
 Layer for layer the same networks as timm's and torchvision's `ResNet` (conv-BN-ReLU order,
 torch-style symmetric padding, the stride on the 3x3 conv of a bottleneck: "v1.5"), so their
-weights load through `simlap.convert` and give the same outputs (tests/test_golden.py).
-
-Layout is NHWC. Parameters are float32 (`param_dtype`); convolutions and activations run in the
-compute `dtype` (bfloat16 for mixed precision) while BatchNorm reduces its statistics in float32
-(Flax's `force_float32_reductions`) and the pooled features are returned as float32, so every
-head and loss downstream works in float32.
-
-BatchNorm has no `axis_name`: the train step is a `jax.jit` over *global* arrays, so the batch
-mean/variance are already computed over the whole (sharded) batch — synchronized BN for free.
-
-Stems (`stem=`), with w the variant's stem width (64 for ResNet-18/34/50):
-  "imagenet":   7x7 stride-2 conv (3 -> w), BN, ReLU, 3x3 stride-2 max-pool: stride 4.
-  "timm_deep":  timm's `stem_type="deep"`: 3x3 stride-2 conv (3 -> w), BN, ReLU, 3x3 conv
-                (w -> w), BN, ReLU, 3x3 conv (w -> 2w), BN, ReLU, 3x3 stride-2 max-pool:
-                stride 4. With 2w channels out, the first block gets a 1x1 projection shortcut
-                (2w -> w), as in timm.
-  "cifar":      one 3x3 stride-1 conv, no pool: stride 1.
-  "cifar_deep": three 3x3 stride-1 convs (w/2, w/2, w), each with BN and ReLU, no pool:
-                stride 1. A deep stem at full resolution; it is in neither timm nor torchvision.
-
-Stages: the first keeps the resolution, each later one halves it, until the network's total
-stride reaches `output_stride` (8, 16 or 32). From there on, stages dilate their 3x3 convs
-instead (dilation 2, then 4), as timm's `output_stride` does: the first block of a dilated
-stage runs its first 3x3 conv at the previous stage's dilation. The authors' CIFAR-10 network
-is timm's `resnet18(stem_type="deep", output_stride=8)` = `stem="timm_deep"`,
-`output_stride=8`: maps 8, 4, 4, 4 on a 32x32 input (and 16 after the stem's first conv).
+weights load through `simlap.convert` and give the same outputs (tests/test_golden.py). Layout is
+NHWC. Parameters are float32; convs and activations run in the compute `dtype`, BatchNorm reduces
+in float32 and the pooled features are float32, so every head and loss works in float32.
+BatchNorm has no `axis_name`: the train step is one `jax.jit` over *global* arrays, so its
+statistics are already over the whole sharded batch (synchronized BN). Stems: `STEM_STRIDE`;
+strides and dilations per stage: `stage_geometry` (timm's `output_stride`).
 """
 from __future__ import annotations
 from collections.abc import Callable, Sequence
@@ -37,7 +17,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from simlap.models import cpu_conv
 from simlap.models import pooling
@@ -131,7 +110,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
     widths: channels of each stage (before the bottleneck expansion).
     block: "basic" or "bottleneck".
-    stem: one of `STEMS` (see the module docstring).
+    stem: one of `STEMS` (see `STEM_STRIDE`).
     stem_width: the stem's width w (its output has 2w channels for "timm_deep", else w).
     output_stride: 8, 16 or 32, the largest total stride; later stages dilate instead.
     bn_momentum: running-average decay of BatchNorm (0.9 for short runs; 0.99 lags).
@@ -209,13 +188,11 @@ class ResNet(nn.Module):
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
     # ~20k parameters: for tests only.
     "resnet_tiny": ((1, 1, 1), (8, 16, 32), "basic", 8),
-    # He et al.'s CIFAR ResNet-6n+2 family (3 stages, 16/32/64). Fwd+bwd of 512 28x28x1 images,
-    # measured as CPU-seconds / 2 on a busy 2-core box (uncontended wall time is somewhat lower):
-    # resnet_small (= ResNet-8) ~0.7 s, resnet14 ~1.2 s, resnet20 ~2.0 s; resnet_tiny ~0.25 s.
+    # He et al.'s CIFAR ResNet-6n+2 family (3 stages, 16/32/64).
     "resnet14": ((2, 2, 2), (16, 32, 64), "basic", 16),
     "resnet20": ((3, 3, 3), (16, 32, 64), "basic", 16),
-    # The default Fashion-MNIST backbone, ResNet-8: the only depth of the family that keeps a
-    # step on 2 x 256 views near the ~0.5 s that configs/default.py's ~10 minute budget allows.
+    # ResNet-8, the default Fashion-MNIST backbone: the depth configs/default.py's CPU budget
+    # allows (step times: docs/performance.md, "Train step").
     "resnet_small": ((1, 1, 1), (16, 32, 64), "basic", 16),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), "basic", 64),
     "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512), "basic", 64),
@@ -223,7 +200,14 @@ VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str, int]] = {
 }
 
 
-# stem -> its stride (the resolution it divides the image by).
+# stem -> its stride (the resolution it divides the image by). With w the variant's stem width:
+#   "imagenet":   7x7 stride-2 conv (3 -> w), BN, ReLU, 3x3 stride-2 max-pool.
+#   "timm_deep":  timm's `stem_type="deep"`: 3x3 stride-2 conv (3 -> w), BN, ReLU, 3x3 conv
+#                 (w -> w), BN, ReLU, 3x3 conv (w -> 2w), BN, ReLU, 3x3 stride-2 max-pool; the
+#                 first block gets a 1x1 projection shortcut (2w -> w), as in timm.
+#   "cifar":      one 3x3 stride-1 conv, no pool.
+#   "cifar_deep": three 3x3 stride-1 convs (w/2, w/2, w), each with BN and ReLU, no pool (in
+#                 neither timm nor torchvision).
 STEM_STRIDE = {"imagenet": 4, "timm_deep": 4, "cifar": 1, "cifar_deep": 1}
 STEMS = tuple(STEM_STRIDE)
 OUTPUT_STRIDES = (8, 16, 32)
@@ -283,40 +267,43 @@ def parse_dtype(name: str | Dtype) -> Dtype:
   return name
 
 
-def build_backbone(model_config: ml_collections.ConfigDict,
-                   platform: str | None = None) -> ResNet:
-  """ResNet from `config.model` (backbone, stem, width, output_stride, bn_momentum, dtype,
-  conv_impl).
+def build_backbone(*, backbone: str, stem: str, width: float, output_stride: int,
+                   bn_momentum: float, dtype: str | Dtype, conv_impl: str,
+                   platform: str | None = None, **other_model_fields: Any) -> ResNet:
+  """ResNet from the `config.model` fields, as `build_backbone(**config.model)`.
+
+  A missing field is a TypeError naming it; the model's other fields (projector, probe, ...)
+  are not the backbone's and pass unread.
 
   Args:
-    model_config: the `config.model` ConfigDict.
+    backbone, stem, width, output_stride, bn_momentum, dtype, conv_impl: the `config.model`
+      fields of the same names (config_schema.py describes them).
     platform: what the program is compiled for (`resolve_conv_impl`); None = the default backend.
 
   Returns:
     An unbound `ResNet`; `apply(..., images (B, H, W, C), train=...)` gives (B, F) float32.
   """
-  name = model_config.backbone
-  if name not in VARIANTS:
-    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(VARIANTS)}")
-  stages, widths, block, stem_width = VARIANTS[name]
-  mult = float(model_config.get("width", 1.0))
-  scale = lambda w: max(1, int(round(w * mult)))  # noqa: E731
+  del other_model_fields
+  if backbone not in VARIANTS:
+    raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(VARIANTS)}")
+  stages, widths, block, stem_width = VARIANTS[backbone]
+  scale = lambda w: max(1, int(round(w * float(width))))  # noqa: E731
   return ResNet(
       stage_sizes=stages,
       widths=tuple(scale(w) for w in widths),
       block=block,
-      stem=model_config.get("stem", "cifar"),
+      stem=stem,
       stem_width=scale(stem_width),
-      output_stride=int(model_config.get("output_stride", 32)),
-      bn_momentum=float(model_config.get("bn_momentum", 0.9)),
-      dtype=parse_dtype(model_config.get("dtype", "float32")),
-      conv_impl=resolve_conv_impl(model_config.get("conv_impl", "auto"), platform),
+      output_stride=int(output_stride),
+      bn_momentum=float(bn_momentum),
+      dtype=parse_dtype(dtype),
+      conv_impl=resolve_conv_impl(conv_impl, platform),
   )
 
 
-def feature_dim(model_config: ml_collections.ConfigDict) -> int:
-  """F, the pooled feature width `build_backbone(model_config)` returns."""
-  stages, widths, block, _ = VARIANTS[model_config.backbone]
-  del stages
-  w = max(1, int(round(widths[-1] * float(model_config.get("width", 1.0)))))
+def feature_dim(*, backbone: str, width: float, **other_model_fields: Any) -> int:
+  """F, the pooled feature width `build_backbone(**config.model)` returns."""
+  del other_model_fields
+  _, widths, block, _ = VARIANTS[backbone]
+  w = max(1, int(round(widths[-1] * float(width))))
   return w * 4 if block == "bottleneck" else w
