@@ -97,7 +97,7 @@ def main(argv):
       ks=KS).items()})
   acc = lambda p: {k: float(np.mean(p[k] == host_te["labels"])) for k in KS}  # noqa: E731
   print("\nkNN on backbone features                     " + "  ".join(f"k={k:<5}" for k in KS)
-        + "  time s   == single-device")
+        + "  time s   predictions that differ (per k)")
   print("  single device (evaluators), HIGHEST       "
         + "  ".join(f"{a:.4f} " for a in acc(ref).values()) + f"  {t_ref:6.2f}")
   bf16 = bank_lib.Bank({**tr.columns, "features": tr["features"].astype(jnp.bfloat16)
@@ -110,9 +110,9 @@ def main(argv):
     knn_lib.knn_predict(b, q, num_classes=10, ks=KS, precision=prec)  # compile
     res, t = timed(lambda b=b, q=q, prec=prec: knn_lib.knn_predict(
         b, q, num_classes=10, ks=KS, precision=prec))
-    same = all(np.array_equal(res["predictions"][k], ref[k]) for k in KS)
+    differ = "/".join(str(int(np.sum(np.asarray(res["predictions"][k]) != ref[k]))) for k in KS)
     print(f"  distributed, {name:<28} " + "  ".join(
-        f"{res['accuracy'][k]:.4f} " for k in KS) + f"  {t:6.2f}   {same}")
+        f"{res['accuracy'][k]:.4f} " for k in KS) + f"  {t:6.2f}   {differ} differ")
 
   print("\nlinear probe (30 epochs, batch 4096)   seed  single-device   data-parallel")
   for seed in (0, 1, 2):
