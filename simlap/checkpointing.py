@@ -267,7 +267,7 @@ class Checkpointer:
 
 
 # The name of the barrier that ends Orbax's `Checkpointer.restore` (its key prefix is ""):
-# tests/test_checkpoint_agreement.py checks it against the name Orbax really uses.
+# tests/test_preemption.py checks it against the name Orbax really uses.
 RESTORE_BARRIER = ocp.multihost.unique_barrier_key("Checkpointer:restore", prefix="")
 
 

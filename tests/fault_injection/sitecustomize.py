@@ -2,7 +2,7 @@
 
 SIMLAP_TEST_FAIL_RESTORE="<process>:<step>:<times>" makes Orbax's `CheckpointManager.restore`
 of `step` raise an OSError (as a flaky network file system would) the first `times` times it is
-called on process `<process>` only (tests/test_checkpoint_agreement.py).
+called on process `<process>` only (tests/test_preemption.py).
 """
 from __future__ import annotations
 import os
