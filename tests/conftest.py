@@ -63,3 +63,11 @@ def optimized_compiles():
   jax.config.update("jax_disable_most_optimizations", False)
   yield
   jax.config.update("jax_disable_most_optimizations", before)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files with slow tests first (stable within a file): `--dist loadfile` hands files out in
+  this order, so the long ones start early and the short ones fill the end of both workers."""
+  del config
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)
