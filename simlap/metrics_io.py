@@ -17,7 +17,7 @@ from simlap import storage
 from simlap import tb_events
 
 
-class JsonlWriter(metric_writers.MetricWriter):
+class JsonlWriter(tb_events.ScalarWriter):
   """Appends one JSON object per `write_scalars` call to `path`: {"step": s, name: value}.
 
   Plain JSONL, so notebooks and scripts read a local run with `pandas.read_json(path,
@@ -52,26 +52,7 @@ class JsonlWriter(metric_writers.MetricWriter):
     else:
       self._file.write(line)
 
-  # Only scalars go to JSONL; everything else is TensorBoard's job.
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
-
-  def write_hparams(self, hparams):
+  def write_hparams(self, hparams):  # only scalars go to JSONL; the rest is TensorBoard's job
     pass
 
   def flush(self) -> None:

@@ -38,7 +38,29 @@ class _Buffer:
     pass
 
 
-class EventPartsWriter(metric_writers.MetricWriter):
+class ScalarWriter(metric_writers.MetricWriter):
+  """A writer of scalars (and hparams) only: the other kinds of summary are dropped."""
+
+  def write_summaries(self, step, values, metadata=None):
+    pass
+
+  def write_images(self, step, images):
+    pass
+
+  def write_videos(self, step, videos):
+    pass
+
+  def write_audios(self, step, audios, *, sample_rate):
+    pass
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    pass
+
+
+class EventPartsWriter(ScalarWriter):
   """Scalars and hparams as TensorBoard events in `logdir` (a URL), one part per flush."""
 
   def __init__(self, logdir: str):
@@ -60,24 +82,6 @@ class EventPartsWriter(metric_writers.MetricWriter):
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._event(0, hparams_summary.hparams_pb(dict(hparams)))
-
-  def write_summaries(self, step, values, metadata=None):
-    pass
-
-  def write_images(self, step, images):
-    pass
-
-  def write_videos(self, step, videos):
-    pass
-
-  def write_audios(self, step, audios, *, sample_rate):
-    pass
-
-  def write_texts(self, step, texts):
-    pass
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    pass
 
   def flush(self) -> None:
     data, self._buffer.data = bytes(self._buffer.data), bytearray()

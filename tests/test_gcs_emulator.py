@@ -31,8 +31,8 @@ pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not 
 pytest.importorskip("gcsfs", reason="gcsfs is not installed (setup.py's train extra has it)")
 
 from simlap import metrics_io  # noqa: E402
-from test_reliability import (Launcher, assert_same_as_straight_run, log_tail,  # noqa: E402
-                              loss_rows, resumed_from, wait_for_step)
+from test_reliability import (Launcher, assert_same_as_straight_run, loss_rows,  # noqa: E402
+                              resumed_from, wait_for_step)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "simlap-test"
@@ -93,14 +93,6 @@ class _Runs(Launcher):
   def start(self, workdir: str, **overrides) -> subprocess.Popen:
     return self.start_module("simlap.main", f"--config={self.config_file}",
                              f"--workdir={workdir}")
-
-  def finish(self, proc: subprocess.Popen, timeout: float = 180) -> None:
-    try:
-      rc = proc.wait(timeout=timeout)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-    assert rc == 0, f"exit {rc}:\n{log_tail(proc)}"
 
 
 def _json(url: str):

@@ -84,11 +84,12 @@ class Jobs:
     workdir = workdir or str(self.root / name / "workdir")
     return start_job(self.data_dir, workdir, str(self.root / name), self.cache, *flags), workdir
 
-  def run(self, name: str, *flags: str, workdir: str | None = None) -> tuple[Job, str]:
+  def run(self, name: str, *flags: str, workdir: str | None = None,
+          timeout: float = START_TIMEOUT_S) -> tuple[Job, str]:
     """Runs a job to its end; asserts every process exited 0."""
     job, workdir = self.start(name, *flags, workdir=workdir)
     try:
-      codes = job.wait(START_TIMEOUT_S)
+      codes = job.wait(timeout)
     finally:
       job.kill()
     assert codes == [0, 0], f"exit codes {codes}\n{job.tails()}"
@@ -281,14 +282,8 @@ def _resume_with_read_failure(jobs: Jobs, straight: str, tmp_path, monkeypatch, 
   os.remove(os.path.join(workdir, "summary.json"))
   monkeypatch.setenv("SIMLAP_TEST_FAIL_RESTORE", f"1:{STEPS}:{times}")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([FAULTS, os.environ.get("PYTHONPATH", "")]))
-  job, _ = jobs.start(name, f"--config.num_steps={STEPS}", "--config.checkpoint_every=4",
-                      "--config.keep_checkpoints=2", workdir=workdir)
-  try:
-    codes = job.wait(AGREE_TIMEOUT_S)
-  finally:
-    job.kill()
-  assert codes == [0, 0], f"exit codes {codes}\n{job.tails()}"
-  return job, workdir
+  return jobs.run(name, f"--config.num_steps={STEPS}", "--config.checkpoint_every=4",
+                  "--config.keep_checkpoints=2", workdir=workdir, timeout=AGREE_TIMEOUT_S)
 
 
 @pytest.mark.slow

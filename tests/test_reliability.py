@@ -90,15 +90,18 @@ class Launcher:
     log.close()
     return proc
 
-  def run(self, workdir: str, timeout: float = 180, **overrides: Any) -> dict[str, Any]:
-    """Runs to completion; returns summary.json."""
-    proc = self.start(workdir, **overrides)
+  def finish(self, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Waits for `proc` (killed after `timeout` s); asserts it exited 0."""
     try:
       rc = proc.wait(timeout=timeout)
     finally:
       if proc.poll() is None:
         proc.kill()
     assert rc == 0, f"exit {rc}:\n{log_tail(proc)}"
+
+  def run(self, workdir: str, timeout: float = 180, **overrides: Any) -> dict[str, Any]:
+    """Runs to completion; returns summary.json."""
+    self.finish(self.start(workdir, **overrides), timeout)
     with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
       return json.load(f)
 
