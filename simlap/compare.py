@@ -92,7 +92,8 @@ def run_status(rdir: str) -> tuple[bool, bool]:
 
 def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: Sequence[int],
              workdir: str, *, command: str = "", eval_kwargs: dict[str, Any] | None = None,
-             eval_fractions: Sequence[str] = (), log=print) -> dict[str, Any]:
+             eval_fractions: Sequence[str] = (), final_eval_kwargs: dict[str, Any] | None = None,
+             log=print) -> dict[str, Any]:
   """Trains, evaluates and tabulates the grid; returns the comparison dict (also written).
 
   Args:
@@ -102,6 +103,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     workdir: W; runs in W/<method>/seed<k>, the table in W/comparison.{md,json}.
     command: the command line to print in the table header.
     eval_kwargs: keyword arguments for `eval_workdir.evaluate_workdir`.
+    final_eval_kwargs: more of them for the final step only (robustness, transfer).
     eval_fractions: points of training ("1/3", "0.5", ...) at which every run is also
       scored (`simlap.compare_steps`); the final step always is.
     log: progress printer (one line per event).
@@ -150,7 +152,8 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
       log(f"{tag}: done earlier, skipped")
     else:
       t = time.time()
-      res = eval_workdir.evaluate_workdir(rdir, **(eval_kwargs or {}))
+      res = eval_workdir.evaluate_workdir(rdir, **(eval_kwargs or {}),
+                                          **(final_eval_kwargs or {}))
       evaluated_now += 1
       log(f"{tag}: evaluated in {time.time() - t:.0f} s")
     s = res["summary"]
@@ -279,6 +282,10 @@ def define_flags(flag_values=None, sys_argv: list[str] | None = None) -> None:
   flags.DEFINE_bool("plots", True, "Write each run's analysis PNGs.", flag_values=fv)
   flags.DEFINE_list("eval_fractions", [], "Also score every run at these fractions of its "
                     "training (e.g. 1/3,2/3,1), from its checkpoints.", flag_values=fv)
+  flags.DEFINE_bool("robustness", False, "Also score every run's final step under the common "
+                    "corruptions (as simlap.evaluate --robustness).", flag_values=fv)
+  flags.DEFINE_list("transfer", [], "Also score every run's final step on these transfer "
+                    "targets (as simlap.evaluate --transfer).", flag_values=fv)
 
 
 def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = None
@@ -303,9 +310,12 @@ def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = Non
     # Seeds and methods share programs (feature extraction, probes): compile each once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(fv.workdir, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  from simlap.evaluation import transfer_eval  # noqa: PLC0415
+  eval_kwargs = {"plots": fv.plots, "linear": {"epochs": fv.linear_epochs}}
+  final_kwargs = {"transfer": transfer_eval.check_names(fv.transfer),
+                  "robustness": {} if fv.robustness else None}
   return run_grid(fv.config, fv.methods, [int(s) for s in fv.seeds], fv.workdir,
-                  command=command,
-                  eval_kwargs={"plots": fv.plots, "linear": {"epochs": fv.linear_epochs}},
+                  command=command, eval_kwargs=eval_kwargs, final_eval_kwargs=final_kwargs,
                   eval_fractions=fv.eval_fractions, log=lambda msg: print(msg, flush=True))
 
 
