@@ -26,7 +26,7 @@ TRAIN_REQUIRES = [
     "safetensors==0.8.0",
     # The `digits` transfer target reads sklearn/datasets/data/digits.csv.gz from this wheel.
     "scikit-learn==1.9.1",
-    # gs:// workdirs: simlap.storage and Orbax's directory operations (etils epath) go through
+    # gs:// workdirs: runtime.storage and Orbax's directory operations (etils epath) go through
     # gcsfs, which can be pointed at a storage server; TensorFlow's gfile cannot. What it pulls
     # in: docs/reliability.md ("gs:// against a storage server").
     "fsspec==2026.9.0",

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simlap import platforms
+from simlap.runtime import platforms
 from simlap.models import cpu_conv
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -5,7 +5,7 @@
 
 On 8 simulated CPU devices, with a synthetic bank (N x F float32, random clusters) and M
 queries, prints side by side, for the old path (bank replicated on every device, as the old
-extraction kept it; kNN / probe / few-shot on one device with `simlap.evaluators`) and the new
+extraction kept it; kNN / probe / few-shot on one device with `evaluation.array_eval`) and the new
 (row-sharded `Bank`, simlap/evaluation/): bank bytes per device, kNN time, linear-probe time,
 few-shot time, and the ratio new / old. --old_n measures the old path at a smaller N when the
 replicated bank does not fit (0 = the same N). Also prints the kNN FLOP count for ImageNet-1k
@@ -26,7 +26,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from simlap import evaluators, sharding  # noqa: E402
+from simlap.evaluation import array_eval as evaluators  # noqa: E402
+from simlap.runtime import sharding  # noqa: E402
 from simlap.evaluation import bank as bank_lib, knn as knn_lib, probes  # noqa: E402
 
 _N = flags.DEFINE_integer("n", 65536, "Bank rows N.")

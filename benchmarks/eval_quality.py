@@ -31,7 +31,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from simlap import config_schema, evaluators, sharding, train  # noqa: E402
+from simlap import config_schema  # noqa: E402
+from simlap.evaluation import array_eval as evaluators  # noqa: E402
+from simlap.runtime import sharding  # noqa: E402
+from simlap.training import loop as train  # noqa: E402
 from simlap.data import datasets  # noqa: E402
 from simlap.evaluation import bank as bank_lib, knn as knn_lib, probes  # noqa: E402
 
@@ -65,7 +68,7 @@ def timed(fn):
 def _restore_trained(config, workdir: str):
   mesh = sharding.make_mesh(config.mesh)
   trainer = train.make_trainer(config, mesh, datasets.get_dataset_info(config))
-  from simlap import checkpointing  # noqa: PLC0415
+  from simlap.runtime import checkpointing  # noqa: PLC0415
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
   state = ckpt.restore(trainer.abstract_state)[0]
   ckpt.close()
@@ -75,7 +78,8 @@ def _restore_trained(config, workdir: str):
 def main(argv):
   del argv
   if _WORKDIR.value:
-    from simlap import eval_workdir, workdir as workdir_lib  # noqa: PLC0415
+    from simlap.evaluation import run as eval_workdir  # noqa: PLC0415
+    from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
     config = workdir_lib.load_config(_WORKDIR.value)
     (model, state, mesh, _, step), t_train = timed(
         lambda: eval_workdir.restore(config, _WORKDIR.value))

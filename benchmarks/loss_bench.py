@@ -24,7 +24,7 @@ from absl import app
 from absl import flags
 
 from simlap import losses
-from simlap import platforms
+from simlap.runtime import platforms
 
 _SIZES = flags.DEFINE_list("sizes", ["256", "1024", "4096"], "B = N values.")
 _DIM = flags.DEFINE_integer("dim", 256, "Embedding dimension D.")

@@ -42,7 +42,7 @@ def _child(process_id: int, port: int) -> None:
   import jax  # noqa: PLC0415 (after the parent set the environment)
   from jax.experimental import multihost_utils  # noqa: PLC0415
 
-  from simlap import preemption  # noqa: PLC0415
+  from simlap.runtime import preemption  # noqa: PLC0415
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
   with preemption.StopRule() as rule:
     cost = _per_call_us(rule, _CALLS.value)
@@ -84,7 +84,7 @@ def main(argv):
   if _PROCESS.value is not None:
     _child(_PROCESS.value, _PORT.value)
     return
-  from simlap import preemption  # noqa: PLC0415
+  from simlap.runtime import preemption  # noqa: PLC0415
   with preemption.StopRule() as rule:
     print(f"(a) 1 process, stop_now per step: {_per_call_us(rule, _CALLS.value):.2f} us")
   for repeat in range(_REPEATS.value):

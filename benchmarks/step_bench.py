@@ -3,7 +3,7 @@
   python -m benchmarks.step_bench --config=configs/default.py [--batch=256] [--dtype=bf16|f32]
       [--steps=20] [--warmup=3] [--profile_ops=30] [--config.model.backbone=resnet50 ...]
 
-The step is the real jitted, donated train step of simlap.train on a device-resident batch of
+The step is the real jitted, donated train step of training/loop.py on a device-resident batch of
 random images (the input pipeline has its own benchmark, input_bench.py), so the number is the
 model + loss + optimizer cost alone. Views/s counts both augmented views of every image.
 MFU = XLA's FLOP count of the compiled step / step time / the device's peak (bf16 dense peak
@@ -26,9 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
 from benchmarks import op_profile  # noqa: E402
-from simlap import platforms  # noqa: E402
-from simlap import sharding  # noqa: E402
-from simlap import train  # noqa: E402
+from simlap.runtime import platforms  # noqa: E402
+from simlap.runtime import sharding  # noqa: E402
+from simlap.training import loop as train  # noqa: E402
 from simlap.data import datasets  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")

@@ -6,7 +6,7 @@
 #
 # Signals: one process replaces this shell (exec), so a SIGTERM sent to the script reaches
 # python itself; with --processes the script forwards SIGTERM and SIGINT to every process and
-# keeps waiting while they save one agreed step and exit 0 (simlap/preemption.py).
+# keeps waiting while they save one agreed step and exit 0 (simlap/runtime/preemption.py).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

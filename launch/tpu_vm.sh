@@ -7,7 +7,7 @@
 # The workdir (checkpoints, metrics) and the TFDS data dir live on GCS because every worker must
 # see the same files. Preemption (Spot VMs) and maintenance events reach the training process as
 # SIGTERM: the remote shell execs python, so no wrapper shell stands between the signal and it,
-# and every worker then saves one agreed step and exits 0 (simlap/preemption.py); a rerun of this
+# and every worker then saves one agreed step and exits 0 (simlap/runtime/preemption.py); a rerun of this
 # script resumes from it. Run with --help for the options; --dry-run prints the commands only.
 set -euo pipefail
 

@@ -5,7 +5,7 @@
     python -m simlap.aot --config=configs/in1k.py --topology=v5e-8 --max_batch
 
 The same config, overrides, `make_trainer` and step as `simlap.main`, lowered with abstract
-shapes and compiled by libtpu for compile-only devices (`simlap.tpu_topology`); no dataset is
+shapes and compiled by libtpu for compile-only devices (`simlap.tpu.topology`); no dataset is
 read and nothing runs. One Markdown table row per compile: per-chip HBM from the compiler's
 memory analysis, FLOPs and HBM bytes per step, collective bytes from the HLO and a roofline
 ESTIMATE of the step time, an upper bound from peak figures, not a measurement (docs/tpu.md,
@@ -40,9 +40,9 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from simlap import console  # noqa: E402
-from simlap import hlo_collectives  # noqa: E402
-from simlap import tpu_topology  # noqa: E402
+from simlap.runtime import console  # noqa: E402
+from simlap.tpu import hlo_collectives  # noqa: E402
+from simlap.tpu import topology as tpu_topology  # noqa: E402
 from simlap.data import split_sizes  # noqa: E402
 
 _GIB = 2.0 ** 30
@@ -131,8 +131,8 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
                  global_batch: int, num_train: int | None = None) -> Row:
   """Lowers and compiles the train step of `config` at `global_batch` for `tpu`."""
   from simlap import config_schema  # noqa: PLC0415
-  from simlap import sharding  # noqa: PLC0415
-  from simlap import train  # noqa: PLC0415
+  from simlap.runtime import sharding  # noqa: PLC0415
+  from simlap.training import loop as train  # noqa: PLC0415
   config = copy.deepcopy(config)
   config.batch_size = global_batch
   config.model.conv_impl = "xla"  # never the CPU forms on a TPU, whatever the config asks for
@@ -278,7 +278,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> li
     raise app.UsageError("--notrain leaves nothing to compile: add --eval")
   console.filter_console()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
-    from simlap import train  # noqa: F401, PLC0415
+    from simlap.training import loop as train  # noqa: F401, PLC0415
   config, rows = fv.config, []
 
   def show(row: Row) -> None:
@@ -300,9 +300,9 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> li
     batches = fv.batch_sizes or ([] if fv.max_batch else [config.batch_size])
     for batch in batches if fv.train else []:
       show(compile_step(config, tpu, devices, int(batch), fv.num_train))
-    if fv.eval:  # simlap/evaluation/aot_eval.py
-      from simlap import train  # noqa: PLC0415
-      from simlap.evaluation import aot_eval  # noqa: PLC0415
+    if fv.eval:  # simlap/tpu/compile_eval.py
+      from simlap.training import loop as train  # noqa: PLC0415
+      from simlap.tpu import compile_eval as aot_eval  # noqa: PLC0415
       for r in aot_eval.fit_check(config, tpu, devices, _info(config, fv.num_train),
                                   train.make_trainer):
         print(aot_eval.format_row(r), flush=True)

@@ -14,7 +14,7 @@ Output: W/comparison.md (one table, mean ± std over seeds, with the budget and 
 command in its header) and W/comparison.json (per-run headline numbers and the aggregates).
 
 `--eval_fractions=1/3,2/3,1` also scores every run at those points of its training from its own
-checkpoints (`simlap.compare_steps`): comparison.json gains "per_step" (the same aggregates at
+checkpoints (`simlap.grid.steps`): comparison.json gains "per_step" (the same aggregates at
 each step), comparison.md a table per step, and W/comparison_curves.png plots kNN, linear probe,
 5-shot and the projector's effective rank against epochs (mean ± std band over seeds).
 """
@@ -31,9 +31,9 @@ from typing import Any
 
 import ml_collections
 
-from simlap import compare_steps
+from simlap.grid import steps as compare_steps
 from simlap import config_schema
-from simlap import workdir as workdir_lib
+from simlap.runtime import workdir as workdir_lib
 
 # (column title, summary key, kind): "pct" shows mean ± std in %, "numN" plain, N decimals.
 COLUMNS = (
@@ -105,7 +105,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     eval_kwargs: keyword arguments for `eval_workdir.evaluate_workdir`.
     final_eval_kwargs: more of them for the final step only (robustness, transfer).
     eval_fractions: points of training ("1/3", "0.5", ...) at which every run is also
-      scored (`simlap.compare_steps`); the final step always is.
+      scored (`simlap.grid.steps`); the final step always is.
     log: progress printer (one line per event).
 
   Returns:
@@ -114,8 +114,8 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
     also "per_step": [{"step", "fraction", "epochs", "methods": {method: {"runs",
     "mean_std"}}}], "step_evaluations" (evaluated by this call) and "curves" (the PNG's name).
   """
-  from simlap import eval_workdir  # noqa: PLC0415 - heavy (TF, trainer): not for --help
-  from simlap import train  # noqa: PLC0415
+  from simlap.evaluation import run as eval_workdir  # noqa: PLC0415 - heavy (TF, trainer): not for --help
+  from simlap.training import loop as train  # noqa: PLC0415
   for m in methods:
     if m not in config_schema.METHODS:
       raise ValueError(f"unknown method {m!r}; choose from {sorted(config_schema.METHODS)}")
@@ -187,7 +187,7 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
                      for m, runs in per_step[step].items()}}
         for step, fraction in steps.items()]
     out["step_evaluations"] = step_evals
-    from simlap import plots  # noqa: PLC0415 - matplotlib only when a figure is drawn
+    from simlap.evaluation import plots  # noqa: PLC0415 - matplotlib only when a figure is drawn
     plots.plot_budget_curves(out["per_step"], os.path.join(workdir, CURVES_PNG), CURVE_PANELS)
     out["curves"] = CURVES_PNG
   workdir_lib.write_json(os.path.join(workdir, "comparison.json"), out, indent=1)
@@ -198,7 +198,8 @@ def run_grid(config: ml_collections.ConfigDict, methods: Sequence[str], seeds: S
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, list[float | None]]:
   """{key: [mean, sample std]} over the runs that have the key (None where none has it)."""
-  from simlap import eval_workdir, evaluators  # noqa: PLC0415
+  from simlap.evaluation import run as eval_workdir  # noqa: PLC0415
+  from simlap.evaluation import array_eval as evaluators  # noqa: PLC0415
   out = {}
   for key in eval_workdir.SUMMARY_KEYS:
     vals = [r[key] for r in runs if r.get(key) is not None]
@@ -294,12 +295,13 @@ def main(argv: Sequence[str], flag_values=None, sys_argv: list[str] | None = Non
   import jax  # noqa: PLC0415
   from absl import app, flags  # noqa: PLC0415
 
-  from simlap import console  # noqa: PLC0415
-  from simlap import platforms  # noqa: PLC0415
+  from simlap.runtime import console  # noqa: PLC0415
+  from simlap.runtime import platforms  # noqa: PLC0415
   console.filter_console()
   platforms.skip_absent_tpu()
   with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
-    from simlap import eval_workdir, train  # noqa: F401, PLC0415 - loaded once, quietly
+    from simlap.evaluation import run as eval_workdir  # noqa: F401, PLC0415 - loaded once, quietly
+    from simlap.training import loop as train  # noqa: F401, PLC0415 - loaded once, quietly
   fv = flags.FLAGS if flag_values is None else flag_values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -7,16 +7,14 @@ whole config before any data or model is touched. Derived values are computed in
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import ml_collections
 
 from simlap import losses
 from simlap import objectives
-from simlap import optim
-from simlap import sharding
-from simlap.data import class_trees
+from simlap.training import optim
+from simlap.runtime import sharding
 from simlap.models import backbones
 from simlap.models import gates
 from simlap.models import lowrank
@@ -157,7 +155,7 @@ def _schema() -> dict[str, Any]:
           penalty=Field(0.0, "gamma, weight of the gates' mean Bernoulli entropy"),
           rank=Field(16, "kind lowrank: r directions per pair; must divide hidden_dim"),
       ),
-      # ---- objective (simlap/objectives.py, simlap/losses.py) ----
+      # ---- objective (simlap/objectives/__init__.py, simlap/losses.py) ----
       objective=Field("simlap", "simlap | simclr | supcon | ce | moco | xclr"),
       loss=dict(
           pair_kind=Field("arbitrary", "arbitrary | identical | distinct | selective"),
@@ -174,14 +172,14 @@ def _schema() -> dict[str, Any]:
           xclr_tau_s=Field(0.1, "objective xclr: temperature of the class-similarity targets"),
       ),
       # L = (instance + beta D(y, y2) + alpha D(y, y)) / (1 + alpha + beta), D the gated loss
-      # on the momentum keys (simlap/momentum.py).
+      # on the momentum keys (simlap/objectives/momentum.py).
       moco=dict(
           momentum=Field(0.99, "EMA decay at step 0, cosine to 1 at the last step"),
           beta=Field(1.0, "weight of the arbitrary-pair gated loss"),
           alpha=Field(0.0, "weight of the identical-pair gated loss (class loss)"),
           gate_warmup_epochs=Field(0.0, "epochs in which the gated loss trains only the gate"),
       ),
-      # ---- optimisation (simlap/optim.py) ----
+      # ---- optimisation (simlap/training/optim.py) ----
       batch_size=Field(256, "global batch, over all devices and processes"),
       eval_batch_size=Field(512, "global batch of feature extraction"),
       num_epochs=Field(10.0, "training length in epochs of num_train // batch_size steps"),
@@ -197,7 +195,7 @@ def _schema() -> dict[str, Any]:
           probe_lr=Field(1e-3, "learning rate of the online probe's own Adam"),
       ),
       init_from=Field(_maybe(str), "workdir whose latest weights start this run (fresh "
-                      "optimizer, step 0; simlap/init_from.py)"),
+                      "optimizer, step 0; simlap/training/init_from.py)"),
       # ---- loop ----
       log_every=Field(50, "steps between metrics rows"),
       eval_every=Field(0, "steps between evaluations; 0 = only at the end"),
@@ -357,42 +355,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("beta", "alpha", "gate_warmup_epochs"):
     if not moco[name] >= 0:
       raise ValueError(f"config.moco.{name} must be >= 0, got {moco[name]}")
-  if config.objective in ("simlap", "moco") and loss.pair_kind == "selective":
-    _validate_selective(config)
-  _validate_ablations(config)
-  if config.objective == "ce" and config.model.probe_stop_gradient:
-    raise ValueError("config.objective='ce' trains through the linear head: set "
-                     "config.model.probe_stop_gradient=False")
+  _validate_lowrank(config.gate, config.model.projector_dim)
+  objectives.get(config.objective).validate(config)
 
 
-def _validate_selective(config: ml_collections.ConfigDict) -> None:
-  """Selective pairs need alpha >= 0, an integer max_level >= 0 and the dataset's class tree."""
-  loss = config.loss
-  alpha, level = loss.selective_alpha, loss.selective_max_level
-  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (
-      math.isfinite(alpha) and alpha >= 0):
-    raise ValueError(f"config.loss.selective_alpha must be a number >= 0, got {alpha!r}")
-  if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-    raise ValueError(f"config.loss.selective_max_level must be an integer >= 0 (0 = no "
-                     f"cut-off, 1 = identical pairs only), got {level!r}")
-  if config.dataset.name not in class_trees.TREES:
-    raise ValueError(f"config.loss.pair_kind='selective' needs a class tree, and "
-                     f"config.dataset.name={config.dataset.name!r} has none (datasets with one: "
-                     f"{sorted(class_trees.TREES)})")
-
-
-def _validate_ablations(config: ml_collections.ConfigDict) -> None:
-  """The low-rank subspaces (objective simlap only) and X-CLR's class graph."""
-  g = config.gate
-  if g.kind == lowrank.KIND:
-    if config.objective != "simlap" or g.penalty:
-      raise ValueError(f"config.gate.kind='lowrank' needs config.objective='simlap' (got "
-                       f"{config.objective!r}) and gate.penalty=0 (got {g.penalty})")
-    dim = config.model.projector_dim
-    if isinstance(g.rank, bool) or not isinstance(g.rank, int) or not (
-        1 <= g.rank <= dim and g.hidden_dim % g.rank == 0):
-      raise ValueError(f"config.gate.rank={g.rank!r} must be an integer in [1, "
-                       f"model.projector_dim={dim}] dividing gate.hidden_dim={g.hidden_dim}")
-  if config.objective == "xclr" and config.dataset.name not in class_trees.TREES:
-    raise ValueError(f"config.objective='xclr' takes its class similarity from a class tree; "
-                     f"config.dataset.name={config.dataset.name!r} has none")
+def _validate_lowrank(g: ml_collections.ConfigDict, dim: int) -> None:
+  """The low-rank subspaces' rank (whether the objective takes them is its own check)."""
+  if g.kind == lowrank.KIND and (isinstance(g.rank, bool) or not isinstance(g.rank, int) or not (
+      1 <= g.rank <= dim and g.hidden_dim % g.rank == 0)):
+    raise ValueError(f"config.gate.rank={g.rank!r} must be an integer in [1, "
+                     f"model.projector_dim={dim}] dividing gate.hidden_dim={g.hidden_dim}")

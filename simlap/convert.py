@@ -4,7 +4,7 @@
     python -m simlap.convert --source=resnet18.safetensors --workdir=runs/from_timm \
         --config=configs/cifar10.py [--config.model.output_stride=8 ...] [--skip=fc.]
 
-Sources (`simlap/torch_names.py` has every rule): a timm or torchvision ResNet state dict, the
+Sources (`interop/torch_names.py` has every rule): a timm or torchvision ResNet state dict, the
 authors' whole SimLAP model (vitookit / FastSSL: `backbone.`, `projector.`, `filter.`,
 `cls_head.`, `scale_logit`), or a MoCo-v3 ViT (`base_encoder.`; skip its `head.`,
 `predictor.` and `momentum_encoder.`). `.safetensors` and `.npz` are read with NumPy alone; `.pth`,
@@ -30,19 +30,19 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-# Before TensorFlow starts (simlap.train imports it): quiet its C++ logs.
+# Before TensorFlow starts (simlap.training.loop imports it): quiet its C++ logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simlap import checkpointing  # noqa: E402
+from simlap.runtime import checkpointing  # noqa: E402
 from simlap import config_schema  # noqa: E402
-from simlap import init_from  # noqa: E402
-from simlap import platforms  # noqa: E402
-from simlap import sharding  # noqa: E402
-from simlap import torch_names  # noqa: E402
-from simlap import train  # noqa: E402
-from simlap import workdir as workdir_lib  # noqa: E402
+from simlap.training import init_from  # noqa: E402
+from simlap.runtime import platforms  # noqa: E402
+from simlap.runtime import sharding  # noqa: E402
+from simlap.interop import torch_names  # noqa: E402
+from simlap.training import loop as train  # noqa: E402
+from simlap.runtime import workdir as workdir_lib  # noqa: E402
 from simlap.data import datasets  # noqa: E402
 from simlap.models import backbones  # noqa: E402
 from simlap.models import vit  # noqa: E402
@@ -151,7 +151,7 @@ def convert_to_workdir(source: str, workdir: str, config, *, fmt: str = "auto",
   # Shapes only: the schedule's length does not matter for a checkpoint at step 0.
   info = datasets.info_from_config(config, num_train=max(config.batch_size, 1))
   state = init_from.overlay(train.make_trainer(config, mesh, info).init_fn(), params, stats,
-                            modules)
+                            modules, config.objective)
   workdir = workdir_lib.prepare(workdir)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=1)
   meta = {"step": 0, "seed": config.seed, "converted_from": os.path.abspath(source),
@@ -205,12 +205,12 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
 
 
 def _cli(argv: Sequence[str]) -> None:
-  from simlap import errors  # noqa: PLC0415
+  from simlap.runtime import errors  # noqa: PLC0415
   try:
     main(argv)
   except (app.UsageError, SystemExit):
     raise
-  except BaseException as e:  # pylint: disable=broad-except - one line, see simlap/errors.py
+  except BaseException as e:  # pylint: disable=broad-except - one line, see simlap/runtime/errors.py
     sys.exit(errors.report("convert", e))
 
 

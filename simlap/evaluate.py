@@ -21,7 +21,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from simlap import distributed
+from simlap.runtime import distributed
 
 _FLAGS = (
     ("workdir", flags.DEFINE_string, None, "Training workdir (config.json + checkpoints/)."),
@@ -85,8 +85,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   """Evaluates --workdir, prints the summary and the paths; returns the results dict."""
   import jax  # noqa: PLC0415 - after the environment below is set
 
-  from simlap import console  # noqa: PLC0415
-  from simlap import platforms  # noqa: PLC0415
+  from simlap.runtime import console  # noqa: PLC0415
+  from simlap.runtime import platforms  # noqa: PLC0415
   console.filter_console()
   platforms.skip_absent_tpu()
   fv = flags.FLAGS if flag_values is None else flag_values
@@ -99,7 +99,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   multi_process = distributed.initialize(fv)
   try:
     with console.quiet_native_stderr():  # TensorFlow's import-time C++ notices
-      from simlap import compare_steps, eval_workdir  # noqa: PLC0415
+      from simlap.grid import steps as compare_steps  # noqa: PLC0415
+      from simlap.evaluation import run as eval_workdir  # noqa: PLC0415
       from simlap.evaluation import robustness, transfer_eval  # noqa: PLC0415
     # Names are checked before the checkpoint is read: a typo costs no restore.
     targets = transfer_eval.check_names(fv.transfer)
@@ -118,7 +119,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
   except BaseException as e:  # pylint: disable=broad-except
     if not multi_process:
       raise
-    from simlap import errors  # noqa: PLC0415
+    from simlap.runtime import errors  # noqa: PLC0415
     logging.error("process %d of %d failed; exiting now so the other processes stop too",
                   jax.process_index(), jax.process_count())
     distributed.exit_now(errors.report("evaluate", e))
@@ -129,8 +130,8 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues | None = None) -> di
 
 def _cli(argv: Sequence[str]) -> None:
   """`main` without its return value (app.run would print the results dict and exit 1), with
-  errors as one line `simlap.evaluate: error: ...` (simlap/errors.py)."""
-  from simlap import errors  # noqa: PLC0415
+  errors as one line `simlap.evaluate: error: ...` (simlap/runtime/errors.py)."""
+  from simlap.runtime import errors  # noqa: PLC0415
   try:
     main(argv)
   except (app.UsageError, SystemExit):

@@ -1,13 +1,13 @@
 """Entry point: `python -m simlap.main --config=configs/default.py --workdir=runs/x`.
 
-Flags only; the work happens in `simlap.train.train_and_evaluate`. Config overrides use
+Flags only; the work happens in `simlap.training.loop.train_and_evaluate`. Config overrides use
 ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`;
-`--config_help` lists every field with its default. Multi-process flags: simlap/distributed.py.
+`--config_help` lists every field with its default. Multi-process flags: runtime/distributed.py.
 
 Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
 flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
-W/logs/simlap.<process>.log (simlap/errors.py). One run at a time owns a workdir (process 0
-holds its lease, simlap/lease.py). A process that fails in a multi-process job exits at once
+W/logs/simlap.<process>.log (simlap/runtime/errors.py). One run at a time owns a workdir (process 0
+holds its lease, simlap/runtime/lease.py). A process that fails in a multi-process job exits at once
 (`distributed.exit_now`), so its peers' collectives fail and the whole job stops within seconds;
 a hung or killed one is declared dead after --heartbeat_timeout_seconds (docs/reliability.md).
 """
@@ -28,9 +28,9 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
 import jax  # noqa: E402
 
-from simlap import console  # noqa: E402
-from simlap import distributed  # noqa: E402
-from simlap import platforms  # noqa: E402
+from simlap.runtime import console  # noqa: E402
+from simlap.runtime import distributed  # noqa: E402
+from simlap.runtime import platforms  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -45,8 +45,8 @@ def _claim_workdir(workdir: str):
   """Checks and prepares `workdir` and takes its lease on process 0; every process gets the
   same verdict (all refuse or all go on). Returns (resolved workdir, lease or None)."""
   with console.quiet_native_stderr():
-    from simlap import lease as lease_lib  # noqa: PLC0415 - imports TensorFlow
-    from simlap import workdir as workdir_lib  # noqa: PLC0415
+    from simlap.runtime import lease as lease_lib  # noqa: PLC0415 - imports TensorFlow
+    from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
   workdir = workdir_lib.prepare(workdir)  # refuses an empty one before anything is written
   lease, refusal = None, None
   if jax.process_index() == 0:
@@ -82,7 +82,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   console.filter_console()  # before JAX's first log line (e.g. probing for a TPU)
   platforms.skip_absent_tpu()
-  from simlap import errors  # noqa: PLC0415
+  from simlap.runtime import errors  # noqa: PLC0415
   try:
     _CONFIG.value.method  # a config file that failed to load raises here
   except Exception as e:  # pylint: disable=broad-except
@@ -98,7 +98,7 @@ def main(argv):
     # Imported here, after distributed init (keeps `--help` instant), with TensorFlow's
     # import-time C++ notices kept off the console.
     with console.quiet_native_stderr():
-      from simlap import train  # noqa: PLC0415
+      from simlap.training import loop as train  # noqa: PLC0415
     summary = train.train_and_evaluate(_CONFIG.value, workdir)
   except BaseException as e:  # pylint: disable=broad-except
     if multi_process:
@@ -137,7 +137,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _unknown_field(argv: list[str]) -> str | None:
   """'unknown config field ...' for the first `--config.<field>` the schema lacks."""
   from simlap import config_schema  # noqa: PLC0415
-  from simlap import errors  # noqa: PLC0415
+  from simlap.runtime import errors  # noqa: PLC0415
 
   def flat(tree, prefix=""):
     for key, value in tree.items():

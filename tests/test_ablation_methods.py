@@ -18,8 +18,8 @@ import pytest
 from simlap import config_schema
 from simlap import losses
 from simlap import objectives
-from simlap import sharding
-from simlap import train
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import random_labels
 from simlap.data import train_stream
@@ -271,7 +271,7 @@ def test_objectives_wire_the_ablation_losses():
   scale = jnp.float32(10.0)
   config = config_schema.apply_method(config_schema.base_config(), "xclr")
   config.loss.xclr_tau_s = 0.25
-  got, _ = objectives.contrastive_loss(config, z1, z2, y, None, None, scale)
+  got, _ = objectives.get(config.objective).embedding_loss(config, z1, z2, y, None, None, scale)
   sim = np.where(np.eye(10, dtype=bool), 1.0, 0.0)
   for group in ((0, 2, 4, 6), (5, 7, 9), (1, 3, 8)):  # the class tree: same group 1/2
     for i in group:
@@ -282,7 +282,7 @@ def test_objectives_wire_the_ablation_losses():
   config = config_schema.apply_method(config_schema.base_config(), "simlap_lowrank")
   u = jnp.asarray(rng.normal(size=(6, 4, 2)), jnp.float32)
   y2 = y[::-1]
-  got, _ = objectives.contrastive_loss(config, z1, z2, y, y2, u, scale)
+  got, _ = objectives.get(config.objective).embedding_loss(config, z1, z2, y, y2, u, scale)
   want = 0.5 * (losses.lowrank_simlap_loss(z1, z2, u, y, y2, y)
                 + losses.lowrank_simlap_loss(z2, z1, u, y, y2, y))
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)

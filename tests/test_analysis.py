@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from simlap import analysis
-from simlap import geometry
+from simlap.evaluation import analysis
+from simlap.evaluation import geometry
 from simlap.data import fashion_mnist
-from simlap import plots
+from simlap.evaluation import plots
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 from absl import flags
 
 from simlap import aot
-from simlap import hlo_collectives
-from simlap import tpu_topology
+from simlap.tpu import hlo_collectives
+from simlap.tpu import topology as tpu_topology
 
 # TPU programs are judged by their HBM and cost: compiled as `simlap.aot` compiles them.
 pytestmark = pytest.mark.usefixtures("optimized_compiles")
@@ -201,7 +201,7 @@ def test_split_sizes_come_from_one_table():
   from simlap/data/split_sizes.py; an unknown train split must be given."""
   import importlib  # noqa: PLC0415
   from simlap.data import split_sizes  # noqa: PLC0415
-  from simlap.evaluation import aot_eval  # noqa: PLC0415
+  from simlap.tpu import compile_eval as aot_eval  # noqa: PLC0415
   in1k = importlib.import_module("configs.in1k").get_config(None)
   assert aot._info(in1k, None).num_train == split_sizes.SIZES["imagenet2012"].train  # noqa: SLF001
   assert aot_eval.eval_size("imagenet2012") == split_sizes.SIZES["imagenet2012"].eval == 50_000

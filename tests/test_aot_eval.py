@@ -5,9 +5,9 @@ import pytest
 from absl import app
 
 from simlap import aot
-from simlap import tpu_topology
-from simlap import train
-from simlap.evaluation import aot_eval
+from simlap.tpu import topology as tpu_topology
+from simlap.training import loop as train
+from simlap.tpu import compile_eval as aot_eval
 from test_aot import _require_libtpu
 from test_train import tiny_config
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from absl import flags
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from simlap import compare
-from simlap import compare_steps
-from simlap import eval_workdir
+from simlap.grid import steps as compare_steps
+from simlap.evaluation import run as eval_workdir
 from simlap import evaluate
-from simlap import train
+from simlap.training import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +149,8 @@ def test_fractions_map_to_steps():
 def test_runs_saved_before_kept_steps_and_selective_pairs_still_match():
   # A grid trained before keep_checkpoint_steps and the selective-pair fields existed (their
   # config.json lacks them) is continued, and scored at 1/3 and 2/3, without a config error.
-  from simlap import config_schema, workdir as workdir_lib  # noqa: PLC0415
+  from simlap import config_schema  # noqa: PLC0415
+  from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
   for method in ("simlap", "simlap_open", "supcon", "ce"):
     saved = workdir_lib.as_json(compare.method_config(config_schema.base_config(), method, 1))
     del saved["keep_checkpoint_steps"], saved["loss"]["selective_alpha"]

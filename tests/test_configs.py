@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from simlap import config_schema
-from simlap import optim
+from simlap.training import optim
 from simlap.models import model as model_lib
 
 # (module, config argument) for every file in configs/ and the variants it defines.
@@ -138,7 +138,7 @@ _ADDED_FIELDS = ("moco", "model.predictor_hidden", "model.projector_bias", "mode
 @pytest.mark.parametrize("method", ["simlap", "simlap_open", "supcon", "simlap_weighted", "simclr",
                                     "ce"])
 def test_runs_saved_before_the_new_fields_still_resume(name, method):
-  from simlap import workdir as workdir_lib  # noqa: PLC0415
+  from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
   config = load(name, method)
   saved = workdir_lib.as_json(config)
   for field in _ADDED_FIELDS:
@@ -199,7 +199,7 @@ GRID_RUNS = sorted((REPO / "results" / "grid_full").glob("*/seed*/config.json"))
 def test_the_grid_runs_configs_load_with_the_fields_added_since():
   # These config.json files predate gate.noise_std: loading fills it (and every other field
   # added since) from the schema, and the result still resumes and builds its model.
-  from simlap import workdir as workdir_lib  # noqa: PLC0415
+  from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
   assert len(GRID_RUNS) == 27
   for path in GRID_RUNS:
     saved = json.loads(path.read_text())

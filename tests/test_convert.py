@@ -21,9 +21,9 @@ from safetensors import numpy as st_numpy
 from simlap import config_schema
 from simlap import convert
 from simlap import evaluate
-from simlap import init_from
-from simlap import sharding
-from simlap import train
+from simlap.training import init_from
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from test_compare import REPO
 from test_compare import tiny_overrides

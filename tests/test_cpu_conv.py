@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.models import cpu_conv
 from simlap.models import resnet
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import datasets
 from simlap.data import eval_stream
 from simlap.data import train_stream

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import fashion_mnist
 from simlap.data import datasets
 from simlap.data import eval_stream

@@ -11,7 +11,7 @@ import tensorflow as tf
 import pytest
 import tensorflow_datasets as tfds
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import datasets
 from simlap.data import train_stream
 import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it

@@ -10,8 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from simlap import config_schema
-from simlap import sharding
-from simlap import train
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import train_stream
 import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it

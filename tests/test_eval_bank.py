@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from simlap import evaluators
-from simlap import sharding
-from simlap import train
+from simlap.evaluation import array_eval as evaluators
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import eval_stream
 from simlap.data import fashion_mnist

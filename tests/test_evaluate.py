@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simlap import evaluators
-from simlap import sharding
+from simlap.evaluation import array_eval as evaluators
+from simlap.runtime import sharding
 
 
 def _clusters(n, num_classes, dim, *, spread, seed):

@@ -6,12 +6,12 @@ import os
 import pytest
 from absl import flags
 
-from simlap import eval_workdir
-from simlap import storage
-from simlap import workdir as workdir_lib
+from simlap.evaluation import run as eval_workdir
+from simlap.runtime import storage
+from simlap.runtime import workdir as workdir_lib
 from simlap import compare
 from simlap import evaluate
-from simlap import train
+from simlap.training import loop as train
 from test_compare import grid_argv, parse
 
 PNGS = ("spectrum.png", "intra_inter_backbone.png", "intra_inter_projector.png",
@@ -89,7 +89,7 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
 
 
 def test_step_flag_restores_that_checkpoint_and_writes_to_a_url(workdir):
-  # Results go through simlap.storage, so an out_dir (or workdir) may be a URL: memory:// here.
+  # Results go through runtime.storage, so an out_dir (or workdir) may be a URL: memory:// here.
   path, _ = workdir
   url = "memory://evaluate_cli/eval"
   res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},

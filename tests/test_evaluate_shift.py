@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simlap import eval_workdir
-from simlap import sharding
-from simlap import workdir as workdir_lib
+from simlap.evaluation import run as eval_workdir
+from simlap.runtime import sharding
+from simlap.runtime import workdir as workdir_lib
 from simlap.data import augment
 from simlap.data import corruptions
 from simlap.data import shifted_stream
@@ -170,7 +170,7 @@ def test_cli_writes_the_robustness_and_transfer_sections(workdir, tmp_path, caps
   # Contrast at severity 5 keeps 15 % of it: accuracy falls (the probe sees the shift).
   assert rob["accuracy"]["contrast"]["5"] < rob["clean_accuracy"]
   png = os.path.join(out, rob["picture"])
-  from simlap import plots  # noqa: PLC0415
+  from simlap.evaluation import plots  # noqa: PLC0415
   assert plots.read_png(png).shape[:2] == (30 + 2 * 100, 140 + 6 * 100)  # 2 rows x 6 columns
   digits = saved["transfer"]["digits"]
   assert (digits["num_train"], digits["num_test"], digits["num_classes"]) == (1438, 359, 10)

@@ -21,12 +21,12 @@ from absl import flags
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from simlap import config_schema
-from simlap import features
-from simlap import sharding
-from simlap import train
-from simlap import workdir as workdir_lib
+from simlap.evaluation import features
+from simlap.runtime import sharding
+from simlap.training import loop as train
+from simlap.runtime import workdir as workdir_lib
 from simlap.data import datasets
 from simlap.data import train_stream
 from test_reliability import assert_trees_equal

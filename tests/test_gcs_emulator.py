@@ -1,9 +1,9 @@
 """gs:// workdirs against a storage server: PyPI's gcp-storage-emulator, started by the test.
 
 Every byte of these runs goes over the GCS JSON API to 127.0.0.1: simlap's own files (through
-simlap.storage and gcsfs), Orbax's directory operations (etils epath on the same gcsfs),
+simlap.runtime.storage and gcsfs), Orbax's directory operations (etils epath on the same gcsfs),
 tensorstore's arrays, and the TensorBoard event parts. The children get
-STORAGE_EMULATOR_HOST, which simlap.storage turns into all three clients' endpoints.
+STORAGE_EMULATOR_HOST, which simlap.runtime.storage turns into all three clients' endpoints.
 
   * train on gs://bucket/cmp/simlap/seed0, SIGTERM, resume: every logged row and the final
     state equal an uninterrupted local run's, bit for bit; metrics.jsonl holds each step once;
@@ -24,13 +24,13 @@ import sys
 
 import pytest
 
-from simlap import storage  # before gcsfs: it sets gcsfs's options (see storage)
+from simlap.runtime import storage  # before gcsfs: it sets gcsfs's options (see storage)
 
 pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed "
                     "(setup.py's test extra installs it)")
 pytest.importorskip("gcsfs", reason="gcsfs is not installed (setup.py's train extra has it)")
 
-from simlap import metrics_io  # noqa: E402
+from simlap.runtime import metrics_io  # noqa: E402
 from test_reliability import (Launcher, assert_same_as_straight_run, loss_rows,  # noqa: E402
                               resumed_from, wait_for_step)
 

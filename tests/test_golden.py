@@ -24,7 +24,7 @@ from safetensors import numpy as st_numpy
 
 from configs import default as default_config
 from simlap import convert
-from simlap import init_from
+from simlap.training import init_from
 from simlap.models import gates as gates_lib
 from simlap.models import heads
 from simlap.models import model as model_lib

@@ -14,13 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from simlap import config_schema
 from simlap import losses
-from simlap import momentum
-from simlap import objectives
-from simlap import sharding
-from simlap import train
+from simlap.objectives import momentum
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import train_stream
 from test_train import tiny_config
@@ -57,7 +56,7 @@ def numpy_infonce(q, k, temperature):
 def test_beta_alpha_zero_is_exactly_the_moco_v3_loss():
   config = moco_config("moco", **{"loss.temperature": 0.2})
   queries, keys, labels, pairs, gates = random_views()
-  loss, metrics = objectives.moco_loss(config, queries, keys, labels, pairs, gates,
+  loss, metrics = momentum.moco_loss(config, queries, keys, labels, pairs, gates,
                                        jnp.float32(1 / 0.2))
   want = 0.5 * (numpy_infonce(queries[0], keys[1], 0.2) + numpy_infonce(queries[1], keys[0],
                                                                           0.2))
@@ -69,7 +68,7 @@ def test_hydra_loss_is_the_weighted_mean_of_instance_and_gated_terms():
   beta, alpha, scale = 1.0, 0.5, 10.0
   config = moco_config("hydra", **{"moco.alpha": alpha})
   (q1, q2), (k1, k2), labels, pairs, gates = random_views()
-  loss, metrics = objectives.moco_loss(config, (q1, q2), (k1, k2), labels, pairs, gates,
+  loss, metrics = momentum.moco_loss(config, (q1, q2), (k1, k2), labels, pairs, gates,
                                        jnp.float32(scale))
   num = labels.shape[0]
 
@@ -91,10 +90,10 @@ def test_keys_and_warm_up_queries_get_no_gradient_from_the_gated_loss():
   scale = jnp.float32(10.0)
 
   def total(queries, keys, gates, warm):
-    return objectives.moco_loss(config, queries, keys, labels, pairs, gates[:12], scale, warm)[0]
+    return momentum.moco_loss(config, queries, keys, labels, pairs, gates[:12], scale, warm)[0]
 
   def instance_only(queries):
-    return objectives.moco_loss(moco_config("moco"), queries, keys, labels, pairs, None,
+    return momentum.moco_loss(moco_config("moco"), queries, keys, labels, pairs, None,
                                 scale)[0]
 
   for warm in (True, False):
@@ -257,7 +256,7 @@ def test_hydra_resume_is_bitwise_and_hydra_learns(fmnist_data_dir, tmp_path):
                   jax.tree.leaves((b.params, b.momentum, b.opt_state))):
     np.testing.assert_array_equal(x, y)
   # Loss goes down over 16 steps (means of the first and last two logged steps).
-  from simlap import metrics_io  # noqa: PLC0415
+  from simlap.runtime import metrics_io  # noqa: PLC0415
   rows = [r for r in metrics_io.read_jsonl(str(tmp_path / "straight" / "metrics.jsonl"))
           if "loss" in r]
   assert np.mean([r["loss"] for r in rows[-2:]]) < np.mean([r["loss"] for r in rows[:2]])

@@ -35,10 +35,10 @@ import jax
 import numpy as np
 import pytest
 
-from simlap import checkpointing
-from simlap import metrics_io
-from simlap import sharding
-from simlap import train
+from simlap.runtime import checkpointing
+from simlap.runtime import metrics_io
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import train_stream
 from test_train import tiny_config

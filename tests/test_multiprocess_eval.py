@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from simlap import eval_workdir
-from simlap import train
+from simlap.evaluation import run as eval_workdir
+from simlap.training import loop as train
 from test_multiprocess import HEARTBEAT_S, Job, PROCESSES, REPO, _child_env, _free_port
 from test_train import tiny_config
 

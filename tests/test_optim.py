@@ -1,4 +1,4 @@
-"""simlap.optim: schedules, LR scaling, step counts, weight-decay masking, the probe's own Adam.
+"""training/optim.py: schedules, LR scaling, step counts, weight-decay masks, the probe's Adam.
 
 Everything here is a few scalars or tiny arrays: no model is built and nothing takes seconds.
 """
@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from simlap import config_schema
-from simlap import optim
+from simlap.training import optim
 
 # num_train // batch_size = 1000 // 100 = 10 steps per epoch.
 NUM_TRAIN, BATCH = 1000, 100

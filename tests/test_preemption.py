@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from jax.experimental import multihost_utils
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from test_multiprocess import Job
 from test_multiprocess import OVERRIDES
 from test_multiprocess import start_job
@@ -67,7 +67,7 @@ def _logged_step(workdir: str) -> int:
 
 def _step_in_log(job: Job, i: int) -> int:
   """The last step process `i` logged on its console (process 1 writes no metrics file)."""
-  steps = re.findall(r"train\.py:\d+\] step (\d+)/", job.log(i))
+  steps = re.findall(r"loop\.py:\d+\] step (\d+)/", job.log(i))
   return int(steps[-1]) if steps else 0
 
 

@@ -32,13 +32,13 @@ import jax
 import numpy as np
 import pytest
 
-from simlap import checkpointing
-from simlap import metrics_io
+from simlap.runtime import checkpointing
+from simlap.runtime import metrics_io
 from simlap import config_schema
-from simlap import workdir as workdir_lib
-from simlap import sharding
-from simlap import train
-from simlap import train_step
+from simlap.runtime import workdir as workdir_lib
+from simlap.runtime import sharding
+from simlap.training import loop as train
+from simlap.training import step as train_step
 from simlap.data import fashion_mnist
 from simlap.data import datasets
 from test_train import tiny_config
@@ -138,7 +138,7 @@ def logged_steps(proc: subprocess.Popen) -> list[int]:
   """The steps this run logged on its console (its metrics are in metrics.jsonl too, but a
   resumed run first heals that file, so byte offsets into it do not mark where it began)."""
   with open(proc.log_path, encoding="utf-8", errors="replace") as f:  # type: ignore[attr-defined]
-    return [int(s) for s in re.findall(r"train\.py:\d+\] step (\d+)/", f.read())]
+    return [int(s) for s in re.findall(r"loop\.py:\d+\] step (\d+)/", f.read())]
 
 
 def resumed_from(proc: subprocess.Popen) -> int:

@@ -1,6 +1,6 @@
-"""simlap.compare's files on URL workdirs: listed, written and plotted through simlap.storage.
+"""simlap.compare's files on URL workdirs: listed, written and plotted through runtime.storage.
 
-fsspec's in-process "memory://" store stands in for gs:// (the same simlap.storage calls; not a
+fsspec's in-process "memory://" store stands in for gs:// (the same runtime.storage calls; not a
 local path): os.listdir of it finds nothing, and os.makedirs would create a local "memory:"
 tree. tests/test_gcs_emulator.py runs the same code against a storage server.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import uuid
 
-from simlap import compare_steps
-from simlap import plots
-from simlap import storage
-from simlap import workdir as workdir_lib
+from simlap.grid import steps as compare_steps
+from simlap.evaluation import plots
+from simlap.runtime import storage
+from simlap.runtime import workdir as workdir_lib
 
 
 def test_checkpoint_steps_of_a_url_run():

@@ -1,6 +1,6 @@
 """Workdirs given as URLs (gs://bucket/run on TPU pods) keep their scheme end to end.
 
-These use fsspec's in-process "memory://" store, which goes through the same simlap.storage
+These use fsspec's in-process "memory://" store, which goes through the same simlap.runtime.storage
 calls as gs:// (and, like an object store, is not a local path); tests/test_gcs_emulator.py
 runs a whole train, resume, evaluate and compare against a storage server.
 """
@@ -12,11 +12,11 @@ import uuid
 import pytest
 
 from configs import default as default_config
-from simlap import lease as lease_lib
-from simlap import metrics_io
-from simlap import parts as parts_lib
-from simlap import storage
-from simlap import workdir as workdir_lib
+from simlap.runtime import lease as lease_lib
+from simlap.runtime import metrics_io
+from simlap.runtime import parts as parts_lib
+from simlap.runtime import storage
+from simlap.runtime import workdir as workdir_lib
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_resume_check_reads_a_url_workdir(url):
 
 
 def test_evaluation_reads_the_config_of_a_url_workdir(url):
-  # One config.json reader for training and evaluation, through simlap.storage.
+  # One config.json reader for training and evaluation, through simlap.runtime.storage.
   config = default_config.get_config()
   workdir_lib.write_config(config, url)
   loaded = workdir_lib.load_config(url)

@@ -30,7 +30,7 @@ def _simlap_imports(path: pathlib.Path) -> set[str]:
     if isinstance(node, ast.Import):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-      # `from simlap import train` names module simlap.train; `from simlap.x import f` names x.
+      # `from simlap import losses` names simlap.losses; `from simlap.x import f` names simlap.x.
       names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
     else:
       continue
@@ -73,25 +73,25 @@ def test_cycle_finder_finds_a_planted_cycle():
   # The test above must be able to fail: the old evaluate -> checkpoint_eval -> train ->
   # evaluate cycle, lazy import included.
   graph = import_graph()
-  graph["simlap.train"] = graph["simlap.train"] | {"simlap.eval_workdir"}
+  graph["simlap.training.loop"] = graph["simlap.training.loop"] | {"simlap.evaluation.run"}
   cycle = find_cycle(graph)
-  assert cycle is not None and "simlap.train" in cycle and "simlap.eval_workdir" in cycle
+  assert cycle is not None and "simlap.training.loop" in cycle and "simlap.evaluation.run" in cycle
 
 
 def test_imports_run_one_way_through_evaluation():
   # evaluators <- evaluation.{knn, probes} <- evaluation.online <- features <- train
   #   <- eval_workdir <- {evaluate, compare}
   graph = import_graph()
-  assert graph["simlap.evaluators"] <= {"simlap.losses"}  # pure array code
+  assert graph["simlap.evaluation.array_eval"] <= {"simlap.losses"}  # pure array code
   assert graph["simlap.losses"] == set()  # imports only jax: other projects copy it
-  assert "simlap.evaluators" in graph["simlap.evaluation.probes"]
-  assert "simlap.evaluation.online" in graph["simlap.features"]
+  assert "simlap.evaluation.array_eval" in graph["simlap.evaluation.probes"]
+  assert "simlap.evaluation.online" in graph["simlap.evaluation.features"]
   # The evaluation package is a library of the trainer, never the other way round.
   for name in (n for n in graph if n.startswith("simlap.evaluation.")):
-    assert not graph[name] & {"simlap.train", "simlap.eval_workdir", "simlap.main"}, name
-  assert "simlap.features" in graph["simlap.train"]
-  assert "simlap.train" in graph["simlap.eval_workdir"]
-  assert "simlap.eval_workdir" in graph["simlap.evaluate"] & graph["simlap.compare"]
+    assert not graph[name] & {"simlap.training.loop", "simlap.evaluation.run", "simlap.main"}, name
+  assert "simlap.evaluation.features" in graph["simlap.training.loop"]
+  assert "simlap.training.loop" in graph["simlap.evaluation.run"]
+  assert "simlap.evaluation.run" in graph["simlap.evaluate"] & graph["simlap.compare"]
 
 
 def test_modules_are_small():

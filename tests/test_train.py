@@ -13,11 +13,11 @@ from absl import flags
 from tensorflow.core.util import event_pb2
 import tensorflow as tf
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from simlap import config_schema
-from simlap import metrics_io
-from simlap import sharding
-from simlap import train
+from simlap.runtime import metrics_io
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import train_stream
 

@@ -6,10 +6,10 @@ import os
 import signal
 from unittest import mock
 
-from simlap import checkpointing
-from simlap import features
-from simlap import metrics_io
-from simlap import train
+from simlap.runtime import checkpointing
+from simlap.evaluation import features
+from simlap.runtime import metrics_io
+from simlap.training import loop as train
 from simlap.evaluation import progress
 from test_train import tiny_config
 

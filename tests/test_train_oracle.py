@@ -24,8 +24,8 @@ import pytest
 
 from simlap import config_schema
 from simlap import losses
-from simlap import sharding
-from simlap import train
+from simlap.runtime import sharding
+from simlap.training import loop as train
 
 B, C, SIZE = 16, 10, 8  # global batch (2 per device on the 8-device mesh), classes, image side
 LR, PROBE_LR, TEMPERATURE = 0.05, 0.01, 0.2

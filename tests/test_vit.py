@@ -15,8 +15,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from simlap import config_schema
-from simlap import sharding
-from simlap import train
+from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.data import datasets
 from simlap.data import train_stream
 from simlap.models import backbones

@@ -24,11 +24,11 @@ import time
 
 import pytest
 
-from simlap import checkpointing
-from simlap import lease as lease_lib
-from simlap import metrics_io
-from simlap import train
-from simlap import workdir as workdir_lib
+from simlap.runtime import checkpointing
+from simlap.runtime import lease as lease_lib
+from simlap.runtime import metrics_io
+from simlap.training import loop as train
+from simlap.runtime import workdir as workdir_lib
 from test_reliability import REPO, _STEPS, launcher, log_tail, loss_rows, wait_for_step  # noqa: F401
 from test_train import tiny_config
 
@@ -270,7 +270,7 @@ def test_ctrl_c_saves_like_sigterm(launcher, tmp_path):  # noqa: F811
 
 _TWO_CTRL_C = """
 import os, signal, time
-from simlap import preemption
+from simlap.runtime import preemption
 with preemption.StopRule() as rule:
   os.kill(os.getpid(), signal.SIGINT)
   time.sleep(0.5)  # the first: a stop request, as SIGTERM

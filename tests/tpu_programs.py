@@ -48,7 +48,7 @@ def _load_config(arg: str, overrides: dict):
 def measure(name: str) -> dict[str, float]:
   """Compiles case `name`; its per-chip metrics (bytes, FLOPs) and compile seconds."""
   from simlap import aot  # noqa: PLC0415  (sets the compile-only environment before JAX starts)
-  from simlap import tpu_topology  # noqa: PLC0415
+  from simlap.tpu import topology as tpu_topology  # noqa: PLC0415
   arg, overrides, topology, batch = CASES[name]
   tpu = tpu_topology.parse_slice(topology)
   row = aot.compile_step(_load_config(arg, overrides), tpu, tpu_topology.compile_devices(tpu),

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import fashion_mnist
 
 # TensorFlow only feeds the host pipeline; it must never take GPU memory away from JAX.

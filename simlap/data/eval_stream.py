@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import augment
 from simlap.data import datasets
 

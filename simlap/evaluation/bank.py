@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import datasets
 from simlap.data import eval_stream
 from simlap.evaluation import progress as progress_lib

@@ -1,4 +1,4 @@
-"""Distributed weighted kNN over a row-sharded bank (protocol: simlap/evaluators.py).
+"""Distributed weighted kNN over a row-sharded bank (protocol: simlap/evaluation/array_eval.py).
 
 Per query block (Q queries, replicated): every device scores the block against its own bank
 rows and keeps a local top-k; the devices' k candidates (Q, devices·k, tiny) are all-gathered

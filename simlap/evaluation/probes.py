@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from simlap import evaluators
+from simlap.evaluation import array_eval as evaluators
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation.bank import Bank
 from simlap.losses import l2_normalize

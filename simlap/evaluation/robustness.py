@@ -176,7 +176,7 @@ def evaluate_robustness(config, model, state, mesh, train_bank: bank_lib.Bank,
 
 
 def _picture(config, p: Plan, severities, shown, path: str) -> str:
-  from simlap import plots  # noqa: PLC0415 - matplotlib only for pictures
+  from simlap.evaluation import plots  # noqa: PLC0415 - matplotlib only for pictures
   clean = next(iter(shifted_stream.split_source(config, config.dataset.eval_split)
                     .dataset.take(1).as_numpy_iterator()))["image"]
   rows = {name: [clean] + [shown.get((name, s)) for s in severities] for name in p.sources}

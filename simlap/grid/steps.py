@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
-from simlap import workdir as workdir_lib
+from simlap.runtime import workdir as workdir_lib
 
 # The per-step tables: accuracy, and whether the representation collapses as training goes on.
 STEP_COLUMNS = (
@@ -62,7 +62,7 @@ def grid_steps(config: Any, fractions: Sequence[str]) -> dict[int, Fraction]:
   if not fractions:
     return {}
   # Training code (TF, the data) only when steps are asked for: `--help` stays light.
-  from simlap import optim  # noqa: PLC0415
+  from simlap.training import optim  # noqa: PLC0415
   from simlap.data import datasets  # noqa: PLC0415
   num_steps = optim.total_steps(config, datasets.get_dataset_info(config).num_train)
   steps = fraction_steps(parse_fractions(fractions), num_steps)

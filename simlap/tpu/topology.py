@@ -14,7 +14,7 @@ import dataclasses
 import math
 import re
 
-from simlap import console
+from simlap.runtime import console
 
 
 @dataclasses.dataclass(frozen=True)

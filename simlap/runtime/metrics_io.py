@@ -12,9 +12,9 @@ import jax
 import numpy as np
 from clu import metric_writers
 
-from simlap import parts as parts_lib
-from simlap import storage
-from simlap import tb_events
+from simlap.runtime import parts as parts_lib
+from simlap.runtime import storage
+from simlap.runtime import tb_events
 
 
 class JsonlWriter(tb_events.ScalarWriter):
@@ -23,7 +23,7 @@ class JsonlWriter(tb_events.ScalarWriter):
   Plain JSONL, so notebooks and scripts read a local run with `pandas.read_json(path,
   lines=True)`. Non-finite values are written as null (JSON has no NaN). Object stores (gs://)
   cannot append: there each flush queues the rows since the last one as a new part object of
-  `path + ".parts"` (`simlap.parts`, written by a background thread), and `read_jsonl` reads
+  `path + ".parts"` (`simlap.runtime.parts`, written by a background thread), and `read_jsonl` reads
   the file and its parts back as one, in order.
   """
 

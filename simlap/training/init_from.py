@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from simlap import checkpointing
-from simlap import momentum
+from simlap.runtime import checkpointing
+from simlap import objectives
 
 # Top-level entries of TrainState.params besides the model's modules ("model" holds those).
 _EXTRA_PARAMS = ("log_scale",)
@@ -50,10 +50,11 @@ def check_same_layout(target: Any, source: Any, where: str) -> None:
 
 
 def overlay(state: Any, params: dict[str, Any], batch_stats: dict[str, Any],
-            modules: list[str]) -> Any:
+            modules: list[str], objective: str) -> Any:
   """`state` with the named modules' variables replaced by `params` / `batch_stats` (host
   arrays laid out like `state.params["model"]` / `state.batch_stats`; "log_scale" is read from
-  `params` too). Each array lands with the sharding and dtype of the leaf it replaces."""
+  `params` too). Each array lands with the sharding and dtype of the leaf it replaces; then
+  `objective` (config.objective) resets its own state to the new weights."""
   new_params = dict(state.params)
   new_params["model"] = dict(state.params["model"])
   new_stats = dict(state.batch_stats)
@@ -78,9 +79,7 @@ def overlay(state: Any, params: dict[str, Any], batch_stats: dict[str, Any],
       if name in state.batch_stats:
         new_stats[name] = put(batch_stats[name], state.batch_stats[name])
   state = state.replace(params=new_params, batch_stats=new_stats)
-  if hasattr(state, "momentum"):  # objective "moco": the key encoder starts as the loaded query
-    state = state.replace(momentum=momentum.init_momentum(new_params["model"], new_stats))
-  return state
+  return objectives.get(objective).reset_after_load(state)
 
 
 def checkpoint_dir(directory: str) -> str:
@@ -89,8 +88,9 @@ def checkpoint_dir(directory: str) -> str:
   return sub if epath.Path(sub).exists() else directory
 
 
-def load(directory: str, state: Any) -> Any:
-  """`state` (fresh, step 0) with the weights of the latest checkpoint in `directory`."""
+def load(directory: str, state: Any, objective: str) -> Any:
+  """`state` (fresh, step 0, of `objective`) with the weights of the latest checkpoint in
+  `directory`."""
   ckpt = checkpointing.Checkpointer(checkpoint_dir(directory), every_steps=1, keep=1)
   try:
     restored = ckpt.restore_arrays()
@@ -103,7 +103,7 @@ def load(directory: str, state: Any) -> Any:
   modules = list(meta.get("converted") or
                  [*params["model"], *(k for k in _EXTRA_PARAMS if k in params)])
   flat_params = {**params["model"], **{k: params[k] for k in _EXTRA_PARAMS if k in params}}
-  state = overlay(state, flat_params, stats, modules)
+  state = overlay(state, flat_params, stats, modules, objective)
   logging.info("init_from %s (step %d): loaded %s; fresh optimizer, step 0", directory, step,
                ", ".join(modules))
   return state
@@ -112,4 +112,4 @@ def load(directory: str, state: Any) -> Any:
 def maybe_load(config, state: Any) -> Any:
   """`load(config.init_from, state)`, or `state` unchanged when init_from is unset."""
   directory = config.init_from
-  return load(directory, state) if directory else state
+  return load(directory, state, config.objective) if directory else state

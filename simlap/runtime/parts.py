@@ -21,7 +21,7 @@ import re
 import threading
 from typing import NamedTuple
 
-from simlap import storage
+from simlap.runtime import storage
 
 
 class Part(NamedTuple):

@@ -6,9 +6,9 @@ Pipeline: W/config.json (`workdir.load_config`) -> Orbax restore of the latest (
 step into the trainer's sharded abstract state -> `evaluation.bank.extract_bank` over the eval
 stream for the train split (kNN bank, probe training set, few-shot pool: it stays on the
 devices, split by rows) and the test split -> distributed kNN, data-parallel linear probe and
-few-shot (simlap/evaluation/) and the analyses of `simlap.analysis` (test split, on the host) ->
+few-shot (simlap/evaluation/) and the analyses of `evaluation.analysis` (test split, on the host) ->
 results.json + report.md + PNGs. A URL workdir (gs://) is read and written through
-`simlap.storage`; its PNGs are drawn locally and uploaded.
+`simlap.runtime.storage`; its PNGs are drawn locally and uploaded.
 
 Gates exist only where the objective trains them (`objectives.trains_gates`: simlap, or moco with a
 gated term, and a non-open gate); otherwise every gate entry is null.
@@ -28,16 +28,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from simlap import analysis
-from simlap import checkpointing
-from simlap import geometry
+from simlap.evaluation import analysis
+from simlap.runtime import checkpointing
+from simlap.evaluation import geometry
 from simlap import objectives
-from simlap import optim
-from simlap import report
-from simlap import sharding
-from simlap import storage
-from simlap import train
-from simlap import workdir as workdir_lib
+from simlap.evaluation import report
+from simlap.runtime import sharding
+from simlap.runtime import storage
+from simlap.training import state as state_lib
+from simlap.runtime import workdir as workdir_lib
 from simlap.data import datasets
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
@@ -70,18 +69,20 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
   """(model, state, mesh, info, step) from W/checkpoints (the latest step if `step` is None)."""
   mesh = sharding.make_mesh(config.mesh)
   info = datasets.get_dataset_info(config)
-  trainer = train.make_trainer(config, mesh, info)
+  objective = objectives.get(config.objective)
+  model, tx, _ = state_lib.build(config, info, objective, mesh.devices.flat[0].platform)
+  abstract, _ = state_lib.abstract_state(config, model, tx, objective, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint_every,
                                     keep=config.keep_checkpoints)
   try:
-    restored = ckpt.restore(trainer.abstract_state, step)
+    restored = ckpt.restore(abstract, step)
   finally:
     ckpt.close()
   if restored is None:
     raise FileNotFoundError(f"no readable checkpoint in {workdir}/checkpoints")
   state, _, step = restored
-  return trainer.model, state, mesh, info, int(step)
+  return model, state, mesh, info, int(step)
 
 
 def test_rows(bank: bank_lib.Bank) -> dict[str, np.ndarray]:
@@ -97,7 +98,7 @@ def gate_tables(config, model, state, num_classes: int):
 
   BatchNorm runs in inference mode (the gate module's analysis methods), read-only.
   """
-  if not objectives.trains_gates(config):
+  if not objectives.get(config.objective).trains_gates(config):
     return None, None, None
   variables = {"params": state.params["model"], "batch_stats": state.batch_stats}
   class_gates = jax.jit(lambda v: model.apply(v, method="class_gates"))(variables)
@@ -259,7 +260,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
                                             num_pairs=num_pairs, seed=0)
     ana["similarity"]["projector_pair_gated"] = analysis.jsonable(stats)
     if png_dir:
-      from simlap import plots as plots_lib  # noqa: PLC0415 - matplotlib only for pictures
+      from simlap.evaluation import plots as plots_lib  # noqa: PLC0415 - matplotlib only for pictures
       plots_lib.plot_intra_inter(stats, os.path.join(png_dir, "intra_inter_projector_pair_gated"
                                                      ".png"), title="projector_pair_gated")
       ana["plots"].append("intra_inter_projector_pair_gated.png")
@@ -309,7 +310,7 @@ def evaluate_workdir(workdir: str, step: int | None = None, *,
 
 def budget(config, num_train: int) -> dict[str, Any]:
   """What makes two runs comparable: steps, batch, backbone, data, optimizer."""
-  return {"num_steps": optim.total_steps(config, num_train), "batch_size": config.batch_size,
+  return {"num_steps": state_lib.num_steps(config, num_train), "batch_size": config.batch_size,
           "backbone": config.model.backbone, "projector_dim": config.model.projector_dim,
           "image_size": config.dataset.image_size, "optimizer": config.optimizer.name,
           "lr": config.optimizer.lr, "train_split": config.dataset.train_split,

@@ -1,4 +1,4 @@
-"""Analyses of a trained model as numbers (pictures in `simlap.plots`, from the same data).
+"""Analyses of a trained model as numbers (pictures in `evaluation.plots`, from the same data).
 
 Answers the paper's open questions (docs/method.md, "Analyses"):
   gates        are they binary switches or a smooth scaling?  `gate_statistics`
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from simlap import geometry
+from simlap.evaluation import geometry
 
 _mean, _auroc = geometry.finite_mean, geometry.auroc
 
@@ -269,7 +269,7 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
     res["pair_sizes"] = pair_size_by_group(pair_sizes, groups or ())
 
   if out_dir is not None:
-    from simlap import plots  # noqa: PLC0415 - matplotlib only when pictures are asked for
+    from simlap.evaluation import plots  # noqa: PLC0415 - matplotlib only when pictures are asked for
     res["plots"] = plots.write_analysis_plots(
         out_dir, res, spectra=spectra, class_mean_similarities=mean_sims,
         class_gates=class_gates, gate_similarity=gate_sim, pair_sizes=pair_sizes,

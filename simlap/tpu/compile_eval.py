@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simlap import sharding
+from simlap.runtime import sharding
 from simlap.data import split_sizes
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
@@ -110,8 +110,8 @@ def compile_eval(config, trainer, mesh, *, topology: str, capacity_gib: float, n
 
 
 def fit_check(config, tpu, devices, info, make_trainer) -> list[EvalRow]:
-  """`compile_eval` for slice `tpu` (simlap.tpu_topology.Slice) with its compile-only
-  `devices`; `make_trainer` is `simlap.train.make_trainer` (passed in: evaluation/ does not
+  """`compile_eval` for slice `tpu` (simlap.tpu.topology.Slice) with its compile-only
+  `devices`; `make_trainer` is `simlap.training.loop.make_trainer` (passed in: evaluation/ does not
   import the trainer)."""
   config = copy.deepcopy(config)
   config.model.conv_impl = "xla"  # the TPU's program, not the CPU host's

@@ -1,7 +1,7 @@
 """How a representation is spread, as numbers: the covariance spectrum and effective rank
 (dimensional collapse), and intra- vs inter-class cosine similarity as an AUROC (separation).
 
-Host-side numpy on features (N, D) and sampled pairs; `simlap.analysis` gathers these with the
+Host-side numpy on features (N, D) and sampled pairs; `evaluation.analysis` gathers these with the
 gate statistics into one report.
 """
 from __future__ import annotations

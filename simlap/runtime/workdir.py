@@ -1,6 +1,6 @@
 """A run's workdir: prepared and proven writable, its config.json read and written, and whether
 another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every
-file here goes through `simlap.storage`, and only local paths are made absolute
+file here goes through `simlap.runtime.storage`, and only local paths are made absolute
 (`os.path.abspath` would turn a URL into a local "gs:/bucket/run").
 
 A workdir's `config.json` records the config of the run that wrote its checkpoints. Resuming it
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from simlap import config_schema
-from simlap import storage
+from simlap.runtime import storage
 
 # Dotted config keys a resumed run may change: logging, evaluation, checkpoint cadence, where
 # the data lives, and the device layout (checkpoints restore onto any mesh, replicated or
@@ -56,7 +56,7 @@ def read_json(path: str) -> Any:
 
 
 def is_remote(path: str) -> bool:
-  """True for URLs such as gs://bucket/run, which `simlap.storage` reads and writes."""
+  """True for URLs such as gs://bucket/run, which `simlap.runtime.storage` reads and writes."""
   return storage.is_remote(path)
 
 

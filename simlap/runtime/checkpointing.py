@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from simlap import storage  # noqa: F401 - epath on gcsfs, and the endpoint (see storage)
+from simlap.runtime import storage  # noqa: F401 - epath on gcsfs, and the endpoint (see storage)
 
 _STATE = "state"
 _META = "meta"
@@ -60,7 +60,7 @@ class _Manager(ocp.CheckpointManager):
 
   Orbax asks JAX's preemption sync manager at every save (and from its finalize thread) with the
   step as the counter. simlap's loop asks it once per step with its own counter
-  (simlap/preemption.py) and forces the save itself; Orbax's extra calls, with another counter,
+  (runtime/preemption.py) and forces the save itself; Orbax's extra calls, with another counter,
   could move the agreed sync point past the end of the run.
   """
 

@@ -1,12 +1,12 @@
 """SimLAP training: `train_and_evaluate(config, workdir)`, read top to bottom in phases.
 
 mesh -> data -> model and shapes (`jax.eval_shape`) -> sharded init (`jax.jit` with
-out_shardings) -> optimizer -> jitted, donated train step (simlap/train_step.py) -> checkpoint
+out_shardings) -> optimizer -> jitted, donated train step (simlap/training/step.py) -> checkpoint
 restore -> loop with periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
 
 Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
 the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: whole weights
-gathered for the step, gradients summed and cut to shards; simlap/sharding.py). BatchNorm stats are
+gathered for the step, gradients summed and cut to shards; runtime/sharding.py). BatchNorm stats are
 global (synchronized BN) and the contrastive loss sees the global batch (XLA all-gathers the
 keys; its gradient is exact).
 Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pure function of
@@ -27,17 +27,18 @@ import jax
 import ml_collections
 from clu import periodic_actions
 
-from simlap import checkpointing
+from simlap.runtime import checkpointing
 from simlap import config_schema
-from simlap import features
-from simlap import init_from
-from simlap import metrics_io
-from simlap import momentum as momentum_lib
-from simlap import optim
-from simlap import preemption
-from simlap import sharding
-from simlap import train_step as step_lib
-from simlap import workdir as workdir_lib
+from simlap.evaluation import features
+from simlap.training import init_from
+from simlap.runtime import metrics_io
+from simlap import objectives
+from simlap.training import optim
+from simlap.runtime import preemption
+from simlap.runtime import sharding
+from simlap.training import state as state_lib
+from simlap.training import step as step_lib
+from simlap.runtime import workdir as workdir_lib
 from simlap.data import datasets
 from simlap.data import train_stream
 from simlap.evaluation import progress as eval_progress
@@ -77,24 +78,17 @@ def make_trainer(config: ml_collections.ConfigDict, mesh, info: datasets.Dataset
   """Builds the model and compiles nothing yet; shapes come from `jax.eval_shape`."""
   # The mesh's devices, not JAX's default backend, say what the step is compiled for: a TPU
   # compile from a CPU host (simlap.aot) gets the TPU's ops.
-  model, tx, schedule = step_lib.build(config, info, mesh.devices.flat[0].platform)
-  view_shape = (config.dataset.image_size, config.dataset.image_size, config.dataset.channels)
-  init_fn = functools.partial(step_lib.init_state, config, model, tx, view_shape)
-  abstract = jax.eval_shape(init_fn)
+  objective = objectives.get(config.objective)
+  model, tx, schedule = state_lib.build(config, info, objective, mesh.devices.flat[0].platform)
+  init_fn = functools.partial(state_lib.init_state, config, model, tx, objective)
   # The batch is split over devices; the state is replicated, or split too under FSDP.
-  state_sharding = sharding.state_shardings(abstract, mesh, config.sharding.params,
-                                            config.sharding.fsdp_min_size)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_sharding)
+  abstract, state_sharding = state_lib.abstract_state(config, model, tx, objective, mesh)
   fsdp = state_sharding if config.sharding.params == "fsdp" else None
   num_steps = optim.total_steps(config, info.num_train)
-  moco = None
-  if config.objective == "moco":
-    moco = (momentum_lib.momentum_schedule(config, num_steps),
-            momentum_lib.gate_warmup_steps(config, info.num_train))
   step_fn = jax.jit(
       functools.partial(step_lib.train_step, config=config, model=model, tx=tx,
-                        schedule=schedule, fsdp=fsdp, moco=moco),
+                        schedule=schedule, fsdp=fsdp,
+                        constants=objective.step_constants(config, num_steps, info.num_train)),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)

@@ -8,7 +8,7 @@ the holder. A lease whose heartbeat is older than `stale_after_s` belongs to a j
 without releasing it and may be taken over (logged as a warning); so may one written on this
 host by a process that no longer exists (a restart right after kill -9 need not wait).
 
-Writes are atomic (`simlap.storage`). The first take is a create-if-absent, so of two racing
+Writes are atomic (`simlap.runtime.storage`). The first take is a create-if-absent, so of two racing
 runs exactly one wins: a hard link of a temporary file on local disks, a write with the
 precondition `ifGenerationMatch=0` on GCS (the server refuses it, 412, if the object exists).
 A heartbeat replaces the file in one step (a rename locally, one object write on GCS).
@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from simlap import storage
+from simlap.runtime import storage
 
 LEASE_FILE = "lease.json"
 HEARTBEAT_S = 30.0

@@ -1,9 +1,9 @@
-"""TensorBoard event files for URL workdirs, written through `simlap.storage`.
+"""TensorBoard event files for URL workdirs, written through `simlap.runtime.storage`.
 
 clu's SummaryWriter writes through TensorFlow's gfile, which has no endpoint setting: it
 reaches Google's GCS and no other server, so what it writes there cannot be tested against an
-emulator, and it would be a second GCS client beside gcsfs (`simlap.storage`). On URL
-workdirs simlap's event files are instead TFRecord part objects (`simlap.parts`) named
+emulator, and it would be a second GCS client beside gcsfs (`simlap.runtime.storage`). On URL
+workdirs simlap's event files are instead TFRecord part objects (`simlap.runtime.parts`) named
 `W/events.out.tfevents.<first>-<last>.simlap`: TensorBoard reads every `*tfevents*` file of a
 run folder in name order, so the parts read as one event file. Each part starts with the
 `file_version` record TensorBoard expects. simlap logs scalars and hparams only; the other
@@ -22,7 +22,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import record_writer
 
-from simlap import parts as parts_lib
+from simlap.runtime import parts as parts_lib
 
 PREFIX, SUFFIX = "events.out.tfevents.", ".simlap"
 

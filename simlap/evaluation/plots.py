@@ -1,4 +1,4 @@
-"""Pictures of the numbers in `simlap.analysis`: PNG files and (H, W, 4) images for TensorBoard.
+"""Pictures of the numbers in `evaluation.analysis`: PNG files and (H, W, 4) images for TensorBoard.
 
 matplotlib is imported inside the functions, with the Agg canvas attached to each Figure
 directly (no pyplot, no global state, no display), so importing simlap stays cheap and
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from simlap import storage
+from simlap.runtime import storage
 
 ArrayLike = Any
 

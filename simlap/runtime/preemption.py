@@ -28,7 +28,7 @@ def _sync_point(counter: int) -> bool | None:
   Counters are 1, 2, ... once per loop step; all processes start the loop from the same
   restored step, so the n-th call is the same step everywhere. A process that has not called
   yet counts as 0, so a notice during startup makes 1 the sync point. These calls must be the
-  only ones: Orbax's own check (with the step as counter) is off in simlap/checkpointing.py."""
+  only ones: Orbax's own check (with the step as counter) is off in runtime/checkpointing.py."""
   try:
     return multihost_utils.reached_preemption_sync_point(counter)
   except RuntimeError:
