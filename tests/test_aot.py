@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 
 from simlap import aot
+from simlap.tpu import compile as tpu_compile
 from simlap.tpu import hlo_collectives
 from simlap.tpu import topology as tpu_topology
 
@@ -80,14 +81,15 @@ def test_absurd_batch_does_not_fit_and_says_how_much(v5e_2x2, capsys):
   assert row.total_gib > 100, row  # hundreds of GiB of activations
   assert row.note.startswith("does not fit: needs ") and "GiB of 15" in row.note
   out = capsys.readouterr().out.splitlines()
-  assert out[0] == aot.HEADER and "| v5e:2x2 (v5e) | 4 | replicated | 262144 (65536) |" in out[2]
+  assert out[0] == tpu_compile.HEADER
+  assert "| v5e:2x2 (v5e) | 4 | replicated | 262144 (65536) |" in out[2]
   assert out[-1].startswith("v5e:2x2 at batch 262144: does not fit: needs"), out
 
 
 def test_fsdp_shrinks_per_chip_state_on_a_tpu_slice(v5e_2x2, smoke_rows):
   tpu, devices = v5e_2x2
   config = aot_config("--config.sharding.params=fsdp", "--config.sharding.fsdp_min_size=0")
-  row = aot.compile_step(config, tpu, devices, 16)
+  row = tpu_compile.compile_step(config, tpu, devices, 16)
   (replicated, _) = smoke_rows
   assert row.fits and row.params == "fsdp"
   # Nearly every byte of the state is in leaves that split 4 ways: by the shardings, and by
@@ -112,14 +114,14 @@ def test_max_batch_bisects_to_the_largest_fitting_multiple():
     del config, tpu, num_train
     calls.append(batch)
     per_chip = batch / len(devices)
-    return aot.Row("fake", "v5e", 4, "replicated", batch, per_chip, 0.0, per_chip <= 200,
+    return tpu_compile.Row("fake", "v5e", 4, "replicated", batch, per_chip, 0.0, per_chip <= 200,
                    per_chip / 10, 16.0)
 
   config = aot_config()  # batch 16: 4 per chip, below one step of 8
-  best = aot.max_batch(config, None, [None] * 4, multiple=8, compile_fn=fake_compile)
+  best = tpu_compile.max_batch(config, None, [None] * 4, multiple=8, compile_fn=fake_compile)
   assert best.global_batch == 200 * 4 and best.fits
   assert len(calls) == len(set(calls)) <= 12, calls  # doubling, then bisection; no repeats
-  never = aot.max_batch(config, None, [None] * 4, multiple=256, compile_fn=fake_compile)
+  never = tpu_compile.max_batch(config, None, [None] * 4, multiple=256, compile_fn=fake_compile)
   assert never is None
 
 
@@ -178,9 +180,9 @@ def test_collective_payloads_by_kind():
 
 def test_row_round_trips_to_json_and_formats(smoke_rows):
   row = smoke_rows[0]
-  assert aot.Row(**dataclasses.asdict(row)) == row
-  line = aot.format_row(row)
-  assert line.count("|") == aot.HEADER.count("|")
+  assert tpu_compile.Row(**dataclasses.asdict(row)) == row
+  line = tpu_compile.format_row(row)
+  assert line.count("|") == tpu_compile.HEADER.count("|")
 
 
 def test_views_compile_in_the_dtype_the_run_sends():
@@ -188,12 +190,12 @@ def test_views_compile_in_the_dtype_the_run_sends():
   import importlib  # noqa: PLC0415
   in1k = importlib.import_module("configs.in1k").get_config(None)
   default = importlib.import_module("configs.default").get_config(None)
-  assert aot.view_dtype(in1k) == "uint8"
-  assert aot.view_dtype(default) == "float32"
+  assert tpu_compile.view_dtype(in1k) == "uint8"
+  assert tpu_compile.view_dtype(default) == "float32"
   default.dataset.in_memory = False
-  assert aot.view_dtype(default) == "uint8"
+  assert tpu_compile.view_dtype(default) == "uint8"
   in1k.dataset.view_dtype = "float32"
-  assert aot.view_dtype(in1k) == "float32"
+  assert tpu_compile.view_dtype(in1k) == "float32"
 
 
 def test_split_sizes_come_from_one_table():
@@ -203,10 +205,10 @@ def test_split_sizes_come_from_one_table():
   from simlap.data import split_sizes  # noqa: PLC0415
   from simlap.tpu import compile_eval as aot_eval  # noqa: PLC0415
   in1k = importlib.import_module("configs.in1k").get_config(None)
-  assert aot._info(in1k, None).num_train == split_sizes.SIZES["imagenet2012"].train  # noqa: SLF001
+  assert tpu_compile.dataset_info(in1k, None).num_train == split_sizes.SIZES["imagenet2012"].train  # noqa: SLF001
   assert aot_eval.eval_size("imagenet2012") == split_sizes.SIZES["imagenet2012"].eval == 50_000
   assert aot_eval.eval_size("no_such_set") == 10_000
   in1k.dataset.name = "no_such_set"
   with pytest.raises(ValueError, match="not in simlap/data/split_sizes.py; pass --num_train"):
-    aot._info(in1k, None)  # noqa: SLF001
-  assert aot._info(in1k, 123).num_train == 123  # noqa: SLF001
+    tpu_compile.dataset_info(in1k, None)  # noqa: SLF001
+  assert tpu_compile.dataset_info(in1k, 123).num_train == 123  # noqa: SLF001

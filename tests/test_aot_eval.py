@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from absl import app
 
-from simlap import aot
+from simlap.tpu import compile as tpu_compile
 from simlap.tpu import topology as tpu_topology
 from simlap.training import loop as train
 from simlap.tpu import compile_eval as aot_eval
@@ -21,7 +21,7 @@ def test_eval_programs_compile_for_v5e_with_the_bank_split_over_chips():
   config.dataset.name = "fashion_mnist_local"
   tpu = tpu_topology.parse_slice("v5e:2x2")
   devices = tpu_topology.compile_devices(tpu)
-  rows = aot_eval.fit_check(config, tpu, devices, aot._info(config, 60_000),  # noqa: SLF001
+  rows = aot_eval.fit_check(config, tpu, devices, tpu_compile.dataset_info(config, 60_000),
                             train.make_trainer)
   extract, knn = rows
   assert (extract.program, knn.program) == ("extract", "knn")

@@ -20,6 +20,7 @@ from safetensors import numpy as st_numpy
 
 from simlap import config_schema
 from simlap import convert
+from simlap.interop import convert as convert_lib
 from simlap import evaluate
 from simlap.training import init_from
 from simlap.runtime import sharding
@@ -93,7 +94,7 @@ def test_init_from_loads_the_converted_modules_with_a_fresh_optimizer(converted)
   info = datasets.info_from_config(config, num_train=2048)
   fresh = train.make_trainer(config, mesh, info).init_fn()
   state = init_from.maybe_load(config, fresh)
-  params, stats, _ = convert.to_simlap(convert.read_state_dict(source))
+  params, stats, _ = convert_lib.to_simlap(convert_lib.read_state_dict(source))
   for module in ("backbone", "projector", "gate"):
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(state.params["model"][module]),
                                  jax.tree.leaves(params[module])):
@@ -156,14 +157,14 @@ def test_pickled_checkpoint_without_torch_says_what_to_do(tmp_path):
   path = tmp_path / "model.pth"
   path.write_bytes(b"not read")
   with pytest.raises(ImportError, match="torch is not installed.*safetensors"):
-    convert.read_state_dict(str(path))
+    convert_lib.read_state_dict(str(path))
 
 
 def test_npz_source_equals_safetensors(source, tmp_path):
-  sd = convert.read_state_dict(source)
+  sd = convert_lib.read_state_dict(source)
   np.savez(tmp_path / "m.npz", **{f"module.{k}": v for k, v in sd.items()})  # DDP names
-  a = convert.to_simlap(sd)
-  b = convert.to_simlap(convert.read_state_dict(str(tmp_path / "m.npz")))
+  a = convert_lib.to_simlap(sd)
+  b = convert_lib.to_simlap(convert_lib.read_state_dict(str(tmp_path / "m.npz")))
   assert a[2] == b[2]
   for x, y in zip(jax.tree.leaves(a[:2]), jax.tree.leaves(b[:2])):
     np.testing.assert_array_equal(x, y)

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from simlap.runtime import checkpointing
 from simlap import config_schema
-from simlap.evaluation import features
+from simlap.evaluation import bank as bank_lib
 from simlap.runtime import sharding
 from simlap.training import loop as train
 from simlap.runtime import workdir as workdir_lib
@@ -243,7 +243,7 @@ def test_evaluation_of_a_sharded_state_matches_replicated(fsdp_runs):
     state, trainer = restore(config_for(config.dataset.data_dir, mode),
                              os.path.join(resumed, "checkpoints"), devices=devices)
     mesh = sharding.make_mesh(config.mesh, devices=devices)
-    out[mode] = features.extract_features(config, trainer.model, state, mesh,
+    out[mode] = bank_lib.extract_features(config, trainer.model, state, mesh,
                                           config.dataset.eval_split)
   fsdp, rep = out["fsdp"], out["replicated"]
   assert fsdp["mask"].sum() == rep["mask"].sum() == 512

@@ -23,7 +23,7 @@ import pytest
 from safetensors import numpy as st_numpy
 
 from configs import default as default_config
-from simlap import convert
+from simlap.interop import convert
 from simlap.training import init_from
 from simlap.models import gates as gates_lib
 from simlap.models import heads

@@ -83,6 +83,17 @@ def test_probe_loss_by_hand():
 # ------------------------------------------------------------------------------------------------
 # The baselines.
 # ------------------------------------------------------------------------------------------------
+def test_a_registry_line_adds_a_method_that_trains(batch):
+  # objectives/__init__.py's "simclr_cross_view" line is the whole method: NT-Xent whose
+  # negatives are the other view's samples only, and the config accepts it.
+  loss, _ = call(make_config("simclr_cross_view"), batch)
+  expected = losses.nt_xent(batch["z1"], batch["z2"], scale=batch["scale"],
+                            same_view_negatives=False)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  config = make_config("simclr_cross_view")
+  config_schema.validate(config)
+
+
 def test_simclr_is_nt_xent_with_same_view_negatives(batch):
   loss, metrics = call(make_config("simclr"), batch)
   expected = losses.nt_xent(batch["z1"], batch["z2"], scale=batch["scale"],

@@ -7,7 +7,7 @@ import signal
 from unittest import mock
 
 from simlap.runtime import checkpointing
-from simlap.evaluation import features
+from simlap.evaluation import online
 from simlap.runtime import metrics_io
 from simlap.training import loop as train
 from simlap.evaluation import progress
@@ -21,7 +21,7 @@ def _config(data_dir):
 
 
 def _recorded(events, *, sigterm_in_eval=False):
-  real_eval, real_save = features.evaluate_online, checkpointing.Checkpointer.save
+  real_eval, real_save = online.evaluate_online, checkpointing.Checkpointer.save
 
   def evaluate(config, model, state, mesh, num_classes, **kwargs):
     step = int(state.step)
@@ -38,7 +38,7 @@ def _recorded(events, *, sigterm_in_eval=False):
     events.append(("save", int(step)))
     return real_save(self, step, *args, **kwargs)
 
-  return (mock.patch.object(features, "evaluate_online", evaluate),
+  return (mock.patch.object(online, "evaluate_online", evaluate),
           mock.patch.object(checkpointing.Checkpointer, "save", save))
 
 

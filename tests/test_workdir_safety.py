@@ -321,7 +321,7 @@ def test_a_missing_step_lists_the_steps_that_exist(tmp_path):
 
 
 def test_a_damaged_convert_source_names_the_file(tmp_path):
-  from simlap import convert  # noqa: PLC0415
+  from simlap.interop import convert  # noqa: PLC0415
   path = tmp_path / "resnet18.safetensors"
   path.write_bytes(b"\xff" * 64)  # a header length far past the end: "header too large"
   with pytest.raises(ValueError) as err:

@@ -1,6 +1,6 @@
 """The TPU programs CI guards, and the one command that refreshes their committed baseline.
 
-Each case is the real train step of a config (the same `simlap.aot.compile_step` that
+Each case is the real train step of a config (the same `simlap.tpu.compile.compile_step` that
 `python -m simlap.aot` runs), compiled for a v5e slice with libtpu's compile-only devices. Its
 per-chip temporaries, bytes accessed and FLOPs are kept in `tests/golden/tpu_programs.json`;
 tests/test_tpu_program.py fails when any of them grows by more than `TOLERANCE`.
@@ -47,12 +47,12 @@ def _load_config(arg: str, overrides: dict):
 
 def measure(name: str) -> dict[str, float]:
   """Compiles case `name`; its per-chip metrics (bytes, FLOPs) and compile seconds."""
-  from simlap import aot  # noqa: PLC0415  (sets the compile-only environment before JAX starts)
+  from simlap.tpu import compile as tpu_compile  # noqa: PLC0415  (compile-only env before JAX)
   from simlap.tpu import topology as tpu_topology  # noqa: PLC0415
   arg, overrides, topology, batch = CASES[name]
   tpu = tpu_topology.parse_slice(topology)
-  row = aot.compile_step(_load_config(arg, overrides), tpu, tpu_topology.compile_devices(tpu),
-                         batch)
+  row = tpu_compile.compile_step(_load_config(arg, overrides), tpu,
+                                 tpu_topology.compile_devices(tpu), batch)
   if not row.fits:
     raise AssertionError(f"{name}: {row.note}")
   gib = 2.0 ** 30

@@ -170,3 +170,21 @@ def extract_batches(model, state, mesh: Mesh, batches, sizes: Sequence[int], *, 
   if timings is not None:
     timings[prog.name] = dt
   return Bank(columns=bank, num_examples=sum(sizes), mesh=mesh)
+
+
+def extract_features(config, model, state, mesh, split: str, *,
+                     embeddings: bool = False) -> dict[str, np.ndarray]:
+  """Frozen features of every example of `split` on the host, padding rows last (see "mask").
+
+  Returns host arrays over the padded split (N_pad rows, the N real ones first in split
+  order): "features" (N_pad, F) pooled backbone features, "predictions" (N_pad,) online-probe
+  argmax, "labels" (N_pad,), "mask" (N_pad,) bool (True = real example; each appears exactly
+  once), with `embeddings` also "embeddings" (N_pad, D), and any extra label keys of the
+  dataset (e.g. "coarse_label") under their own names.
+  """
+  bank = extract_bank(config, model, state, mesh, split, embeddings=embeddings)
+  names = [n for n in bank.columns if n != "index"]
+  cols = gathered(bank, names + ["index"])
+  index = cols.pop("index")
+  order = np.argsort(np.where(index < 0, np.iinfo(np.int32).max, index), kind="stable")
+  return {n: v[order] for n, v in cols.items()}

@@ -13,6 +13,7 @@ from simlap.objectives import momentum
 REGISTRY: dict[str, base.Objective] = {
     "simlap": contrastive.SimLAP(),
     "simclr": contrastive.SimCLR(),
+    "simclr_cross_view": contrastive.SimCLR(same_view_negatives=False),  # MoCo-v3's negatives
     "supcon": contrastive.SupCon(),
     "xclr": contrastive.XCLR(),
     "ce": ce.CrossEntropy(),

@@ -29,7 +29,7 @@ from clu import periodic_actions
 
 from simlap.runtime import checkpointing
 from simlap import config_schema
-from simlap.evaluation import features
+from simlap.evaluation import online as eval_online
 from simlap.training import init_from
 from simlap.runtime import metrics_io
 from simlap import objectives
@@ -150,8 +150,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     nonlocal eval_results
     logging.info("step %d: evaluating", step)
     try:
-      eval_results = features.evaluate_online(config, model, state, mesh, info.num_classes,
-                                              should_stop=should_stop)
+      eval_results = eval_online.evaluate_online(config, model, state, mesh, info.num_classes,
+                                                 should_stop=should_stop)
     except eval_progress.Interrupted as e:
       logging.warning("step %d: evaluation stopped by a preemption notice (%s); step %d is "
                       "saved", step, e, step)
