@@ -20,8 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 128
   c.num_epochs = 3.0
   c.log_every = 100
-  # A 3-epoch run wants a high LR and a short warmup; each step of the tuning is a measured run
-  # of this job, listed in README ("What the main job does").
+  # A 3-epoch run wants a high LR and a short warmup.
   c.optimizer.lr = 5e-3
   c.optimizer.warmup_epochs = 0.3
   # Grayscale input: colour jitter would reduce to brightness/contrast; crops do the work.

@@ -13,7 +13,7 @@ warm-up epochs, T = 0.15, momentum 0.99 -> 1, projector 4096 -> 4096 -> 256 and 
 `--config=configs/in1k.py:METHOD,smoke` (every config file takes `:METHOD`, from
 simlap.config_schema.METHODS, plus its own variants) runs a few steps of a tiny model (tests
 use it under `tfds.testing.mock_data`). The dataset needs the ImageNet tars in `dataset.manual_dir`
-(see README, "Datasets").
+(see docs/usage.md, "Training datasets").
 """
 from __future__ import annotations
 import ml_collections

@@ -10,7 +10,7 @@ compute with float32 LayerNorm, softmax, gates and loss; BYOL's asymmetric augme
     --config=configs/in1k_vit.py:hydra,smoke  a few steps of a tiny ViT (tests, mocked data)
 
 Only the momentum-encoder methods (`hydra`, `moco`) belong to this recipe. The dataset needs the
-ImageNet tars in `dataset.manual_dir` (see README, "Datasets").
+ImageNet tars in `dataset.manual_dir` (see docs/usage.md, "Training datasets").
 """
 from __future__ import annotations
 import importlib.util
