@@ -19,13 +19,18 @@ import test_data_mock  # tests/ is on sys.path (not a package), as pytest import
 STEPS_PER_EPOCH = 3  # 48 mocked records, 16 per step on one process
 
 
+def mocked_config(random_access: bool = True):
+  """Streamed imagenet2012 at 16 px, batch 16; call inside `tfds.testing.mock_data`."""
+  c = test_data_mock._config("imagenet2012", 1000, size=16, in_memory=False,  # noqa: SLF001
+                             random_access=random_access)
+  c.augment.view1.blur_prob = c.augment.view2.blur_prob = 0.0  # pixels are not the point
+  return c
+
+
 @pytest.fixture
 def config():
   with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
-    c = test_data_mock._config("imagenet2012", 1000, size=16, in_memory=False,  # noqa: SLF001
-                               random_access=True)
-    c.augment.view1.blur_prob = c.augment.view2.blur_prob = 0.0  # pixels are not the point
-    yield c
+    yield mocked_config()
 
 
 def _batches(config, n, *, start_step=0, pi=0, pc=1, seed=7):
