@@ -106,7 +106,9 @@ def to_simlap(sd: dict[str, np.ndarray], fmt: str = "auto",
   """(params, batch_stats, converted module names) of a source state dict.
 
   `params` maps module names ("backbone", ...) and "log_scale" to nested dicts of arrays,
-  laid out like `TrainState.params["model"]`; `batch_stats` like `TrainState.batch_stats`.
+  laid out like `TrainState.params["model"]`; `batch_stats` like `TrainState.batch_stats`. A
+  linear head trained without a BatchNorm (timm's `fc`, the authors' `cls_head`) gets running
+  statistics that make the probe's affine-free BatchNorm the identity.
   """
   fmt = torch_names.detect_format(sd) if fmt == "auto" else fmt
   tree = torch_names.convert(sd, fmt, skip)
