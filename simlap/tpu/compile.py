@@ -3,8 +3,8 @@
 `compile_step` lowers `simlap.training.loop.make_trainer`'s step with abstract shapes and
 compiles it with libtpu for compile-only devices (`simlap.tpu.topology`): no dataset is read and
 nothing runs. A `Row` holds per-chip HBM from the compiler's memory analysis, FLOPs and bytes,
-collective bytes from the HLO and a roofline estimate of the step time (an upper bound from peak
-figures, not a measurement). An out-of-memory compile is a row too.
+collective bytes from the HLO and a roofline estimate of the step time (from peak figures: a
+lower bound, not a measurement). An out-of-memory compile is a row too.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Row:
 
 
 def dataset_info(config: ml_collections.ConfigDict, num_train: int | None):
-  from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow; see main())
+  from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow: simlap.aot, quietly)
   d = config.dataset
   num_train = num_train or _known_train_size(d.name)
   if not num_train:

@@ -1,13 +1,10 @@
 """The evaluation programs in the fit check (`simlap.aot --eval`): will an evaluation fit?
 
 Compiles, for compile-only devices of a slice, exactly the programs an online evaluation runs:
-  extract   one feature-extraction batch at `eval_batch_size` (`bank.features_fn`), against
-            the train state laid out as in training;
-  knn       one kNN query block (`knn._block_fn`) against a train bank of the config's train
-            size and a query bank of its eval size, both row-sharded (bank.py): per chip
-            N_pad / chips rows of F float32 features, plus labels, mask and index.
-Reports per-chip HBM (arguments + outputs - aliases + temporaries, from the compiler's memory
-analysis) and FLOPs per chip, beside the train step's row of `simlap.aot`.
+one feature-extraction batch at `eval_batch_size` (`bank.features_fn`) against the train state
+laid out as in training, and one kNN query block (`knn._block_fn`) against row-sharded train and
+query banks of the config's split sizes. Reports per-chip HBM (arguments + outputs - aliases +
+temporaries, from the compiler's memory analysis) and FLOPs, beside the train step's row.
 """
 from __future__ import annotations
 
