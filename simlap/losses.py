@@ -69,7 +69,7 @@ def _compute_dtype(*xs: Array) -> jnp.dtype:
 def l2_normalize(x: Array, eps: float = _EPS) -> Array:
   """Row-wise L2 normalisation of (..., D), in at least float32; all-zero rows stay zero.
 
-  The one jax L2-normalisation of the project (losses, evaluators and features use it).
+  The one jax L2-normalisation of the project (the losses and simlap.evaluation use it).
   """
   x = jnp.asarray(x, _compute_dtype(jnp.asarray(x)))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
@@ -506,8 +506,8 @@ def _cholesky_lower(gram: Array) -> Array:
   """Lower Cholesky factor of each (r, r) matrix of (B, r, r), one column per loop step.
 
   Plain XLA ops (matmuls and selects) rather than `jnp.linalg.cholesky`: on XLA:CPU that is a
-  LAPACK custom call, and inside a batch-sharded step over several devices those calls have
-  deadlocked against the step's collectives. r is small, so r steps of O(B r^2) cost nothing.
+  LAPACK custom call, and inside a batch-sharded step over several devices those calls can
+  deadlock against the step's collectives. r is small, so r steps of O(B r^2) cost nothing.
   """
   r = gram.shape[-1]
   rows = jnp.arange(r)

@@ -108,7 +108,9 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
                  temperature: float = 0.07, chunk_size: int = 256,
                  train_mask: ArrayLike | None = None,
                  test_mask: ArrayLike | None = None) -> dict[int, float]:
-  """kNN top-1 accuracy per k over the unmasked test rows: {k: accuracy in [0, 1]}."""
+  """kNN top-1 accuracy per k over the unmasked test rows: {k: accuracy in [0, 1]}.
+
+  Arguments as `knn_classify`'s, plus test_labels (M,) int and test_mask (M,) bool."""
   preds = knn_classify(train_feats, train_labels, test_feats, num_classes=num_classes, ks=ks,
                        temperature=temperature, chunk_size=chunk_size, train_mask=train_mask)
   labels = jnp.asarray(test_labels, jnp.int32)

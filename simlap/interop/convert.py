@@ -123,7 +123,19 @@ def convert_to_workdir(source: str, workdir: str, config, *, fmt: str = "auto",
                        skip: Sequence[str] = ()) -> dict[str, Any]:
   """Writes `workdir` (config.json + checkpoints/0) from `source`; returns the checkpoint meta.
 
-  Raises ValueError naming every variable whose name or shape does not fit `config`'s model.
+  Args:
+    source: a `.safetensors`, `.npz` or PyTorch checkpoint file (`read_state_dict`).
+    workdir: the workdir to write.
+    config: the simlap config whose model the source fills; written as config.json.
+    fmt: "auto" or one of `torch_names.FORMATS`.
+    skip: source name prefixes to drop on purpose.
+
+  Returns:
+    {"step": 0, "seed", "converted_from": the source's path, "converted": module names}.
+
+  Raises:
+    KeyError naming the source tensors no rule maps; ValueError naming every model variable
+    the source lacks, has in excess or shapes differently.
   """
   config_schema.validate(config)
   sd = read_state_dict(source)

@@ -115,7 +115,17 @@ def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) 
 
 def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, devices: list,
                  global_batch: int, num_train: int | None = None) -> Row:
-  """Lowers and compiles the train step of `config` at `global_batch` for `tpu`."""
+  """Lowers and compiles the train step of `config` at `global_batch` for `tpu`.
+
+  Args:
+    config: the run's config (copied; its batch size and conv_impl are replaced).
+    tpu: the slice (`topology.parse_slice`); devices: its compile-only devices.
+    global_batch: the global batch to compile for.
+    num_train: the train split's size when simlap/data/split_sizes.py lacks it.
+
+  Returns:
+    The `Row`; a compile that runs out of memory is a row with `fits` False, not an error.
+  """
   from simlap import config_schema  # noqa: PLC0415
   from simlap.runtime import sharding  # noqa: PLC0415
   from simlap.training import loop as train  # noqa: PLC0415
