@@ -2,8 +2,9 @@
 
 These are the only defaults: code reads a field without a fallback, so a missing one fails
 loudly. Config files (configs/*.py) start from `base_config()`; `apply_method` turns one config
-into each method of a fair comparison (only the objective and gate differ); `validate` checks a
-whole config before any data or model is touched. Derived values are computed in code.
+into each method of a fair comparison (only the fields that define the method change);
+`validate` checks a whole config before any data or model is touched. Derived values are
+computed in code, never stored in the config.
 """
 from __future__ import annotations
 
@@ -215,8 +216,8 @@ def _build(tree: dict[str, Any]) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field at its default: where each configs/*.py starts, and what an old
-  config.json is merged onto (fields it lacks keep these defaults)."""
+  """Every field at its default: where each configs/*.py starts, and what a saved
+  config.json is merged onto (a field it lacks keeps its default)."""
   return _build(_schema())
 
 

@@ -4,18 +4,8 @@
     python -m simlap.convert --source=resnet18.safetensors --workdir=runs/from_timm \
         --config=configs/cifar10.py [--config.model.output_stride=8 ...] [--skip=fc.]
 
-Sources (`interop/torch_names.py` has every rule): a timm or torchvision ResNet state dict, the
-authors' whole SimLAP model (vitookit / FastSSL: `backbone.`, `projector.`, `filter.`,
-`cls_head.`, `scale_logit`), or a MoCo-v3 ViT (`base_encoder.`; skip its `head.`,
-`predictor.` and `momentum_encoder.`). `.safetensors` and `.npz` are read with NumPy alone; `.pth`,
-`.pth.tar` and `.pt` need torch, which simlap does not depend on.
-
-The workdir gets config.json (the --config given) and checkpoints/0: a whole TrainState whose
-converted modules hold the source's tensors and whose other modules (say, the gate of a
-converted backbone) are freshly initialised from config.seed; the optimizer state is fresh.
-Its meta names the converted modules ("converted"), so init_from loads only those.
-A linear head trained without a BatchNorm (timm's `fc`, the authors' `cls_head`) becomes
-simlap's probe with running statistics that make its affine-free BatchNorm the identity.
+Flags only; the work happens in `simlap.interop.convert.convert_to_workdir` (sources, formats,
+what the workdir holds). A MoCo-v3 ViT checkpoint needs `--skip=head.,predictor.,momentum_encoder.`.
 """
 from __future__ import annotations
 

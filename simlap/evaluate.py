@@ -3,12 +3,9 @@
     python -m simlap.evaluate --workdir=runs/default [--step=S] [--out_dir=D] [--noplots]
         [--robustness [--corruptions=a,b] [--corruption_seed=0]] [--transfer=digits,...]
 
-Restores the checkpoint, scores kNN / linear probe / few-shot / analyses (`eval_workdir`), writes
-W/eval/{results.json, report.md, *.png} and prints one summary line and where those files are.
---robustness adds the ridge probe under common corruptions (simlap/evaluation/robustness.py),
---transfer kNN and few-shot on other datasets (simlap/evaluation/transfer_eval.py).
-With --step=S the files go to W/eval/step_<S>/ instead (where `simlap.compare --eval_fractions`
-keeps them), so W/eval/results.json stays the evaluation of the latest checkpoint.
+Flags only; `simlap.evaluation.run.evaluate_workdir` restores the checkpoint and writes
+W/eval/{results.json, report.md, *.png}; this prints the summary line and those paths. With
+--step=S the files go to W/eval/step_<S>/, so W/eval/ always holds the latest checkpoint's.
 """
 from __future__ import annotations
 

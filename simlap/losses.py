@@ -1,21 +1,10 @@
-"""SimLAP losses in pure JAX: subspace-masked multi-positive NT-Xent, plus SimCLR and SupCon.
+"""SimLAP losses in pure JAX: subspace-masked multi-positive NT-Xent, its baselines and ablations.
 
-This module imports only jax and the standard library, so other projects can copy or import it.
-
-Notation (docs/method.md, "The loss"): anchors z (B, D) of view 1, keys k (N, D)
-of view 2 over the *global* batch, gates g (B, D) in [0, 1] for each anchor's class pair,
-anchor labels y1 (B,), pair labels y2 (B,), key labels yk (N,), scale s = 1 / temperature.
-
-  positives  P[b, n] = (yk[n] == y2[b])
-  excluded   X[b, n] = P[b, n] or (yk[n] == y1[b])     (same-class keys: neither pos nor neg)
-  loss[b, p] = log(exp(l[b, p]) + sum_{n not in X_b} exp(l[b, n])) - l[b, p]
-             = softplus(lse_neg[b] - l[b, p])
-
-Written on global arrays under `jax.jit`, XLA inserts the all-gather of keys across devices and
-the gradient through it is exact. `simlap_loss` computes its gradient in the same sweep as the
-loss (a `jax.custom_vjp` whose forward pass also produces the input gradients), so nothing of
-size B x N outlives the forward pass; `simlap_loss_reference` is the plain autodiff form the tests
-compare against.
+Imports only jax and the standard library, so other projects can copy or import this file.
+Notation: anchors (B, D) of view 1, keys (N, D) of view 2 over the *global* batch, gates (B, D)
+in [0, 1], labels y1, y2 (B,) and yk (N,), scale s = 1 / temperature (docs/method.md, "The
+loss"). Called on global arrays under `jax.jit`, XLA inserts the all-gather of the keys across
+devices and the gradient through it is exact.
 """
 from __future__ import annotations
 
@@ -80,7 +69,7 @@ def _compute_dtype(*xs: Array) -> jnp.dtype:
 def l2_normalize(x: Array, eps: float = _EPS) -> Array:
   """Row-wise L2 normalisation of (..., D), in at least float32; all-zero rows stay zero.
 
-  The one jax L2-normalisation of the project (losses, evaluators and features use it).
+  The one jax L2-normalisation of the project (the losses and simlap.evaluation use it).
   """
   x = jnp.asarray(x, _compute_dtype(jnp.asarray(x)))
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
@@ -356,6 +345,16 @@ def simlap_loss(anchors: Array, keys: Array, gates: Array, anchor_labels: Array,
                 chunk_size: int | None = None) -> Array:
   """Subspace-masked multi-positive NT-Xent (SimLAP).
 
+  With logits l = scale * `subspace_logits` and, for anchor b and key n,
+
+    positives  P[b, n] = (yk[n] == y2[b])
+    excluded   X[b, n] = P[b, n] or (yk[n] == y1[b])     (same-class keys: neither pos nor neg)
+    loss[b, p] = log(exp(l[b, p]) + sum_{n not in X_b} exp(l[b, n])) - l[b, p]
+               = softplus(lse_neg[b] - l[b, p])
+
+  The gradient is computed in the same sweep as the loss (a `jax.custom_vjp` whose forward pass
+  also yields the input gradients), so nothing of size B x N outlives the forward pass.
+
   Args:
     anchors: (B, D) anchor embeddings (view 1). Any float dtype; computed in at least float32.
     keys: (N, D) key embeddings (view 2) over the global batch.
@@ -370,8 +369,7 @@ def simlap_loss(anchors: Array, keys: Array, gates: Array, anchor_labels: Array,
     chunk_size: process anchors this many rows at a time (temporaries O(chunk_size * N)); None
       or 0 processes all rows at once.
   Returns:
-    scalar loss, float32 (float64 for float64 inputs). Its gradient is computed in the forward
-    sweep (see module docstring).
+    scalar loss, float32 (float64 for float64 inputs).
   """
   _validate(anchors, keys, gates, anchor_labels, pair_labels, key_labels, variant, reduction)
   # Cast outside the custom_vjp: its cotangents then match the caller's dtypes automatically.
@@ -508,8 +506,8 @@ def _cholesky_lower(gram: Array) -> Array:
   """Lower Cholesky factor of each (r, r) matrix of (B, r, r), one column per loop step.
 
   Plain XLA ops (matmuls and selects) rather than `jnp.linalg.cholesky`: on XLA:CPU that is a
-  LAPACK custom call, and inside a batch-sharded step over several devices those calls have
-  deadlocked against the step's collectives. r is small, so r steps of O(B r^2) cost nothing.
+  LAPACK custom call, and inside a batch-sharded step over several devices those calls can
+  deadlock against the step's collectives. r is small, so r steps of O(B r^2) cost nothing.
   """
   r = gram.shape[-1]
   rows = jnp.arange(r)

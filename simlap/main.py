@@ -1,15 +1,11 @@
 """Entry point: `python -m simlap.main --config=configs/default.py --workdir=runs/x`.
 
 Flags only; the work happens in `simlap.training.loop.train_and_evaluate`. Config overrides use
-ml_collections syntax: `--config=configs/in1k.py:smoke --config.batch_size=512`;
-`--config_help` lists every field with its default. Multi-process flags: runtime/distributed.py.
-
-Errors end the run with one line, `simlap.main: error: ...`, status 2 for bad input (config,
-flags, workdir, data) and 1 for run-time faults (a failed save, NaN); the traceback is in
-W/logs/simlap.<process>.log (simlap/runtime/errors.py). One run at a time owns a workdir (process 0
-holds its lease, simlap/runtime/lease.py). A process that fails in a multi-process job exits at once
-(`distributed.exit_now`), so its peers' collectives fail and the whole job stops within seconds;
-a hung or killed one is declared dead after --heartbeat_timeout_seconds (docs/reliability.md).
+ml_collections syntax (`--config=configs/in1k.py:smoke --config.batch_size=512`); `--config_help`
+lists every field. Errors end the run with one line, status 2 for bad input, 1 for run-time
+faults (simlap/runtime/errors.py). Process 0 holds the workdir's lease (simlap/runtime/lease.py);
+a process that fails in a multi-process job exits at once (`distributed.exit_now`) so that its
+peers stop too (docs/reliability.md).
 """
 from __future__ import annotations
 import json

@@ -2,12 +2,10 @@
 silhouettes in 10 classes of 1,000 (MIT licence, Sina Mohammadi 2025), from the PyPI wheel
 `animal-mnist` (pinned in setup.py).
 
-The wheel ships the arrays as two gzipped pickles (images uint8 (10000, 28, 28), labels int64
-(10000,), sorted by class). They are read here directly, with an unpickler that accepts only
-ndarrays; the wheel's own loader module imports TensorFlow's Keras datasets and is never used.
-The labels are integers: the class names are the wheel's description's list, alphabetical, and
-were checked against a grid of each class's images (0 bears ... 9 zebras). No split ships:
-`array_builder.split_indices` makes a stratified 8,000 / 2,000 one, duplicates kept together.
+The wheel's two gzipped pickles (images uint8 (10000, 28, 28), labels int64 (10000,), sorted by
+class) are read directly, with an unpickler that accepts only ndarrays; the wheel's own loader
+imports TensorFlow's Keras datasets. Class names: the wheel description's list, alphabetical.
+No split ships: `array_builder.split_indices` makes a stratified 8,000 / 2,000 one.
 """
 from __future__ import annotations
 import gzip

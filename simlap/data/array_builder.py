@@ -1,17 +1,9 @@
 """Offline TFDS builders for small labelled image sets held as arrays, and their train/test split.
 
-The transfer targets that ship inside Python packages (Animal-MNIST, scikit-learn's digits)
-come as one array of images and one of labels, with no split. `split_indices` fixes one:
-
-- stratified: each class puts round(test_fraction * its size) images in test;
-- by content, not by position or RNG stream: a class's distinct images are ranked by
-  SHA-256(SPLIT_SALT + image bytes) and test takes them in that order, so the split is the same
-  on every machine, NumPy version and file order;
-- identical images stay together (Animal-MNIST has 284 pairs of byte-identical images): a
-  duplicate in both splits would let kNN "recognise" a test image it has stored.
-
-A builder subclass supplies `read_source()`; the base writes the two splits, each example with
-its index in the source arrays (`id`), so provenance and disjointness can be checked.
+The transfer targets that ship inside Python packages (Animal-MNIST, scikit-learn's digits) come
+as one array of images and one of labels, with no split; `split_indices` fixes one, the same on
+every machine. A builder subclass supplies `read_source()`; the base writes the two splits, each
+example with its index in the source arrays (`id`), so provenance and disjointness can be checked.
 """
 from __future__ import annotations
 import abc
@@ -27,7 +19,15 @@ TEST_FRACTION = 0.2
 def split_indices(images: np.ndarray, labels: np.ndarray, test_fraction: float = TEST_FRACTION
                   ) -> dict[str, np.ndarray]:
   """{"train", "test"}: sorted int64 indices into `images` (N, ...) / `labels` (N,), disjoint,
-  covering all N; see the module docstring for the rule."""
+  covering all N.
+
+  - stratified: each class puts round(test_fraction * its size) images in test;
+  - by content, not by position or RNG stream: a class's distinct images are ranked by
+    SHA-256(SPLIT_SALT + image bytes) and test takes them in that order, so the split is the
+    same on every machine, NumPy version and file order;
+  - identical images stay together: a duplicate in both splits would let kNN "recognise" a test
+    image it has stored.
+  """
   keys = [hashlib.sha256(SPLIT_SALT + image.tobytes()).digest() for image in images]
   test: list[int] = []
   for c in np.unique(labels):

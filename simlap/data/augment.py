@@ -2,13 +2,10 @@
 
 Every random choice is a `tf.random.stateless_*` op seeded from the caller's seed (shape [2],
 int64), so a view depends only on (image, seed) and a resumed run reproduces its augmentations.
-A view is made in two stages, so that the pixel-heavy colour work runs on whole batches:
-`first_stage` per image (random resized crop, decoding only the crop window of JPEG bytes; flip;
-RandAugment; the draw of every later choice, `sample_params`), then `second_stage` per batch
-(colour jitter, grayscale, blur, solarize, each image with its own parameters). Views are float32
-(size, size, C) in [0, 1]; for C = 1 the colour-only ops are skipped (identities on gray). The
-view fields are described in config_schema.py; where the ops depart from torchvision's and
-SimCLR's: docs/method.md, "Augmentations". RandAugment is in `randaugment.py`.
+A view is made in two stages so that the pixel-heavy colour work runs on whole batches:
+`first_stage` per image (crop, flip, RandAugment, the draw of every later choice), then
+`second_stage` per batch (colour jitter, grayscale, blur, solarize). Views are float32
+(size, size, C) in [0, 1]. Departures from torchvision and SimCLR: docs/method.md, "Augmentations".
 """
 from __future__ import annotations
 from collections.abc import Mapping
@@ -185,7 +182,8 @@ def second_stage(batch: Mapping[str, tf.Tensor], view: Mapping[str, Any]) -> tf.
   """Colour jitter -> grayscale -> blur -> solarize on float (B, H, W, C) `batch["image"]`.
 
   `batch` also holds each image's `sample_params` and its mean colour `mean` (B, C). Ops with
-  probability 0 in `view` are not built at all. Returns float32 (B, H, W, C) in [0, 1].
+  probability 0 in `view` are not built at all, nor, for C = 1, saturation, hue and grayscale
+  (identities on gray). Returns float32 (B, H, W, C) in [0, 1].
   """
   x = batch["image"]
   jitter, gray = view["jitter_prob"] > 0, view["grayscale_prob"] > 0

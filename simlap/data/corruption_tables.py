@@ -52,7 +52,7 @@ TABLES = {
                    IMAGENET: (0.1, 0.2, 0.3, 0.4, 0.5)},                    # added to HSV value
     "contrast": {CIFAR: (0.75, 0.5, 0.4, 0.3, 0.15),
                  IMAGENET: (0.4, 0.3, 0.2, 0.1, 0.05)},                     # kept fraction
-    # (alpha, sigma, affine jitter) as fractions of the scale (module docstring)
+    # (alpha, sigma, affine jitter) as fractions of the image scale (corruption_ops, elastic)
     "elastic_transform": {CIFAR: ((0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06),
                                   (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)),
                           IMAGENET: ((2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02),

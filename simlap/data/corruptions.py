@@ -1,16 +1,11 @@
 """ImageNet-C / CIFAR-10-C common corruptions (Hendrycks & Dietterich, ICLR 2019) in NumPy.
 
-A re-implementation of github.com/hendrycks/robustness with NumPy, scipy.ndimage and Pillow only:
-14 of the 15 corruptions (`CORRUPTIONS`; frost, `MISSING`, needs the authors' photographs).
-Images whose longer side is <= `SMALL_IMAGE_MAX_SIDE` get the CIFAR-10-C constants, larger ones
-ImageNet-C's. docs/method.md ("Corruptions") gives the sources, where this departs from the
-reference and how it was checked against it (scripts/check_corruptions_reference.py).
-
-Invariants: images are uint8 (H, W, C), C in {1, 3}, and the output has the input's shape and
-dtype; severity 0 is the identity, 1-5 index the tables; randomness comes from a NumPy Generator
-seeded with (seed, crc32(name), severity, image index) (`image_rng`), so a fixed seed gives fixed
-bytes for any batching. This module is the API (checks, seeding, batching, the picture); the
-constants are in `corruption_tables`, the pixel operations in `corruption_ops`.
+A re-implementation of github.com/hendrycks/robustness with NumPy, scipy.ndimage and Pillow: 14
+of the 15 corruptions (`CORRUPTIONS`; frost, `MISSING`, needs the authors' photographs); sources
+and departures: docs/method.md, "Corruptions". Invariants: images are uint8 (H, W, C), C in
+{1, 3}, the output has the input's shape and dtype, severity 0 is the identity, and the random
+stream is seeded by (seed, corruption, severity, image index) (`image_rng`), so a seed gives
+fixed bytes for any batching. Constants: `corruption_tables`; pixel operations: `corruption_ops`.
 """
 from __future__ import annotations
 import zlib

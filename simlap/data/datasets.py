@@ -23,7 +23,7 @@ from simlap.data import fashion_mnist
 # TensorFlow only feeds the host pipeline; it must never take GPU memory away from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-IN_MEMORY_MAX_BYTES = 1 << 30  # larger splits are streamed (see train_stream's docstring)
+IN_MEMORY_MAX_BYTES = 1 << 30  # larger splits are streamed (`train_stream.reader`)
 ConfigDict = ml_collections.ConfigDict
 
 

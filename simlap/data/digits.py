@@ -1,13 +1,11 @@
 """Offline TFDS builder `digits_local`: scikit-learn's bundled digits, 1,797 8x8 grayscale
 handwritten digits in 10 classes (the test set of UCI's Optical Recognition of Handwritten
-Digits, E. Alpaydin and C. Kaynak 1998), from the `scikit-learn` wheel (BSD-3-Clause, pinned
-in setup.py).
+Digits, E. Alpaydin and C. Kaynak 1998), from the `scikit-learn` wheel (BSD-3-Clause, pinned).
 
-The file `sklearn/datasets/data/digits.csv.gz` is read directly (65 integer columns a row: 64
-pixels in 0..16 row by row, then the digit), as `sklearn.datasets.load_digits` reads it, but
-without importing scikit-learn (docs/datasets.md times that import). Pixels are scaled to
-uint8 0..255 by round(v * 255 / 16), so 16 (all 16 source pixels of the 4x4 block on) is 255.
-No split ships: `array_builder.split_indices` makes a stratified 1,438 / 359 one.
+`sklearn/datasets/data/digits.csv.gz` is read directly (65 integer columns a row: 64 pixels in
+0..16 row by row, then the digit), as `load_digits` reads it but without importing scikit-learn.
+Pixels are scaled to uint8 by round(v * 255 / 16). No split ships:
+`array_builder.split_indices` makes a stratified 1,438 / 359 one.
 """
 from __future__ import annotations
 import gzip

@@ -1,13 +1,9 @@
 """Offline TFDS builder for the embedded default dataset, Fashion-MNIST.
 
 TFDS's own `fashion_mnist` builder downloads the IDX files and checks their checksums; Debian's
-`dataset-fashion-mnist` package re-compressed them, so the checksums differ and that builder
-refuses them. This builder reads the same IDX files from a local directory instead and never
-touches the network. Preparation writes ~70k PNG-encoded 28x28x1 examples once into the TFDS
-data dir (a few seconds); after that the dataset loads like any other TFDS dataset.
-
-Source directory, first that is set: the `source_dir` argument (config.dataset.source_dir),
-$SIMLAP_FASHION_MNIST_DIR, /usr/share/datasets/fashion-mnist.
+`dataset-fashion-mnist` package re-compressed them, so that builder refuses them. This one reads
+the same IDX files from a local directory (`resolve_source_dir`) and never touches the network;
+preparation writes the 70,000 PNG-encoded 28x28x1 examples once into the TFDS data dir.
 """
 from __future__ import annotations
 import gzip
@@ -38,7 +34,8 @@ _IDX_MAGIC = {"images": 2051, "labels": 2049}
 
 
 def resolve_source_dir(source_dir: str | None = None) -> str:
-  """The directory holding the four IDX .gz files (see the module docstring for the order)."""
+  """The directory holding the four IDX .gz files, the first that is set of: `source_dir`
+  (config.dataset.source_dir), $SIMLAP_FASHION_MNIST_DIR, /usr/share/datasets/fashion-mnist."""
   return source_dir or os.environ.get(SOURCE_DIR_ENV) or DEFAULT_SOURCE_DIR
 
 

@@ -1,11 +1,10 @@
 """Data files shipped inside installed Python distributions, found and checked without importing
 the distribution (importlib.metadata), and pickled NumPy arrays read without running code.
 
-Transfer targets such as Animal-MNIST and scikit-learn's digits ship their images inside a wheel.
-Importing the package to find them would pull its dependencies (Animal-MNIST's loader imports
-TensorFlow's Keras datasets; `sklearn.datasets` takes ~1.6 s), so the files are located through
-the distribution's RECORD and checked against a pinned SHA-256: a different package version with
-different data fails here, naming the file, instead of silently changing the numbers.
+Importing a package to find its data would pull in its dependencies (Animal-MNIST's loader
+imports TensorFlow's Keras datasets; `sklearn.datasets` is slow to import), so files are located
+through the distribution's RECORD and checked against a pinned SHA-256: another package version
+with other data fails here, naming the file, instead of silently changing the numbers.
 """
 from __future__ import annotations
 import base64

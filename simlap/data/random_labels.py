@@ -1,14 +1,11 @@
 """The random-label control: a fixed random relabelling of the train split, class sizes kept.
 
-    new_label[i] = label[pi(i)],   pi = argsort(h(seed, j) for j in 0..n-1)
+    new_label[i] = label[pi(i)],   pi = `permutation`(seed, n)
 
-over the global example index i of `config.dataset.train_split` (the order TFDS reads it in,
-without shuffling). pi is a permutation, so every class keeps exactly its size; h is SplitMix64
-on (seed, tag, j) in NumPy's wrapping uint64 arithmetic, so the table depends on the config
-seed and the split's labels only: not on the process count, on NumPy's random streams, or on
-the step a run resumes from. Every process builds the same whole-split table and takes its
-own slice (`process_labels`), which is why the relabelling happens here, on the loaded arrays
-before the stream is built, and not in the jitted step (which never sees example indices).
+over the global example index i of `config.dataset.train_split` (TFDS's unshuffled order). The
+table depends on the config seed and the split's labels only, not on the process count, NumPy's
+random streams or the resume step. Every process builds the whole table and takes its own slice
+(`process_labels`), which is why this runs on the loaded arrays, not in the jitted step.
 """
 from __future__ import annotations
 from typing import Any
@@ -31,7 +28,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def permutation(seed: int, n: int) -> np.ndarray:
-  """(n,) int64 permutation of range(n), a pure function of (seed, n)."""
+  """(n,) int64 permutation of range(n), a pure function of (seed, n): argsort of h(seed, j),
+  h SplitMix64 on (seed, tag, j) in NumPy's wrapping uint64 arithmetic."""
   with np.errstate(over="ignore"):
     base = _splitmix64(np.asarray([(int(seed) << 32) ^ _TAG], np.uint64))[0]
     keys = _splitmix64(np.arange(n, dtype=np.uint64) ^ base)

@@ -1,18 +1,11 @@
 """Eval batches of images the run was not trained on: its eval split under a corruption
 (robustness) or another dataset converted to its input (transfer).
 
-`SourceEvalIterator` keeps `eval_stream.EvalIterator`'s contract (each process reads its
-contiguous slice, every example once, padded to whole global batches with `mask` False, the
-same number of batches on every process), over a tf.data source of fixed-size uint8 images,
-with an optional NumPy hook on each uint8 batch before the eval transform: the corruption.
-The hook is told the split position of the batch's first row, so a corruption's random stream
-depends on the image's position in the split, never on the batching or the process count.
-
-Where a split is corrupted (`split_source`): fixed-size images (Fashion-MNIST, CIFAR) as
-stored, as CIFAR-10-C corrupts CIFAR-10's 32-px images; images of varying size (ImageNet)
-after the run's eval view (resize and centre crop to the input size, rounded to uint8), as
-ImageNet-C corrupts the 224-px centre crops. The eval transform after the hook is then the
-run's own for fixed-size images, and only a resize (crop fraction 1) otherwise.
+`SourceEvalIterator` keeps `eval_stream.EvalIterator`'s contract (each process its contiguous
+slice, every example once, padded to whole global batches with `mask` False, as many batches on
+every process) over a tf.data source of fixed-size uint8 images, with an optional NumPy hook on
+each uint8 batch before the eval transform: the corruption. The hook is told the split position
+of the batch's first row, so a corruption never depends on the batching or the process count.
 """
 from __future__ import annotations
 from collections.abc import Callable, Iterator
@@ -110,8 +103,15 @@ def split_source(config: ConfigDict, split: str, *,
                  builder: tfds.core.DatasetBuilder | None = None,
                  resized_by_builder: bool = False) -> Source:
   """`split` of the configured dataset (or of `builder`, with the config's feature keys) as
-  uint8 images ready for a corruption (module docstring). `resized_by_builder`: the stored
-  images already are the eval crop (imagenet2012_corrupted), so only a resize follows."""
+  uint8 images ready for a corruption. `resized_by_builder`: the stored images already are the
+  eval crop (imagenet2012_corrupted), so only a resize follows.
+
+  Fixed-size images (Fashion-MNIST, CIFAR) are corrupted as stored, as CIFAR-10-C corrupts
+  CIFAR-10's 32-px images; images of varying size (ImageNet) after the run's eval view (resize
+  and centre crop to the input size, rounded to uint8), as ImageNet-C corrupts the 224-px centre
+  crops. The eval transform after the hook is then the run's own for fixed-size images, and
+  only a resize (crop fraction 1) otherwise.
+  """
   d = config.dataset
   builder = builder or datasets.prepared_builder(config)
   local_split, sizes = _slices(builder, split)

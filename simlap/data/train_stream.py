@@ -1,15 +1,11 @@
 """Training batches: TFDS -> tf.data -> two augmented views per image -> global jax.Arrays.
 
-Each process reads only its own slice of a split (`tfds.split_for_jax_process`), builds its
-local rows with tf.data, and `jax.make_array_from_process_local_data` assembles the global batch
-sharded over the mesh's batch axis. Invariant: the stream is a pure function of (seed, step), so
-`start_step=s` yields the batches an uninterrupted run yields from s on. Order: stream position p
-is example perm_e[p % n] of epoch e = p // n, perm_e a `RandomIndexShuffle` keyed by (seed, e)
-for in-memory and ArrayRecord splits (read by index: free resume), or a shuffle buffer seeded by
-(seed, e) for a TFRecord stream (`epochs_overlapped`; resume re-reads at most the current
-epoch's records). Row r of step s draws its augmentation from a seed folded from (seed, s, r),
-so `repeats` copies of an image get independent views. Streamed splits send uint8 views (the
-step converts them), in-memory ones float32. docs/performance.md, "Input pipeline".
+Each process reads only its slice of a split (`tfds.split_for_jax_process`), and
+`jax.make_array_from_process_local_data` assembles the global batch. Invariant: the stream is a
+pure function of (seed, step), so `start_step=s` yields what an uninterrupted run yields from s
+on: position p is example perm_e[p % n] of epoch e = p // n, perm_e keyed by (seed, e) (an index
+shuffle, or a seeded shuffle buffer for a TFRecord stream), and row r of step s augments with a
+seed folded from (seed, s, r). docs/performance.md, "Input pipeline".
 """
 from __future__ import annotations
 from collections.abc import Iterator
@@ -256,7 +252,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
     for name, v in (("view1", views[0]), ("view2", views[1])):
       batch[name] = augment.second_stage(batch[name], v)
-      if uint8:  # [0, 1] -> {0, ..., 255}; the step maps it back (train_step.float_views)
+      if uint8:  # [0, 1] -> {0, ..., 255}; the step maps it back (training.step.float_views)
         batch[name] = tf.cast(tf.round(batch[name] * 255), tf.uint8)
     return batch
 
@@ -269,7 +265,7 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
 def pipeline_options(threads: int | None = None) -> tf.data.Options:
   """big_vision's tf.data options: a private thread pool for this pipeline (not TF's global
   inter-op pool) and single-threaded ops inside it, so parallelism comes from tf.data's
-  parallel maps and not from ops oversubscribing the cores (measured: docs/performance.md)."""
+  parallel maps and not from ops oversubscribing the cores (docs/performance.md)."""
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = threads or os.cpu_count()

@@ -1,9 +1,7 @@
-"""Evaluation at pod scale: a feature bank sharded by rows over the mesh, and the kNN, linear
-probe and few-shot ridge probe that run on it without ever gathering it whole.
+"""Evaluation of frozen features, at pod scale.
 
-  bank.py      frozen features of a split as row-sharded global arrays (`Bank`)
-  knn.py       local top-k per device, then a merge of the devices' candidates
-  probes.py    data-parallel linear probe; few-shot ridge moving only the sampled rows
-  progress.py  console progress with an ETA, and a stop check between blocks
-  online.py    the periodic evaluation of the training loop
+bank.py holds a split's features as a row-sharded `Bank`; knn.py and probes.py score it without
+ever gathering it whole, to the protocols of array_eval.py (whole arrays). online.py is the
+training loop's periodic evaluation, run.py a workdir's full one. Nothing here imports training/
+except training.state (the state's layout).
 """

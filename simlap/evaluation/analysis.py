@@ -1,16 +1,11 @@
 """Analyses of a trained model as numbers (pictures in `evaluation.plots`, from the same data).
 
-Answers the paper's open questions (docs/method.md, "Analyses"):
-  gates        are they binary switches or a smooth scaling?  `gate_statistics`
-  pair sizes   do similar class pairs get larger subspaces?    `pair_size_by_group`
-  relations    do gate similarities recover known class groups better than class-mean
-               embeddings?                                     `group_recovery`
-  collapse     how many dimensions are used?                   `geometry.effective_rank`
-  separation   intra- vs inter-class cosine, as an AUROC       `geometry.intra_inter_similarity`
-and `analyze` gathers all of them into one JSON-serialisable dict (+ optional PNGs).
-
-Host-side numpy on small objects (C x C, D x D, sampled pairs): pass numpy arrays or fully
-addressable jax.Arrays. matplotlib is imported only when `analyze` is asked for PNGs.
+The paper's open questions (docs/method.md, "Analyses"): are gates binary switches or a smooth
+scaling (`gate_statistics`); do similar class pairs get larger subspaces (`pair_size_by_group`);
+do gate similarities recover known class groups better than class-mean embeddings
+(`group_recovery`); plus collapse and separation (`evaluation.geometry`). `analyze` gathers them
+into one JSON-serialisable dict. Host-side numpy on small objects (C x C, D x D, sampled pairs);
+matplotlib is imported only when PNGs are asked for.
 """
 from __future__ import annotations
 from collections.abc import Mapping, Sequence
@@ -211,7 +206,7 @@ def analyze(features: Mapping[str, ArrayLike], labels: ArrayLike, *, num_classes
     pair_sizes: optional (C, C) Σ_d g(i, j).
     gated_features: which `features` entry the gates act on (its D must match the gates').
     class_names: optional C names for the heatmaps.
-    groups: optional known class groups (e.g. FASHION_MNIST_GROUPS).
+    groups: optional known class groups (e.g. `data.fashion_mnist.GROUPS`).
     k: neighbour count for `group_recovery` (None: group size - 1).
     num_pairs, seed: pair sampling for the intra/inter similarities.
     out_dir: if given, PNGs are written there and their file names listed under "plots".

@@ -1,21 +1,11 @@
-"""Frozen-feature evaluators: kNN, linear probe, few-shot ridge probe, mean ± std.
+"""Frozen-feature evaluators on whole arrays: kNN, linear probe, few-shot ridge probe, mean ± std.
 
-Every evaluator takes arrays of features and labels (plain numpy, or global `jax.Array`s
-sharded over a mesh) and returns plain Python numbers, so results go straight into
-`results.json`. Pure array code: besides jax, numpy and optax it imports only the jax-only
-`simlap.losses` (for `l2_normalize`), so it sits at the bottom of the import graph.
-Protocols (docs/method.md, "Evaluation protocols"):
-
-  kNN          cosine similarity of L2-normalised features, top-k neighbours, votes weighted
-               exp(sim / T), T = 0.07 (InstDisc / DINO); k in {10, 20, 50}.
-  linear probe softmax regression on L2-normalised, train-standardised features, AdamW with a
-               cosine schedule, fixed epochs; the hyper-parameters are returned with the score.
-  few-shot     closed-form ridge on L2-normalised features + bias, one-hot targets, λ = 1e-3,
-               `shots` balanced examples per class, several seeds, mean ± std.
-
-Padding: feature extraction pads the last batch so it splits over devices. Pass `train_mask` /
-`test_mask` (bool, True = real row) instead of slicing, so sharded arrays stay sharded.
-Everything reduces in float32 with HIGHEST matmul precision (TPUs default to bf16 passes).
+Each takes features and labels (numpy, or global `jax.Array`s sharded over a mesh), returns plain
+Python numbers for results.json and states its protocol in its docstring (docs/method.md,
+"Evaluation protocols"). Besides jax, numpy and optax this imports only the jax-only
+`simlap.losses`. Padded rows are masked (`train_mask` / `test_mask`, True = real row), never
+sliced off, so sharded arrays stay sharded. Everything reduces in float32 with HIGHEST matmul
+precision (TPUs default to bf16 passes).
 """
 from __future__ import annotations
 from collections.abc import Sequence
@@ -118,7 +108,9 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
                  temperature: float = 0.07, chunk_size: int = 256,
                  train_mask: ArrayLike | None = None,
                  test_mask: ArrayLike | None = None) -> dict[int, float]:
-  """kNN top-1 accuracy per k over the unmasked test rows: {k: accuracy in [0, 1]}."""
+  """kNN top-1 accuracy per k over the unmasked test rows: {k: accuracy in [0, 1]}.
+
+  Arguments as `knn_classify`'s, plus test_labels (M,) int and test_mask (M,) bool."""
   preds = knn_classify(train_feats, train_labels, test_feats, num_classes=num_classes, ks=ks,
                        temperature=temperature, chunk_size=chunk_size, train_mask=train_mask)
   labels = jnp.asarray(test_labels, jnp.int32)
@@ -297,7 +289,8 @@ def few_shot_ridge(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: 
                    shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
                    lam: float = 1e-3, train_mask: ArrayLike | None = None,
                    test_mask: ArrayLike | None = None) -> dict[str, Any]:
-  """Few-shot closed-form ridge probe, mean ± std over seeds.
+  """Few-shot probe: closed-form ridge on L2-normalised features + bias against one-hot targets,
+  fitted on `shots` balanced examples per class; mean ± std over seeds.
 
   Args:
     train_feats: (N, D) pool the shots are drawn from; train_labels: (N,) ints (read on host).

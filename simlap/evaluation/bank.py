@@ -1,17 +1,11 @@
 """The feature bank: frozen features of a whole split as global arrays split by rows.
 
-Each device keeps its own rows of every eval batch, written into a preallocated, donated buffer:
-a device holds N_pad / devices rows of each column (N·F·4 / devices bytes of features, ~164 MB
-for ResNet-50 on ImageNet-1k over 64 chips), and the bank is never replicated, concatenated or
-copied to a host. Row order is device-major (device d's shard = its slices of batch 0, 1, ...),
-so every column also carries "index": the example's position in the split (-1 on padding rows,
-which also carry "mask" False). Invariant: on each device the real rows ascend in "index" (a
-process's slice is contiguous and read in order), which the kNN's tie rule relies on.
-Evaluators use "index" wherever order matters (kNN ties, few-shot draws, probe minibatches):
-results do not depend on the device or process count.
-
-Every jitted function here is built once per (model, mesh, shape) and cached at module level,
-so the periodic evaluations of a run compile once.
+Each device writes its own rows of every eval batch into a preallocated, donated buffer, so it
+holds N_pad / devices rows and the bank is never replicated, concatenated or copied to a host.
+Rows are device-major, so every column carries "index", the position in the split (-1 on padding,
+whose "mask" is False); on each device the real rows ascend in it, and evaluators order by it
+(kNN ties, few-shot draws, probe minibatches): results do not depend on the device or process
+count. Jitted functions are cached per (model, mesh, shape), so a run's evaluations compile once.
 """
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
-"""Distributed weighted kNN over a row-sharded bank (protocol: simlap/evaluation/array_eval.py).
+"""Distributed weighted kNN over a row-sharded bank (protocol: `array_eval.knn_classify`).
 
-Per query block (Q queries, replicated): every device scores the block against its own bank
-rows and keeps a local top-k; the devices' k candidates (Q, devices·k, tiny) are all-gathered
-and merged into the global top-k; the votes are then exactly those of the single-device kNN.
-No device ever holds more than its own rows of the bank, and the (Q, N) similarity is never
-formed (peak per device: Q × N/devices × 4 bytes).
-
-Tie rule: equal similarities go to the neighbour with the lower position in the split (the
-bank's "index" column), which is what `lax.top_k` does on a bank in split order, so the
-predictions equal `evaluators.knn_classify`'s whatever the device or process count.
+Per query block (Q queries, replicated) every device scores the block against its own bank rows
+and keeps a local top-k; the devices' candidates (Q, devices·k) are all-gathered and merged into
+the global top-k, so the votes are exactly those of the single-device kNN, while no device holds
+more than its rows of the bank and the (Q, N) similarity is never formed. Ties go to the lower
+position in the split (the bank's "index"), as `lax.top_k` does on a bank in split order, so
+the predictions equal `array_eval.knn_classify`'s whatever the device or process count.
 """
 from __future__ import annotations
 
@@ -28,11 +25,11 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def default_precision(backend: str | None = None) -> jax.lax.Precision:
-  """HIGHEST on every backend: see docs/performance.md ("kNN precision") for the measurement.
+  """HIGHEST on every backend.
 
-  On CPU the default is float32 anyway (same numbers, same time); on TPU the default is one
-  bf16 pass, which changes neighbours (the numbers in docs/performance.md), and the similarity
-  matmul is a small part of an evaluation next to the feature extraction.
+  On CPU the default is float32 anyway; on TPU it is one bf16 pass, which changes neighbours
+  (docs/performance.md, "kNN precision"), and the similarity matmul is a small part of an
+  evaluation next to the feature extraction.
   """
   del backend
   return HIGHEST
@@ -74,7 +71,7 @@ def _block_fn(mesh: Mesh, q_local: int, num_classes: int, ks: tuple[int, ...],
     rows = jnp.arange(q.shape[0])[:, None]
     rank = jnp.arange(kk)
     preds = []
-    for k in ks:  # scatter-add votes, as in evaluators._knn_predict
+    for k in ks:  # scatter-add votes, as in array_eval._knn_predict
       votes = jnp.zeros((q.shape[0], num_classes), jnp.float32)
       votes = votes.at[rows, top_lab].add(jnp.where(rank < k, w, 0.0))
       preds.append(jnp.argmax(votes, axis=-1).astype(jnp.int32))
@@ -95,7 +92,7 @@ def knn_predict(bank: Bank, queries: Bank, *, num_classes: int,
 
   Args:
     bank, queries: row-sharded banks on the same mesh; `feature` names the column used.
-    num_classes, ks, temperature: the protocol (evaluators.knn_classify).
+    num_classes, ks, temperature: the protocol (`array_eval.knn_classify`).
     query_block: queries per block (rounded to a multiple of the device count); memory per
       device ~ query_block × N / devices × 4 bytes.
     precision: of the similarity matmul; None = `default_precision()`.

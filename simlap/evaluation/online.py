@@ -24,7 +24,13 @@ def _masked_accuracy(pred, labels, mask):
 
 def evaluate_online(config, model, state, mesh, num_classes: int, *,
                     should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
-  """{"eval/probe_accuracy", "eval/knn_accuracy"} on the test split (kNN k, T from config)."""
+  """{"eval/probe_accuracy", "eval/knn_accuracy"} on the test split (kNN k, T from config).
+
+  Args:
+    config, model, state, mesh: the run's config, model, train state and mesh.
+    num_classes: C.
+    should_stop: asked between blocks; raises `progress.Interrupted` when it says so.
+  """
   times = {}
   train = bank_lib.extract_bank(config, model, state, mesh, config.dataset.train_split,
                                 should_stop=should_stop, timings=times)

@@ -1,15 +1,11 @@
-"""Linear probe and few-shot ridge probe over a row-sharded bank (protocols: evaluators.py).
+"""Linear probe and few-shot ridge probe over a row-sharded bank (protocols: array_eval.py).
 
-Linear probe, data-parallel: every epoch draws one permutation of the split's positions (the
-same key as `evaluators.linear_probe`, so the same minibatches); each device computes the loss
-gradient over the minibatch rows it holds, and the gradients are summed over devices (psum).
-A device takes at most `cap` rows per step (its expected share plus a margin, so it computes
-~B/devices rows, not B); if a draw ever gives a device more, the probe is run again with cap = B
-and the same result. Nothing of size N × F leaves the devices.
-
-Few-shot: the draw is `evaluators.sample_few_shot` on the split-ordered labels (the same
-sample as before); only the drawn rows are moved (each one's owner contributes it, a psum of
-C·shots rows).
+Linear probe, data-parallel: each epoch draws the permutation `array_eval.linear_probe` draws
+(same key, same minibatches); each device computes the gradient over the minibatch rows it
+holds, summed over devices (psum). A device takes at most `cap` rows per step (its expected
+share plus a margin); if a draw ever gives one more, the probe reruns with cap = B, exactly.
+Few-shot: `array_eval.sample_few_shot` on the split-ordered labels; only the drawn rows move
+(each from its owner, a psum of C·shots rows). Nothing of size N × F leaves the devices.
 """
 from __future__ import annotations
 
@@ -106,7 +102,7 @@ def linear_probe(bank: Bank, test: Bank, *, num_classes: int, feature: str = "fe
                  epochs: int = 30, batch_size: int = 4096, lr: float = 1e-2,
                  weight_decay: float = 1e-4, standardize: bool = True, seed: int = 0
                  ) -> dict[str, Any]:
-  """`evaluators.linear_probe`'s protocol and result dict, trained data-parallel on `bank`."""
+  """`array_eval.linear_probe`'s protocol and result dict, trained data-parallel on `bank`."""
   mesh = bank.mesh
   devices = int(np.prod(list(mesh.shape.values())))
   n = bank.num_examples
@@ -152,8 +148,8 @@ def _take_fn(mesh: Mesh):
 def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "features",
                    shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
                    lam: float = 1e-3) -> dict[str, Any]:
-  """`evaluators.few_shot_ridge`'s protocol, draws and result dict, on a sharded bank."""
-  labels = bank.host("labels")  # (N,) in split order: the same draws as before
+  """`array_eval.few_shot_ridge`'s protocol, draws and result dict, on a sharded bank."""
+  labels = bank.host("labels")  # (N,) in split order: array_eval's draws on the same split
   pos_of = _positions(bank)
   take = _take_fn(bank.mesh)
   rows = max(shots) * num_classes

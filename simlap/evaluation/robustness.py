@@ -1,20 +1,9 @@
 """Robustness under distribution shift: the authors' ridge probe, fitted once on the clean train
 split's frozen features, scored on the eval split under ImageNet-C's common corruptions.
 
-Protocol (the authors' post-review evaluation code): closed-form ridge on L2-normalised backbone
-features plus a bias, one-hot targets, λ = 1e-3 (`probes.ridge_probe`), fitted on the clean
-train bank; the eval split under every corruption at severities 1-5. Reported: the clean
-accuracy (the same probe on the clean eval split), the accuracy per corruption and severity,
-mCA (their mean over every corruption and severity, each cell weighted alike), and the relative
-corruption error (1 - mCA) / (1 - clean accuracy).
-
-Where the corrupted images come from, per corruption (`sources` in the results):
-  "tfds:imagenet2012_corrupted"  an imagenet2012 run whose TFDS data dir holds every requested
-                                 severity of the builder config `<corruption>_<severity>`;
-  "numpy"                        `simlap.data.corruptions` on the eval split (seeded: the same
-                                 bytes for a seed whatever the batching or process count).
-A corruption with neither (frost without TFDS's files) is listed under `missing`, with why.
-Each corrupted split goes through the same sharded bank as the clean one (never gathered).
+Protocol: `evaluate_robustness`; where each corruption's images come from (TFDS's
+imagenet2012_corrupted or `simlap.data.corruptions`): `plan`. Each corrupted split goes through
+the same row-sharded bank as the clean one, never gathered.
 """
 from __future__ import annotations
 
@@ -88,7 +77,14 @@ def check_names(names: Sequence[str] | None) -> list[str]:
 
 
 def plan(config, names: Sequence[str] | None, severities: Sequence[int]) -> Plan:
-  """The source of each corruption (module docstring); ValueError for an unknown name."""
+  """The source of each corruption (`sources` in the results); ValueError for an unknown name.
+
+    "tfds:imagenet2012_corrupted"  an imagenet2012 run whose TFDS data dir holds every requested
+                                   severity of the builder config `<corruption>_<severity>`;
+    "numpy"                        `simlap.data.corruptions` on the eval split (seeded: the same
+                                   bytes for a seed whatever the batching or process count).
+  A corruption with neither (frost without TFDS's files) is listed under `missing`, with why.
+  """
   names = check_names(names)
   for s in severities:
     corruptions_lib.check_name_severity(corruptions_lib.CORRUPTIONS[0], s)
@@ -130,7 +126,13 @@ def evaluate_robustness(config, model, state, mesh, train_bank: bank_lib.Bank,
                         corruptions: Sequence[str] | None = None,
                         severities: Sequence[int] = corruptions_lib.SEVERITIES, seed: int = 0,
                         lam: float = 1e-3, picture_path: str | None = None) -> dict[str, Any]:
-  """The robustness section of results.json (module docstring).
+  """The robustness section of results.json, to the authors' post-review protocol.
+
+  Closed-form ridge on L2-normalised backbone features plus a bias, one-hot targets, λ
+  (`probes.ridge_probe`), fitted on the clean train bank; scored on the eval split under every
+  corruption at every severity. Reported: the clean accuracy (the same probe on the clean eval
+  split), the accuracy per corruption and severity, mCA (their mean, each cell weighted alike)
+  and the relative corruption error (1 - mCA) / (1 - clean accuracy) (`summarize`).
 
   Args:
     config, model, state, mesh: the restored run.

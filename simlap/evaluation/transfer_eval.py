@@ -1,13 +1,9 @@
 """Transfer: the frozen backbone on other datasets, each scored on its own train/test split.
 
-Per target (`simlap.data.transfer.TARGETS`): prepare it (the offline builders read files from
-installed packages; TFDS targets must already be prepared), convert its images to the run's
-input (`transfer.to_run_input`: centre square, resized to the input size, channels matched),
-extract backbone features of both splits into sharded banks, then
-  kNN         k = 20, T = 0.07, cosine, the target's train split as the bank (`knn.knn_predict`);
-  few-shot    the authors' ridge (L2-normalised features + bias, one-hot, λ = 1e-3), shots
-              {1, 5, 10, 25}, seeds {0, 1, 2}, balanced draws from the target's train split
-              (`probes.few_shot_ridge`); a shot count above the smallest class is reported null.
+Per target (`simlap.data.transfer.TARGETS`): prepare it (offline builders read installed
+packages; TFDS targets must already be prepared), convert its images to the run's input
+(`transfer.to_run_input`), extract backbone features of both splits into sharded banks, and score
+kNN and few-shot ridge with the target's train split as bank and pool (`evaluate_target`).
 """
 from __future__ import annotations
 
@@ -59,7 +55,13 @@ def evaluate_target(config, model, state, mesh, name: str, *, data_dir: str | No
                     shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
                     lam: float = 1e-3) -> dict[str, Any]:
   """`transfer.<name>` of results.json: {"dataset", "num_train", "num_test", "num_classes",
-  "knn_accuracy", "few_shot": {"<s>shot": {"mean", "std", "per_seed"} or None}, "timing_s"}."""
+  "knn_accuracy", "few_shot": {"<s>shot": {"mean", "std", "per_seed"} or None}, "timing_s"}.
+
+  kNN: cosine, `k` neighbours, temperature `temperature` (`knn.knn_predict`). Few-shot: the
+  authors' ridge (L2-normalised features + bias, one-hot, λ = `lam`), balanced draws of `shots`
+  per class for each of `seeds` (`probes.few_shot_ridge`); a shot count above the smallest
+  train class is reported None.
+  """
   t0 = time.time()
   t = transfer.target(name)
   _prepare(name, data_dir)

@@ -106,7 +106,9 @@ def to_simlap(sd: dict[str, np.ndarray], fmt: str = "auto",
   """(params, batch_stats, converted module names) of a source state dict.
 
   `params` maps module names ("backbone", ...) and "log_scale" to nested dicts of arrays,
-  laid out like `TrainState.params["model"]`; `batch_stats` like `TrainState.batch_stats`.
+  laid out like `TrainState.params["model"]`; `batch_stats` like `TrainState.batch_stats`. A
+  linear head trained without a BatchNorm (timm's `fc`, the authors' `cls_head`) gets running
+  statistics that make the probe's affine-free BatchNorm the identity.
   """
   fmt = torch_names.detect_format(sd) if fmt == "auto" else fmt
   tree = torch_names.convert(sd, fmt, skip)
@@ -121,7 +123,19 @@ def convert_to_workdir(source: str, workdir: str, config, *, fmt: str = "auto",
                        skip: Sequence[str] = ()) -> dict[str, Any]:
   """Writes `workdir` (config.json + checkpoints/0) from `source`; returns the checkpoint meta.
 
-  Raises ValueError naming every variable whose name or shape does not fit `config`'s model.
+  Args:
+    source: a `.safetensors`, `.npz` or PyTorch checkpoint file (`read_state_dict`).
+    workdir: the workdir to write.
+    config: the simlap config whose model the source fills; written as config.json.
+    fmt: "auto" or one of `torch_names.FORMATS`.
+    skip: source name prefixes to drop on purpose.
+
+  Returns:
+    {"step": 0, "seed", "converted_from": the source's path, "converted": module names}.
+
+  Raises:
+    KeyError naming the source tensors no rule maps; ValueError naming every model variable
+    the source lacks, has in excess or shapes differently.
   """
   config_schema.validate(config)
   sd = read_state_dict(source)

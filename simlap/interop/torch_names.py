@@ -1,12 +1,10 @@
-"""PyTorch state-dict names -> simlap variables, tensor by tensor (used by `simlap.convert`).
+"""PyTorch state-dict names -> simlap variables, tensor by tensor (used by `interop.convert`).
 
-Pure NumPy: no torch, no JAX. Every source tensor is either mapped by a rule below, dropped
-because it has no simlap counterpart (`DROPPED`: BatchNorm's `num_batches_tracked` counter), or
-dropped because the caller asked (`skip`); anything else is an error that names the key. Layouts
-(`_LAYOUTS`): conv weight (O, I, kh, kw) -> kernel (kh, kw, I, O); linear weight (O, I) -> kernel
-(I, O); BatchNorm weight, bias -> params scale, bias and running_mean, _var -> batch_stats mean,
-var; LayerNorm weight, bias -> scale, bias; embeddings as they are; scale_logit (1,) -> log_scale
-(). The three source formats: `detect_format`.
+Pure NumPy: no torch, no JAX. Every source tensor is mapped by a rule below, dropped as having no
+simlap counterpart (`DROPPED`) or because the caller asked (`skip`); anything else is an error
+that names the key. Layouts (`_LAYOUTS`): conv (O, I, kh, kw) -> kernel (kh, kw, I, O), linear
+(O, I) -> kernel (I, O), BatchNorm running_mean/_var -> batch_stats mean/var, scale_logit (1,)
+-> log_scale (). The three source formats: `detect_format`.
 """
 from __future__ import annotations
 

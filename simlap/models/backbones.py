@@ -1,7 +1,7 @@
 """Every `config.model.backbone` name, ResNets and ViTs, and the one builder that dispatches.
 
 The model and the config validation go through here, so a new backbone family is registered
-in one place. `resnet.build_backbone` keeps working on its own for ResNet names.
+in one place. `resnet.build_backbone` also builds ResNet names on its own, from keywords.
 """
 from __future__ import annotations
 

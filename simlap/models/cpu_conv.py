@@ -1,13 +1,11 @@
 """Convolutions in the forms XLA:CPU runs fast: the same numbers as `lax.conv_general_dilated`.
 
 `conv_general_dilated` here is a drop-in that `nn.Conv(conv_general_dilated=...)` calls, so the
-kernel keeps its (kh, kw, Cin, Cout) shape and name: checkpoints, the converter and the golden
-tests see the same network. Values and gradients agree with the lax conv up to float summation
-order (taps that read only padding get exact zeros). `model.conv_impl = "cpu"` selects it ("auto"
-does for CPU compiles; resnet.py). Three XLA:CPU weaknesses are worked around, every other conv
+kernel keeps its (kh, kw, Cin, Cout) shape and name and checkpoints see the same network. Values
+and gradients agree with the lax conv up to float summation order. Selected by `model.conv_impl
+= "cpu"` ("auto" for CPU compiles). Three XLA:CPU weaknesses are worked around, every other conv
 goes to the lax conv unchanged: dilated stride-1 convs on small maps (`dilated_conv`), convs over
-many pixels (`batch_chunked_conv`) and 1x1 convs (`pointwise_conv`). docs/performance.md ("What
-moved the ratio") measures each, with `benchmarks/conv_bench.py`.
+many pixels (`batch_chunked_conv`) and 1x1 convs (`pointwise_conv`); docs/performance.md.
 """
 from __future__ import annotations
 
@@ -21,14 +19,12 @@ import numpy as np
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
-# Largest input + output-gradient bytes of one chunk of a kernel gradient, and most chunks (see
-# 2. above). Below about 3 MiB per chunk the time per pixel stops falling (`conv_bench`); the cap
-# bounds the program's size.
+# Largest input + output-gradient bytes of one chunk of a kernel gradient, and most chunks
+# (`kernel_grad_chunks`): smaller chunks stop paying (docs/performance.md, "What moved the
+# ratio"); the cap bounds the program's size.
 CHUNK_BYTES = 2 * 2**20
 MAX_CHUNKS = 32
-# Forward passes and input gradients gain less from chunks, and only large ones: 4 chunks took
-# 10-40 % off the forward passes of the two 49-96 MiB convs of `conv_bench`; more chunks helped
-# one and hurt the other.
+# Forward passes and input gradients gain less from chunks, and only large ones (`io_chunks`).
 IO_CHUNKS = 4
 IO_CHUNK_MIN_BYTES = 16 * 2**20
 

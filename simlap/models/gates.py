@@ -1,16 +1,9 @@
-"""The SimLAP gate table: a class pair (y1, y2) -> a gate vector g in [0, 1]^D.
+"""The SimLAP gate table: a class pair (y1, y2) -> a gate vector g in [0, 1]^D (`GateTable`).
 
-    E: (C, embed_dim) label embeddings, N(0, 1) init
-    f: ReLU -> BN -> Dense(hidden_dim) -> ReLU -> BN -> Dense(D)
-    fuse "mean":    g = act(f((E[y1] + E[y2]) / 2))          symmetric in (y1, y2)
-    fuse "product": g = act(f(E[y1])) * act(f(E[y2]))
-
-`act` by `kind`: "sigmoid"; "open", 1 everywhere (no parameters); "gumbel" and "stochastic"
-(STG), noisy in training, noise-free in evaluation (`GateTable._activate`). Noise comes from the
-Flax rng stream "gate", only with train=True. The table runs in float32 whatever the compute
-dtype: bfloat16 would quantise g near 0 and 1, where the entropy penalty reads it. Analysis
-(`class_gates`, `pair_gates`, `pair_matrix`) runs the BatchNorms on their running statistics,
-so it never changes `batch_stats`.
+The table runs in float32 whatever the compute dtype: bfloat16 would quantise g near 0 and 1,
+where the entropy penalty reads it. Noise (the gumbel and stochastic kinds) comes from the Flax
+rng stream "gate", only with train=True. Analysis (`class_gates`, `pair_gates`, `pair_matrix`)
+runs the BatchNorms on their running statistics, so it never changes `batch_stats`.
 """
 from __future__ import annotations
 from collections.abc import Callable
@@ -26,7 +19,15 @@ FUSES = ("mean", "product")
 
 
 class GateTable(nn.Module):
-  """Label-embedding table -> MLP -> gate; see the module docstring for the formulas.
+  """Label-embedding table -> MLP -> gate.
+
+      E: (C, embed_dim) label embeddings, N(0, 1) init
+      f: ReLU -> BN -> Dense(hidden_dim) -> ReLU -> BN -> Dense(D)
+      fuse "mean":    g = act(f((E[y1] + E[y2]) / 2))          symmetric in (y1, y2)
+      fuse "product": g = act(f(E[y1])) * act(f(E[y2]))
+
+  `act` by `kind`: "sigmoid"; "open", 1 everywhere (no parameters); "gumbel" and "stochastic"
+  (STG), noisy in training, noise-free in evaluation (`_activate`).
 
   Attributes:
     num_classes: C.

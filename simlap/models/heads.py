@@ -65,9 +65,8 @@ class LinearHead(nn.Module):
   With `normalize`, an affine-free BatchNorm standardises the features first (MAE's linear-probe
   head). Pooled ReLU features can be far from unit scale while Adam moves weights by about lr
   per step, so without it the probe spends its steps growing weights and online accuracy
-  reports the probe's lag, not the features' quality (default job: train loss 0.95 at ~81 %
-  batch accuracy without, 0.38 with). At inference the BN is a fixed affine map, so the head
-  is still linear in the features.
+  reports the probe's lag, not the features' quality. At inference the BN is a fixed affine
+  map, so the head is still linear in the features.
 
   Attributes:
     num_classes: C.

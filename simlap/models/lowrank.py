@@ -1,11 +1,6 @@
 """The low-rank ablation of the gate: a class pair (y1, y2) -> r directions U in R^{D x r}.
 
-    E, f_trunk: the gate's label-embedding table and MLP trunk (`GateTable`, up to its last
-                BatchNorm): h = trunk((E[y1] + E[y2]) / 2) in R^H
-    head:       h split into r groups of H / r features; u_j = W_j h_(j) + b_j in R^D
-    U = [u_1 ... u_r],   P = U (U^T U + lambda I)^-1 U^T    (losses.lowrank_subspace_logits)
-
-The head is a grouped (block-diagonal) Dense: its weights number H * D for every r, as the
+The head is a grouped (block-diagonal) Dense whose weights number H * D for every r, as the
 gate's last Dense(H -> D) does, so the two tables differ only by (r - 1) * D biases
 (docs/method.md, "Low-rank pair subspaces"). Analyses get diag(P) (`class_gates`,
 `pair_gates`): D values in [0, 1] summing to r, the projection's counterpart of a gate vector.
@@ -28,7 +23,12 @@ def parameter_count(num_classes: int, dim: int, embed_dim: int, hidden_dim: int,
 
 
 class LowRankTable(nn.Module):
-  """Label embeddings -> the gate's MLP trunk -> r directions per pair; see the module docstring.
+  """Label embeddings -> the gate's MLP trunk -> r directions per pair.
+
+      E, trunk: the gate's label-embedding table and MLP trunk (`GateTable`, up to its last
+                BatchNorm): h = trunk((E[y1] + E[y2]) / 2) in R^H
+      head:     h split into r groups of H / r features; u_j = W_j h_(j) + b_j in R^D
+      U = [u_1 ... u_r],   P = U (U^T U + lambda I)^-1 U^T    (losses.lowrank_subspace_logits)
 
   Attributes:
     num_classes: C.

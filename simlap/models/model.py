@@ -1,9 +1,8 @@
 """SimLAPModel: backbone + projector + gate table + online linear probe (+ MoCo's predictor).
 
-One module serves every objective (`objectives.OBJECTIVES`), so baselines share the backbone,
-projector and probe exactly; objectives differ only in which outputs the loss uses. Variables:
-"params" and "batch_stats"; the "gate" rng stream is needed only for the gumbel and stochastic
-gates with train=True:
+One module serves every objective, so baselines share the backbone, projector and probe exactly;
+objectives differ only in which outputs the loss uses. Variables: "params" and "batch_stats";
+the "gate" rng stream is needed only for the gumbel and stochastic gates with train=True:
 
     model = build_model(config.model, config.gate, num_classes)
     variables = model.init({"params": k1, "gate": k2}, images, labels, labels, train=False)

@@ -1,13 +1,11 @@
 """ResNet backbones in Flax Linen: basic-block ResNet-18/34, bottleneck ResNet-50, small CIFAR nets.
 
-Layer for layer the same networks as timm's and torchvision's `ResNet` (conv-BN-ReLU order,
-torch-style symmetric padding, the stride on the 3x3 conv of a bottleneck: "v1.5"), so their
-weights load through `simlap.convert` and give the same outputs (tests/test_golden.py). Layout is
-NHWC. Parameters are float32; convs and activations run in the compute `dtype`, BatchNorm reduces
-in float32 and the pooled features are float32, so every head and loss works in float32.
-BatchNorm has no `axis_name`: the train step is one `jax.jit` over *global* arrays, so its
-statistics are already over the whole sharded batch (synchronized BN). Stems: `STEM_STRIDE`;
-strides and dilations per stage: `stage_geometry` (timm's `output_stride`).
+Layer for layer timm's and torchvision's `ResNet` (conv-BN-ReLU order, torch-style symmetric
+padding, the bottleneck's stride on its 3x3 conv: "v1.5"), so their weights load through
+`simlap.convert` and give the same outputs (tests/test_golden.py). NHWC; parameters float32,
+convs in the compute `dtype`, BatchNorm and the pooled features float32. BatchNorm has no
+`axis_name`: the step is one `jax.jit` over global arrays, so its statistics already cover the
+whole sharded batch. Stems: `STEM_STRIDE`; per-stage strides and dilations: `stage_geometry`.
 """
 from __future__ import annotations
 from collections.abc import Callable, Sequence

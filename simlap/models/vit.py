@@ -1,20 +1,11 @@
-"""Vision Transformers as MoCo-v3 builds them (Chen, Xie, He 2021, "An Empirical Study of Training
-Self-Supervised Vision Transformers"), in Flax Linen.
+"""Vision Transformers as MoCo-v3 builds them (Chen, Xie, He 2021), in Flax Linen.
 
 The trunk: a patch embedding (a conv with kernel = stride = patch), a class token, fixed 2-D
-sin-cos position embeddings (not parameters), pre-LayerNorm blocks (x + MHSA(LN(x)),
-x + MLP(LN(x)) with an exact-erf GELU and hidden width 4 x), a final LayerNorm; the features are
-the class token's output. No dropout, no drop-path, no BatchNorm: the module makes no
-"batch_stats" collection, and `train` changes nothing.
-
-Initialisation follows MoCo-v3's `VisionTransformerMoCo`: xavier-uniform linear kernels, the qkv
-kernel's bound computed as if q, k, v were three separate (width, width) layers; the patch
-kernel xavier-uniform over its flattened fan (p*p*C in, width out; a Flax conv initialiser would
-count p*p*width out); zero biases; the class token normal(std 1e-6); LayerNorm scale 1, bias 0.
-
-Precision policy: parameters float32; the patch conv and every Dense (qkv, proj, MLP) run in
-the compute `dtype` (bfloat16 for mixed precision); the residual stream, every LayerNorm, the
-attention logits and their softmax are float32; the features come out float32.
+sin-cos position embeddings (not parameters), pre-LayerNorm blocks, a final LayerNorm; the
+features are the class token's output. No dropout, drop-path or BatchNorm: the module makes no
+"batch_stats" collection and `train` changes nothing. Parameters, the residual stream, every
+LayerNorm and the attention softmax are float32; the patch conv and every Dense run in the
+compute `dtype`, and the features come out float32.
 """
 from __future__ import annotations
 import math
@@ -153,6 +144,11 @@ class Block(nn.Module):
 class ViT(nn.Module):
   """A ViT trunk returning the class token's final (LayerNorm-ed) features.
 
+  Initialisation as MoCo-v3's `VisionTransformerMoCo`: xavier-uniform linear kernels, the qkv
+  kernel's bound as if q, k, v were three (width, width) layers (`_qkv_init`), the patch kernel
+  over its flattened fan (`_patch_init`: a Flax conv initialiser would count p*p*width out); zero
+  biases; the class token normal(std 1e-6); LayerNorm scale 1, bias 0.
+
   Attributes:
     patch: side of the square patches (kernel and stride of the patch conv).
     width: token width W.
@@ -160,8 +156,9 @@ class ViT(nn.Module):
     heads: attention heads per block.
     mlp_ratio: MLP hidden width / W.
     freeze_patch_embed: MoCo-v3's stop-grad-conv1: a stop-gradient on the patch conv's output,
-      so its kernel and bias get exactly zero gradient. They stay in the optimizer, so weight
-      decay still shrinks the kernel (docs/method.md, "ViT backbones").
+      so its kernel and bias get exactly zero gradient; the optimizer gives them no update
+      either (`optim.make_optimizer`), so they keep their random init (docs/method.md, "ViT
+      backbones").
     dtype: compute dtype; parameters, LayerNorms and the softmax stay float32.
   """
   patch: int

@@ -1,16 +1,8 @@
 """The two-view contrastive family: SimLAP, SimCLR, SupCon and X-CLR.
 
-Each scores the embeddings z1, z2 (B, D) of one global batch of B images seen as two views;
+Each scores the embeddings z1, z2 (B, D) of one global batch of B images seen as two views,
 labels y (B,). They share the model, data, augmentation, optimizer and evaluation, so a
-comparison changes exactly one thing.
-
-  SimLAP  1/2 [L(z1, z2) + L(z2, z1)] (or L(z1, z2) alone) with gates g(y, y2), y2 sampled by
-          `loss.pair_kind`; + gate.penalty * mean Bernoulli entropy of g. With
-          gate.kind = "lowrank", the gates are rank-r pair subspaces.
-  SimCLR  NT-Xent over the 2B views (2B - 2 negatives per sample).
-  SupCon  SupCon L_out over the 2B views, self excluded (Khosla et al.).
-  XCLR    X-CLR over the 2B views: soft targets softmax(S[y_i, y_j] / tau_s) from a class
-          similarity S (docs/method.md, "X-CLR").
+comparison changes exactly one thing; each class says which loss it takes.
 """
 from __future__ import annotations
 
@@ -28,7 +20,8 @@ from simlap.objectives import base
 
 @dataclasses.dataclass(frozen=True)
 class SimCLR(base.TwoViewObjective):
-  """NT-Xent; `same_view_negatives` counts the other view's and the own view's samples."""
+  """NT-Xent. `same_view_negatives`: SimCLR's, over the 2B views (2B - 2 negatives per sample);
+  False: each view-1 anchor over the B view-2 keys, one direction (MoCo-v3's negatives)."""
   same_view_negatives: bool = True
 
   def embedding_loss(self, config, z1, z2, labels, pair_labels, gates, scale):
@@ -36,7 +29,8 @@ class SimCLR(base.TwoViewObjective):
 
 
 class SupCon(base.TwoViewObjective):
-  """SupCon's L_out over both views, every same-label view a positive."""
+  """SupCon's L_out (Khosla et al.) over the 2B views, self excluded, every same-label view a
+  positive."""
 
   def embedding_loss(self, config, z1, z2, labels, pair_labels, gates, scale):
     z, y = jnp.concatenate([z1, z2]), jnp.concatenate([labels, labels])
@@ -44,7 +38,8 @@ class SupCon(base.TwoViewObjective):
 
 
 class XCLR(base.TwoViewObjective):
-  """X-CLR: soft targets from the class similarity of the dataset's class tree."""
+  """X-CLR over the 2B views: soft targets softmax(S[y_i, y_j] / tau_s), S the class
+  similarity of the dataset's class tree (`class_similarity`; docs/method.md, "X-CLR")."""
 
   def validate(self, config):
     super().validate(config)
@@ -68,7 +63,10 @@ def class_similarity(dataset: str, num_classes: int) -> jax.Array:
 
 
 class SimLAP(base.TwoViewObjective):
-  """The subspace-masked multi-positive NT-Xent with gates g(y, y2)."""
+  """The subspace-masked multi-positive NT-Xent with gates g(y, y2), y2 drawn by
+  `loss.pair_kind`: 1/2 [L(z1, z2) + L(z2, z1)] (L(z1, z2) alone without `loss.symmetric`),
+  + gate.penalty * the gates' mean Bernoulli entropy. With gate.kind = "lowrank" the gates are
+  rank-r pair subspaces."""
 
   def validate(self, config):
     base.check_selective(config)

@@ -1,16 +1,10 @@
-"""The momentum-encoder objective's moving parts (MoCo-v3; the paper's v1 "Hydra-MoCo").
+"""The momentum-encoder objective "moco": MoCo-v3, and with moco.beta > 0 the paper's Hydra-MoCo.
 
 Query path: backbone -> projector -> predictor, the trained params. Key path: an exponential
-moving average (EMA) of backbone + projector, the train state's `momentum`
-{"params", "batch_stats"}; it never receives a gradient. At step t (MoCo-v3's order):
-
-    m_t  = 1 - (1 - m_0) (1 + cos(pi t / T)) / 2            cosine from m_0 up to 1 at T
-    ema <- m_t ema + (1 - m_t) params                       with the params the step starts from
-    k1, k2 = key encoder(view1), key encoder(view2)         with the updated ema, no gradient
-
-Each view goes through each encoder on its own, as in MoCo-v3, so every BatchNorm normalises one
-view's global batch (synchronized BN); the key encoder keeps its own running statistics. The
-loss on (q, k) is `moco_loss`; `Momentum` is the registry's objective "moco".
+moving average (EMA) of backbone + projector, the train state's `momentum` {"params",
+"batch_stats"}, which never receives a gradient. Each view goes through each encoder on its own,
+as in MoCo-v3, so every BatchNorm normalises one view's global batch (synchronized BN); the key
+encoder keeps its own running statistics.
 """
 from __future__ import annotations
 
@@ -53,7 +47,8 @@ def init_momentum(model_params: dict[str, Any], batch_stats: dict[str, Any]) -> 
 
 
 def momentum_schedule(config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """t -> m_t, MoCo-v3's cosine increase from config.moco.momentum to 1 over the run."""
+  """t -> m_t = 1 - (1 - m_0) (1 + cos(pi t / T)) / 2: MoCo-v3's cosine increase from
+  m_0 = config.moco.momentum to 1 at T = `num_steps`."""
   decay = optax.cosine_decay_schedule(1.0 - config.moco.momentum, max(1, num_steps))
   return lambda step: 1.0 - decay(step)
 
@@ -169,7 +164,12 @@ def moco_loss(config: ml_collections.ConfigDict, queries: tuple[jax.Array, jax.A
 
 class Momentum(base.Objective):
   """MoCo-v3 (beta = alpha = 0) and the paper's v1 Hydra-MoCo (beta > 0): the train step's
-  momentum-encoder parts, in the order `simlap.training.step` calls them."""
+  momentum-encoder parts, in the order `simlap.training.step` calls them. At step t:
+
+      ema <- m_t ema + (1 - m_t) params                 the params the step starts from
+      k1, k2 = key encoder(view1), key encoder(view2)   the updated ema, no gradient
+      loss = `moco_loss`(q1, q2, k1, k2)                m_t: `momentum_schedule`
+  """
 
   predictor = True
 

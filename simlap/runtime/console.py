@@ -1,13 +1,10 @@
 """What the console shows, and where the rest goes.
 
-The console keeps what a user needs: simlap's own lines (the config, start or resume, the
-periodic loss, evaluation results, the summary), clu's progress line (steps/s and ETA), and
-every warning or error except known library noise. Everything, INFO and library lines
-included, also goes to W/logs/simlap.<process>.log for local workdirs.
-
-TensorFlow prints oneDNN notices from C++ while it is imported, before its log level can be
-set (TF_CPP_MIN_LOG_LEVEL does not reach them), so entry points import it through
-`quiet_native_stderr`.
+The console keeps simlap's own lines (config, start or resume, periodic loss, evaluation results,
+summary), clu's progress line (steps/s and ETA) and every warning or error except known library
+noise. Everything, INFO and library lines included, also goes to W/logs/simlap.<process>.log for
+local workdirs. TensorFlow prints oneDNN notices from C++ while it is imported, before its log
+level can be set, so entry points import it inside `quiet_native_stderr`.
 """
 from __future__ import annotations
 

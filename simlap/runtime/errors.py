@@ -20,8 +20,8 @@ INTERRUPTED = 130
 
 # Raised for bad input, by simlap or by the libraries it hands input to.
 _EXPECTED = (ValueError, OSError, KeyError, LookupError)
-# Input-like exceptions that are run-time faults: a failed save, NaN (FloatingPointError is
-# an ArithmeticError, not listed above), lost peers.
+# Run-time faults (status 1) whose message says it all, so `one_line` drops the type name. NaN
+# (FloatingPointError, an ArithmeticError) is a fault too, by not being listed above.
 _FAULTS = ("SaveFailedError",)
 
 

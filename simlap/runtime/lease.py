@@ -1,23 +1,11 @@
 """One owner per workdir: a lease file, W/lease.json, that a run holds while it writes there.
 
-Two runs writing one workdir interleave metrics rows, overwrite each other's checkpoints and
-summary, and break keep-N. So a run takes the lease before it writes anything, and a second run
-is refused at once with a line that names the owner. The file holds host, pid, start time, a
-heartbeat (rewritten every `heartbeat_s` by a daemon thread) and a random token that identifies
-the holder. A lease whose heartbeat is older than `stale_after_s` belongs to a job that died
-without releasing it and may be taken over (logged as a warning); so may one written on this
-host by a process that no longer exists (a restart right after kill -9 need not wait).
-
-Writes are atomic (`simlap.runtime.storage`). The first take is a create-if-absent, so of two racing
-runs exactly one wins: a hard link of a temporary file on local disks, a write with the
-precondition `ifGenerationMatch=0` on GCS (the server refuses it, 412, if the object exists).
-A heartbeat replaces the file in one step (a rename locally, one object write on GCS).
-Taking over a stale lease removes it, then creates anew: two runs that take over the same
-stale lease at the same moment both pass the removal, and the create lets one of them win;
-a heartbeat that finds another token in the file says so (logged as an error).
-
-Multi-process jobs: only process 0 holds the lease (see `simlap.main`), and its verdict is
-shared with every process, so all of them refuse or all go on.
+Two runs writing one workdir would interleave metrics rows and overwrite each other's
+checkpoints, so a run takes the lease before it writes anything and a second run is refused at
+once, naming the owner. The file holds host, pid, start time, a heartbeat (rewritten every
+`heartbeat_s` by a daemon thread) and a token that identifies the holder; a lease whose
+heartbeat is older than `stale_after_s`, or whose process on this host is gone, may be taken
+over. In a multi-process job only process 0 holds it and shares its verdict (`simlap.main`).
 """
 from __future__ import annotations
 
@@ -109,7 +97,12 @@ class Lease:
     return storage.create_exclusive(self.path, json.dumps(self._record()).encode())
 
   def acquire(self) -> None:
-    """Takes the lease (taking over a stale one, with a warning) and starts the heartbeat."""
+    """Takes the lease (taking over a stale one, with a warning) and starts the heartbeat.
+
+    The take is a create-if-absent (`storage.create_exclusive`), so of two racing runs exactly
+    one wins. Taking over a stale lease removes it, then creates anew: two runs taking over the
+    same lease both pass the removal, and the create lets one of them win.
+    """
     for _ in range(3):  # a stale lease removed by us, then a racing run may win: re-read
       current = _read(self.path)
       if current is not None:

@@ -85,8 +85,8 @@ def url_parts(path: str) -> parts_lib.Parts:
 def _read_all(path: str) -> bytes:
   """The metrics file at `path` with its parts (URLs), in order; b"" when there is none.
 
-  A whole `path` object (written by `heal`'s callers before parts existed) comes first, as
-  part 0: the part a heal writes, numbered from 0, covers it."""
+  A whole `path` object comes first, as part 0, unless a part numbered from 0 (the one `heal`
+  writes) covers it."""
   if not storage.is_remote(path):
     return storage.read_bytes(path) if storage.exists(path) else b""
   parts = url_parts(path)

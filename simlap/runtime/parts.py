@@ -1,17 +1,11 @@
 """Growing files on object stores, written as numbered part objects from a background thread.
 
-GCS has no append: growing metrics.jsonl by rewriting it whole at every log step writes
-O(steps²) bytes on the training thread (about 30 GB over an in1k run, for a 5 MB file). Here
-each write is a new object `<folder>/<prefix><first>-<last><suffix>` holding the bytes appended
-since the last one, written by a daemon thread, so the training thread only queues bytes. Parts
-are numbered (8 digits, so names sort in order); a run resumed on the same folder goes on
-after the last number. Every `merge_every` single parts are merged into one, so a long run
-holds a few hundred objects, not one per log step, and every byte is written at most twice.
-
-Reading concatenates the parts in name order (TFRecord event files and JSON lines both
-concatenate). A part whose numbers fall inside an earlier one's [first, last] holds bytes
-that the earlier one already has (a merge or a heal killed before it removed its inputs) and
-is skipped; `remove_covered` deletes such parts.
+GCS has no append, and rewriting a growing file whole at every log step writes O(steps²) bytes
+on the training thread. Here each write is a new object `<folder>/<prefix><first>-<last><suffix>`
+(8-digit numbers, so names sort) holding the bytes since the last one, written by a daemon
+thread; every `merge_every` single parts are merged into one, so every byte is written at most
+twice. Reading concatenates the parts in name order, skipping a part whose numbers fall inside
+an earlier one's (left by a merge or heal killed before it removed its inputs).
 """
 from __future__ import annotations
 

@@ -1,13 +1,11 @@
 """When the training loop stops before `num_steps`, decided the same way on every process.
 
-Three things end a run early: a preemption notice (SIGTERM, or a first Ctrl-C), `stop_at` and a
-non-finite loss or gradient. Invariant: in a multi-process job every process stops after the
-same step, because the checkpoint save is collective and a process that stops alone hangs the
-job. `stop_at` and the NaN flag agree by construction; a signal does not (it reaches processes
-at different moments, or only some), so multi-process runs let JAX's preemption sync manager
-agree on the step and install no Python SIGTERM handler (it would replace JAX's C++ one, and the
-notice would never arrive). A single process has no coordination service: a Python handler sets
-a flag the loop reads after each step. How the step is agreed: docs/reliability.md.
+A preemption notice (SIGTERM, or a first Ctrl-C), `stop_at` or a non-finite loss or gradient
+ends a run early. Invariant: every process of a job stops after the same step, since the save is
+collective. `stop_at` and the NaN flag agree by construction; a signal does not, so multi-process
+runs let JAX's preemption sync manager agree on the step and install no Python SIGTERM handler
+(it would replace JAX's C++ one); a single process sets a flag from a Python handler.
+How the step is agreed: docs/reliability.md.
 """
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def gather(tree: Any, shardings: Any = None) -> Any:
   """ZeRO-3, into the step: `tree` (weights, BatchNorm statistics) constrained to replicated,
   so XLA all-gathers each sharded leaf and the layers compute on whole weights against
   batch-split activations, as in replicated training. Identity when `shardings` is None
-  (replicated mode), which leaves that program exactly as it was."""
+  (replicated mode), so the replicated program carries no constraint at all."""
   if shardings is None:
     return tree
   return jax.lax.with_sharding_constraint(tree, _whole(shardings))

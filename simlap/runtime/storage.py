@@ -1,23 +1,11 @@
 """The one layer every workdir file of simlap's own goes through: local paths or URLs.
 
-Local paths use os and open, with their usual speed and semantics; whole-file writes go to a
-temporary file renamed into place, so a kill never leaves half a config.json or summary.json.
-URLs go through fsspec: gs:// through gcsfs, memory:// (fsspec's in-process store, used by
-tests) through fsspec itself. Object stores have no appends and no atomic rename of many
-objects; what simlap needs of them is a single-object write (atomic on GCS), a listing, and a
-create-if-absent (`create_exclusive`, GCS's `ifGenerationMatch=0` precondition).
-
-One client for every gs:// byte of a run. At import this module asks etils' epath, which
-Orbax uses for its directory operations, to use its fsspec backend (`EPATH_USE_TF=false`)
-instead of TensorFlow's gfile, so Orbax and simlap share gcsfs and its endpoint. Arrays go
-through tensorstore's own GCS driver.
-
-Pointing a run at a storage server (an emulator, or a GCS-compatible endpoint): set
-`STORAGE_EMULATOR_HOST=http://HOST:PORT` (or call `use_endpoint`). gcsfs reads it; this module
-then also points tensorstore at it (`TENSORSTORE_GCS_HTTP_URL`, `GOOGLE_AUTH_TOKEN_FOR_TESTING`)
-and makes gcsfs connect anonymously, so that no credential lookup reaches for a metadata
-server. Variables the user set win. TensorFlow's own gfile (TensorBoard
-in a local workdir, TFDS) has no endpoint setting and cannot be pointed there.
+Local whole-file writes go to a temporary file renamed into place, so a kill never leaves half a
+file. URLs go through fsspec (gs:// through gcsfs; memory://, in-process, for tests); of object
+stores simlap needs single-object writes, listings and a create-if-absent (`create_exclusive`).
+At import, etils' epath (Orbax's directory operations) is switched to its fsspec backend
+(`EPATH_USE_TF=false`), so one client and one endpoint carry every gs:// byte but the arrays
+(tensorstore's own GCS driver); `use_endpoint` points both at another server.
 """
 from __future__ import annotations
 
@@ -32,7 +20,7 @@ import fsspec
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 # gcsfs's experimental file system asks the storage control API (gRPC) for every bucket's
-# layout, which a plain bucket or an emulator does not serve: a minute of timeouts per bucket.
+# layout, which a plain bucket or an emulator does not serve: each bucket would wait out timeouts.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 # gcsfs options for every instance (simlap's and epath's). No cached listings: tensorstore
 # writes objects behind gcsfs's back, and a cached listing of a checkpoint folder misses them.
@@ -43,8 +31,11 @@ fsspec.config.conf["gs"] = _GCS_OPTIONS
 
 def use_endpoint(url: str, *, override: bool = True) -> None:
   """Sends gs:// of this process (and of the processes it starts) to the server at `url`
-  (http://HOST:PORT): gcsfs, and so Orbax's epath, and tensorstore. `override=False` keeps
-  values the user set. Call it before the first gs:// access (tensorstore reads it then)."""
+  (http://HOST:PORT): gcsfs, and so Orbax's epath, and tensorstore, connecting anonymously so
+  that no credential lookup reaches for a metadata server. `override=False` keeps values the
+  user set. Call it before the first gs:// access (tensorstore reads it then); at import it runs
+  when STORAGE_EMULATOR_HOST is set. TensorFlow's gfile (TensorBoard in a local workdir, TFDS)
+  has no endpoint setting and cannot be pointed there."""
   put = os.environ.__setitem__ if override else os.environ.setdefault
   put("STORAGE_EMULATOR_HOST", url)
   put("TENSORSTORE_GCS_HTTP_URL", url)

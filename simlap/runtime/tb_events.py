@@ -1,13 +1,11 @@
 """TensorBoard event files for URL workdirs, written through `simlap.runtime.storage`.
 
-clu's SummaryWriter writes through TensorFlow's gfile, which has no endpoint setting: it
-reaches Google's GCS and no other server, so what it writes there cannot be tested against an
-emulator, and it would be a second GCS client beside gcsfs (`simlap.runtime.storage`). On URL
-workdirs simlap's event files are instead TFRecord part objects (`simlap.runtime.parts`) named
-`W/events.out.tfevents.<first>-<last>.simlap`: TensorBoard reads every `*tfevents*` file of a
-run folder in name order, so the parts read as one event file. Each part starts with the
-`file_version` record TensorBoard expects. simlap logs scalars and hparams only; the other
-kinds of summary are dropped.
+clu's SummaryWriter writes through TensorFlow's gfile, which reaches Google's GCS and no other
+server (no emulator tests) and would be a second GCS client beside gcsfs. On URL workdirs the
+event files are TFRecord part objects (`simlap.runtime.parts`) named
+`W/events.out.tfevents.<first>-<last>.simlap`, each starting with the `file_version` record:
+TensorBoard reads a run folder's `*tfevents*` files in name order, so they read as one event
+file. Only scalars and hparams are written; other summaries are dropped.
 """
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
 """A run's workdir: prepared and proven writable, its config.json read and written, and whether
-another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every
-file here goes through `simlap.runtime.storage`, and only local paths are made absolute
-(`os.path.abspath` would turn a URL into a local "gs:/bucket/run").
+another config may continue it. Workdirs may be local paths or URLs (gs://bucket/run): every file
+goes through `simlap.runtime.storage`, and only local paths are made absolute.
 
-A workdir's `config.json` records the config of the run that wrote its checkpoints. Resuming it
-with a config that changes the model, data, objective or schedule would silently mix two runs
-(or fail inside Orbax on a different parameter tree), so `check_resumable` refuses, naming the
-fields. Settings that only change how the run is watched, stored or placed may change.
+`config.json` records the config of the run that wrote the checkpoints. Resuming with a config
+that changes the model, data, objective or schedule would silently mix two runs (or fail inside
+Orbax on another parameter tree), so `check_resumable` refuses, naming the fields; settings that
+only change how the run is watched, stored or placed may change (`RESUME_MAY_CHANGE`).
 """
 from __future__ import annotations
 
@@ -35,8 +34,8 @@ RESUME_MAY_CHANGE = (
 
 def config_diff(saved: Any, now: Any, prefix: str = "") -> list[str]:
   """Differences between two JSON-like configs as "key: old -> new" lines (dotted keys)."""
-  # A section missing on one side (a config.json written before it existed) is compared key by
-  # key, so the keys of it that RESUME_MAY_CHANGE lists may still change.
+  # A section missing on one side (a saved config.json that lacks it) is compared key by key,
+  # so the keys of it that RESUME_MAY_CHANGE lists may still change.
   saved = {} if saved is None and isinstance(now, dict) else saved
   now = {} if now is None and isinstance(saved, dict) else now
   if isinstance(saved, dict) and isinstance(now, dict):
@@ -144,9 +143,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def resume_blockers(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """The `config_diff` lines that forbid continuing a run saved with config `saved`.
 
-  Not blockers: keys in RESUME_MAY_CHANGE, and fields added to the schema after `saved` was
-  written that still hold their default (the older code behaved as that default), so upgrading
-  simlap does not strand existing runs.
+  Not blockers: keys in RESUME_MAY_CHANGE, and keys `saved` lacks that hold their schema
+  default in `config` (a config without a field ran as that default).
   """
   now = as_json(config)
   flat_saved, flat_now = _flat(saved), _flat(now)
@@ -169,8 +167,8 @@ def _has_checkpoints(workdir: str) -> bool:
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises ValueError if `workdir` holds checkpoints of a run with another config.
 
-  Keys in RESUME_MAY_CHANGE are ignored. A workdir without checkpoints (or without a
-  config.json, as written by older versions) is always accepted.
+  Keys in RESUME_MAY_CHANGE are ignored. A workdir without checkpoints or without a
+  config.json is always accepted.
   """
   saved = saved_config(workdir)
   if saved is None or not _has_checkpoints(workdir):
@@ -207,7 +205,7 @@ def _merge(dst: ml_collections.ConfigDict, src: dict[str, Any]) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with: W/config.json merged onto `config_schema.base_config()`
-  (so tuples stay tuples and fields added since keep their defaults)."""
+  (so tuples stay tuples and fields it lacks keep their defaults)."""
   saved = saved_config(workdir)
   if saved is None:
     raise FileNotFoundError(f"{os.path.join(workdir, 'config.json')} not found: "

@@ -3,8 +3,8 @@
 `compile_step` lowers `simlap.training.loop.make_trainer`'s step with abstract shapes and
 compiles it with libtpu for compile-only devices (`simlap.tpu.topology`): no dataset is read and
 nothing runs. A `Row` holds per-chip HBM from the compiler's memory analysis, FLOPs and bytes,
-collective bytes from the HLO and a roofline estimate of the step time (an upper bound from peak
-figures, not a measurement). An out-of-memory compile is a row too.
+collective bytes from the HLO and a roofline estimate of the step time (from peak figures: a
+lower bound, not a measurement). An out-of-memory compile is a row too.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class Row:
 
 
 def dataset_info(config: ml_collections.ConfigDict, num_train: int | None):
-  from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow; see main())
+  from simlap.data import datasets  # noqa: PLC0415  (imports TensorFlow: simlap.aot, quietly)
   d = config.dataset
   num_train = num_train or _known_train_size(d.name)
   if not num_train:
@@ -115,7 +115,17 @@ def view_dtype(config: ml_collections.ConfigDict, num_train: int | None = None) 
 
 def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, devices: list,
                  global_batch: int, num_train: int | None = None) -> Row:
-  """Lowers and compiles the train step of `config` at `global_batch` for `tpu`."""
+  """Lowers and compiles the train step of `config` at `global_batch` for `tpu`.
+
+  Args:
+    config: the run's config (copied; its batch size and conv_impl are replaced).
+    tpu: the slice (`topology.parse_slice`); devices: its compile-only devices.
+    global_batch: the global batch to compile for.
+    num_train: the train split's size when simlap/data/split_sizes.py lacks it.
+
+  Returns:
+    The `Row`; a compile that runs out of memory is a row with `fits` False, not an error.
+  """
   from simlap import config_schema  # noqa: PLC0415
   from simlap.runtime import sharding  # noqa: PLC0415
   from simlap.training import loop as train  # noqa: PLC0415

@@ -1,13 +1,10 @@
 """The evaluation programs in the fit check (`simlap.aot --eval`): will an evaluation fit?
 
 Compiles, for compile-only devices of a slice, exactly the programs an online evaluation runs:
-  extract   one feature-extraction batch at `eval_batch_size` (`bank.features_fn`), against
-            the train state laid out as in training;
-  knn       one kNN query block (`knn._block_fn`) against a train bank of the config's train
-            size and a query bank of its eval size, both row-sharded (bank.py): per chip
-            N_pad / chips rows of F float32 features, plus labels, mask and index.
-Reports per-chip HBM (arguments + outputs - aliases + temporaries, from the compiler's memory
-analysis) and FLOPs per chip, beside the train step's row of `simlap.aot`.
+one feature-extraction batch at `eval_batch_size` (`bank.features_fn`) against the train state
+laid out as in training, and one kNN query block (`knn._block_fn`) against row-sharded train and
+query banks of the config's split sizes. Reports per-chip HBM (arguments + outputs - aliases +
+temporaries, from the compiler's memory analysis) and FLOPs, beside the train step's row.
 """
 from __future__ import annotations
 
@@ -67,7 +64,17 @@ def _padded(n: int, batch: int) -> int:
 
 def compile_eval(config, trainer, mesh, *, topology: str, capacity_gib: float, num_train: int,
                  num_eval: int, query_block: int = 1024) -> list[EvalRow]:
-  """Compiles the extraction batch and one kNN block of `config` for `mesh`'s devices."""
+  """Compiles the extraction batch and one kNN block of `config` for `mesh`'s devices.
+
+  Args:
+    config, trainer, mesh: the run's config, its `Trainer` on `mesh` (compile-only devices).
+    topology, capacity_gib: the slice's name and per-chip HBM, for the rows.
+    num_train, num_eval: split sizes of the train and query banks.
+    query_block: queries per kNN block, as `knn.knn_predict` takes them.
+
+  Returns:
+    One `EvalRow` per program ("extract", "knn").
+  """
   rows_sharding = bank_lib.row_sharding(mesh)
   chips = mesh.devices.size
   d, e = config.dataset, config.eval_batch_size
@@ -111,8 +118,8 @@ def compile_eval(config, trainer, mesh, *, topology: str, capacity_gib: float, n
 
 def fit_check(config, tpu, devices, info, make_trainer) -> list[EvalRow]:
   """`compile_eval` for slice `tpu` (simlap.tpu.topology.Slice) with its compile-only
-  `devices`; `make_trainer` is `simlap.training.loop.make_trainer` (passed in: evaluation/ does not
-  import the trainer)."""
+  `devices`; `make_trainer` is `simlap.training.loop.make_trainer`, passed in by `simlap.aot`
+  so that this module imports no training module."""
   config = copy.deepcopy(config)
   config.model.conv_impl = "xla"  # the TPU's program, not the CPU host's
   mesh = sharding.make_mesh(config.mesh, devices=devices)

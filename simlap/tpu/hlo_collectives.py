@@ -5,10 +5,6 @@ assembles, per chip: all-reduce and all-to-all: their result; all-gather: the ga
 reduce-scatter: its input (result x group size); collective-permute: the buffer sent. Async
 pairs are counted once, at their `-start`. Each instruction is counted once per program run:
 a collective inside a loop body would be undercounted (the train step has none).
-
-`ici_bytes` turns payloads into bytes each chip moves over the interconnect with the
-bandwidth-optimal ring algorithms: all-reduce 2(n-1)/n, all-gather, reduce-scatter and
-all-to-all (n-1)/n, permute 1, for a group of n chips.
 """
 from __future__ import annotations
 
@@ -80,7 +76,9 @@ def payload_bytes(hlo_text: str, num_devices: int) -> dict[str, int]:
 
 
 def ici_bytes(hlo_text: str, num_devices: int) -> float:
-  """Bytes each chip sends over the interconnect per run, with ring algorithms (module doc)."""
+  """Bytes each chip sends over the interconnect per run, with the bandwidth-optimal ring
+  algorithms for a group of n chips: all-reduce 2(n-1)/n of the payload; all-gather,
+  reduce-scatter and all-to-all (n-1)/n; collective-permute 1."""
   factor = {"all-reduce": lambda n: 2 * (n - 1) / n, "collective-permute": lambda n: 1.0}
   ring = lambda n: (n - 1) / n  # noqa: E731
   return sum(factor.get(kind, ring)(n) * payload if n > 1 else 0.0

@@ -1,12 +1,10 @@
 """TPU slices as compile targets: names, chip figures, and compile-only devices.
 
-`compile_devices("v5e:2x4")` returns the devices of a TPU slice that does not exist here: with
-`libtpu` installed (the `tpu` extra), `jax.experimental.topologies.get_topology_desc` describes
-any slice to the TPU compiler, so the real train step can be lowered and compiled for it on a
-CPU-only host (`simlap.aot`). Nothing here runs on a TPU.
-
-Names: libtpu's "GENERATION:SHAPE" ("v5e:2x4", "v4:2x2x4", "v5p:2x2x1") or Cloud's slice names
-("v5e-8", "v4-32", "v5p-8"; for v4 and v5p the number counts TensorCores, two per chip).
+`compile_devices(parse_slice("v5e:2x4"))` returns the devices of a TPU slice that does not exist
+here: with `libtpu` installed (the `tpu` extra), `jax.experimental.topologies` describes any
+slice to the TPU compiler, so the real train step compiles for it on a CPU-only host
+(`simlap.aot`). Nothing here runs on a TPU. Names: libtpu's "GENERATION:SHAPE" ("v5e:2x4",
+"v4:2x2x4") or Cloud's slice names ("v5e-8", "v4-32"; for v4 and v5p they count TensorCores).
 """
 from __future__ import annotations
 

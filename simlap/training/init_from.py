@@ -1,10 +1,9 @@
 """`config.init_from=DIR`: start a run from another checkpoint's weights, with a fresh optimizer.
 
-DIR is a simlap workdir (or its `checkpoints/` folder): one written by `python -m simlap.convert`
-or by a training run. Its latest checkpoint gives the model parameters and BatchNorm statistics
-of the modules it names (a converted checkpoint records which modules came from the source in
-its meta, "converted"; a training run's gives all of them); every other module keeps its fresh
-initialisation. The optimizer state, the step (0) and the schedule are the new run's own.
+DIR is a simlap workdir (or its `checkpoints/` folder) written by `python -m simlap.convert` or by
+a training run. Its latest checkpoint gives the parameters and BatchNorm statistics of the
+modules its meta names ("converted"; all of them for a training run); every other module keeps
+its fresh initialisation, and the optimizer state, step (0) and schedule are the new run's.
 A module is loaded whole or not at all: a missing, extra or differently shaped variable inside
 it is an error naming it, never a silent partial load.
 """

@@ -1,16 +1,10 @@
 """SimLAP training: `train_and_evaluate(config, workdir)`, read top to bottom in phases.
 
-mesh -> data -> model and shapes (`jax.eval_shape`) -> sharded init (`jax.jit` with
-out_shardings) -> optimizer -> jitted, donated train step (simlap/training/step.py) -> checkpoint
-restore -> loop with periodic logging, evaluation, checkpointing, and a clean stop on SIGTERM.
-
-Parallelism: one `jax.jit` over global arrays on a mesh; the batch is split over devices and
-the state is replicated, or sharded with `config.sharding.params="fsdp"` (ZeRO-3: whole weights
-gathered for the step, gradients summed and cut to shards; runtime/sharding.py). BatchNorm stats are
-global (synchronized BN) and the contrastive loss sees the global batch (XLA all-gathers the
-keys; its gradient is exact).
-Randomness: every key is `fold_in(key(seed), step)`, and the data stream is a pure function of
-(seed, step), so the step alone makes a resumed run identical to an uninterrupted one.
+mesh -> data -> model and shapes (`jax.eval_shape`) -> sharded init -> jitted, donated train
+step (training/step.py) -> checkpoint restore -> loop with periodic logging, evaluation,
+checkpointing and a clean stop (runtime/preemption.py). One `jax.jit` over global arrays on a
+mesh; the layout is runtime/sharding.py's. Every key is `fold_in(key(seed), step)` and the data
+stream is a pure function of (seed, step), so a resumed run equals an uninterrupted one.
 """
 from __future__ import annotations
 

@@ -40,11 +40,19 @@ def float_views(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, config, model, tx,
                schedule, fsdp=None, constants: Any = None
                ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-  """One optimisation step on a global batch {view1, view2: (B, H, W, C), label: (B,)}.
+  """One optimisation step on a global batch.
 
-  Views are float32 in [0, 1] or uint8 in [0, 255] (`float_views`). `fsdp`: the state's
-  shardings under FSDP; None when replicated. `constants`: the objective's
-  `step_constants` (its schedules)."""
+  Args:
+    state: the train state (its objective's subclass, if it has one).
+    batch: {view1, view2: (B, H, W, C) float32 in [0, 1] or uint8 in [0, 255] (`float_views`),
+      label: (B,) int}; the objective may read more keys (`true_label`).
+    config, model, tx, schedule: the run's config, model, optimizer and learning-rate schedule.
+    fsdp: the state's shardings under FSDP; None when replicated.
+    constants: the objective's `step_constants` (its schedules).
+
+  Returns:
+    (the next state, scalar metrics: the objective's plus loss, grad_norm, learning_rate).
+  """
   objective = objectives.get(config.objective)
   batch = float_views(batch)
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
