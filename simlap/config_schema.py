@@ -157,7 +157,8 @@ def _schema() -> dict[str, Any]:
           rank=Field(16, "kind lowrank: r directions per pair; must divide hidden_dim"),
       ),
       # ---- objective (simlap/objectives/__init__.py, simlap/losses.py) ----
-      objective=Field("simlap", "simlap | simclr | supcon | ce | moco | xclr"),
+      objective=Field("simlap", "a name in simlap.objectives.REGISTRY: simlap | simclr | supcon "
+                      "| xclr | ce | moco | simclr_cross_view"),
       loss=dict(
           pair_kind=Field("arbitrary", "arbitrary | identical | distinct | selective"),
           selective_alpha=Field(0.0, "selective: y2 ~ (1 + d(y1, y2))^-alpha, d the class-tree "
