@@ -8,7 +8,7 @@ formed (peak per device: Q × N/devices × 4 bytes).
 
 Tie rule: equal similarities go to the neighbour with the lower position in the split (the
 bank's "index" column), which is what `lax.top_k` does on a bank in split order, so the
-predictions equal `evaluators.knn_classify`'s whatever the device or process count.
+predictions equal `array_eval.knn_classify`'s whatever the device or process count.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _block_fn(mesh: Mesh, q_local: int, num_classes: int, ks: tuple[int, ...],
     rows = jnp.arange(q.shape[0])[:, None]
     rank = jnp.arange(kk)
     preds = []
-    for k in ks:  # scatter-add votes, as in evaluators._knn_predict
+    for k in ks:  # scatter-add votes, as in array_eval._knn_predict
       votes = jnp.zeros((q.shape[0], num_classes), jnp.float32)
       votes = votes.at[rows, top_lab].add(jnp.where(rank < k, w, 0.0))
       preds.append(jnp.argmax(votes, axis=-1).astype(jnp.int32))
@@ -95,7 +95,7 @@ def knn_predict(bank: Bank, queries: Bank, *, num_classes: int,
 
   Args:
     bank, queries: row-sharded banks on the same mesh; `feature` names the column used.
-    num_classes, ks, temperature: the protocol (evaluators.knn_classify).
+    num_classes, ks, temperature: the protocol (array_eval.knn_classify).
     query_block: queries per block (rounded to a multiple of the device count); memory per
       device ~ query_block × N / devices × 4 bytes.
     precision: of the similarity matmul; None = `default_precision()`.

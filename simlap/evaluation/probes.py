@@ -1,13 +1,13 @@
-"""Linear probe and few-shot ridge probe over a row-sharded bank (protocols: evaluators.py).
+"""Linear probe and few-shot ridge probe over a row-sharded bank (protocols: array_eval.py).
 
 Linear probe, data-parallel: every epoch draws one permutation of the split's positions (the
-same key as `evaluators.linear_probe`, so the same minibatches); each device computes the loss
+same key as `array_eval.linear_probe`, so the same minibatches); each device computes the loss
 gradient over the minibatch rows it holds, and the gradients are summed over devices (psum).
 A device takes at most `cap` rows per step (its expected share plus a margin, so it computes
 ~B/devices rows, not B); if a draw ever gives a device more, the probe is run again with cap = B
 and the same result. Nothing of size N × F leaves the devices.
 
-Few-shot: the draw is `evaluators.sample_few_shot` on the split-ordered labels (the same
+Few-shot: the draw is `array_eval.sample_few_shot` on the split-ordered labels (the same
 sample as before); only the drawn rows are moved (each one's owner contributes it, a psum of
 C·shots rows).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from simlap.evaluation import array_eval as evaluators
+from simlap.evaluation import array_eval
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation.bank import Bank
 from simlap.losses import l2_normalize
@@ -48,7 +48,7 @@ def _positions(bank: Bank) -> np.ndarray:
 def _train_probe(train, labels, mask, pos_of, test, key, *, mesh, num_classes, epochs,
                  batch_size, lr, weight_decay, standardize, cap):
   axes = mesh.axis_names
-  train, test = evaluators._prepare(train, mask, test, standardize)  # noqa: SLF001 - sharded
+  train, test = array_eval._prepare(train, mask, test, standardize)  # noqa: SLF001 - sharded
   n, d = pos_of.shape[0], train.shape[1]
   steps_per_epoch = max(n // batch_size, 1)
   schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
@@ -98,7 +98,7 @@ def _train_probe(train, labels, mask, pos_of, test, key, *, mesh, num_classes, e
 @jax.jit
 def _probe_accuracy(params, x, y, m):
   logits = jnp.dot(x, params["w"], precision=_HI) + params["b"]
-  return evaluators._masked_accuracy(  # noqa: SLF001
+  return array_eval._masked_accuracy(  # noqa: SLF001
       jnp.argmax(logits, -1), jnp.asarray(y, jnp.int32), m)
 
 
@@ -106,7 +106,7 @@ def linear_probe(bank: Bank, test: Bank, *, num_classes: int, feature: str = "fe
                  epochs: int = 30, batch_size: int = 4096, lr: float = 1e-2,
                  weight_decay: float = 1e-4, standardize: bool = True, seed: int = 0
                  ) -> dict[str, Any]:
-  """`evaluators.linear_probe`'s protocol and result dict, trained data-parallel on `bank`."""
+  """`array_eval.linear_probe`'s protocol and result dict, trained data-parallel on `bank`."""
   mesh = bank.mesh
   devices = int(np.prod(list(mesh.shape.values())))
   n = bank.num_examples
@@ -124,7 +124,7 @@ def linear_probe(bank: Bank, test: Bank, *, num_classes: int, feature: str = "fe
     params, _, loss, train_x, test_x = _train_probe(*args, cap=batch_size, **kw)
   test_acc = _probe_accuracy(params, test_x, test["labels"], test["mask"])
   train_acc = _probe_accuracy(params, train_x, bank["labels"], bank["mask"])
-  return evaluators.probe_result(test_acc, train_acc, loss, n=n, epochs=epochs,
+  return array_eval.probe_result(test_acc, train_acc, loss, n=n, epochs=epochs,
                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  standardize=standardize, seed=seed)
 
@@ -152,7 +152,7 @@ def _take_fn(mesh: Mesh):
 def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "features",
                    shots: Sequence[int] = (1, 5, 10, 25), seeds: Sequence[int] = (0, 1, 2),
                    lam: float = 1e-3) -> dict[str, Any]:
-  """`evaluators.few_shot_ridge`'s protocol, draws and result dict, on a sharded bank."""
+  """`array_eval.few_shot_ridge`'s protocol, draws and result dict, on a sharded bank."""
   labels = bank.host("labels")  # (N,) in split order: the same draws as before
   pos_of = _positions(bank)
   take = _take_fn(bank.mesh)
@@ -161,15 +161,15 @@ def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "
   for s in shots:
     accs = []
     for seed in seeds:
-      idx = evaluators.sample_few_shot(labels, int(s), num_classes, int(seed))
+      idx = array_eval.sample_few_shot(labels, int(s), num_classes, int(seed))
       weights = np.zeros((rows,), np.float32)
       weights[:idx.size] = 1.0
       idx = np.pad(idx, (0, rows - idx.size), mode="edge")
       x = take(bank[feature], jnp.asarray(pos_of[idx]))
-      accs.append(float(evaluators._ridge_accuracy(  # noqa: SLF001
+      accs.append(float(array_eval._ridge_accuracy(  # noqa: SLF001
           x, jnp.asarray(labels[idx], jnp.int32), weights, test[feature], test["labels"],
           test["mask"], jnp.float32(lam), num_classes=num_classes)))
-    mean, std = evaluators.mean_std(accs)
+    mean, std = array_eval.mean_std(accs)
     res[int(s)] = {"mean": mean, "std": std, "per_seed": accs}
   return {"lam": float(lam), "seeds": [int(s) for s in seeds], "shots": res}
 
@@ -180,14 +180,14 @@ def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _ridge_fit_rows(x, y, mask, lam, *, num_classes):
   # Row-sharded x: XLA forms each device's (F+1) x (F+1) Gram block and sums them (psum).
-  return evaluators._ridge_fit(  # noqa: SLF001
+  return array_eval._ridge_fit(  # noqa: SLF001
       l2_normalize(x), jax.nn.one_hot(y, num_classes), lam, mask.astype(jnp.float32))
 
 
 @jax.jit
 def _ridge_rows_accuracy(w, x, y, m):
   logits = jnp.dot(l2_normalize(x), w[:-1], precision=_HI) + w[-1]
-  return evaluators._masked_accuracy(  # noqa: SLF001
+  return array_eval._masked_accuracy(  # noqa: SLF001
       jnp.argmax(logits, -1), jnp.asarray(y, jnp.int32), m)
 
 
