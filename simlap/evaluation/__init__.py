@@ -6,4 +6,5 @@ probe and few-shot ridge probe that run on it without ever gathering it whole.
   probes.py    data-parallel linear probe; few-shot ridge moving only the sampled rows
   progress.py  console progress with an ETA, and a stop check between blocks
   online.py    the periodic evaluation of the training loop
+  evaluators.py  the named, configured evaluators that `run.evaluate_workdir` lists and times
 """
