@@ -6,6 +6,7 @@ import os
 import pytest
 from absl import flags
 
+from simlap.evaluation import evaluators
 from simlap.evaluation import run as eval_workdir
 from simlap.runtime import storage
 from simlap.runtime import workdir as workdir_lib
@@ -98,3 +99,23 @@ def test_step_flag_restores_that_checkpoint_and_writes_to_a_url(workdir):
   assert workdir_lib.read_json(f"{url}/results.json")["step"] == 2
   assert storage.exists(f"{url}/report.md")
   assert not os.path.exists("memory:")
+
+
+def test_only_the_listed_evaluators_run_each_under_its_name_and_timed(workdir, tmp_path,
+                                                                      monkeypatch):
+  path, _ = workdir
+  ran = []
+  for cls in evaluators.EVALUATORS.values():
+    def spy(self, ctx, real=cls.run):
+      ran.append(self.name)
+      return real(self, ctx)
+    monkeypatch.setattr(cls, "run", spy)
+  res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
+                                      ks=(5, 20), out_dir=str(tmp_path / "eval"))
+  assert ran == ["knn", "linear_probe", "few_shot", "analysis"]  # no robustness, no transfer
+  assert res["robustness"] is None and res["transfer"] is None
+  assert list(res["protocol"]) == ["features", *eval_workdir.PROTOCOL_KEYS]
+  assert res["protocol"]["transfer"] is None and res["protocol"]["knn"]["ks"] == [5, 20]
+  assert res["protocol"]["linear_probe"] == res["linear_probe"]["hparams"]
+  assert set(res["knn"]["projector"]) == {"5", "20"}
+  assert list(res["timing_s"]) == ["restore", "features", *ran, "total"]

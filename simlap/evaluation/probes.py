@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from simlap.evaluation import array_eval as evaluators
+from simlap.evaluation import array_eval
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation.bank import Bank
 from simlap.losses import l2_normalize
@@ -44,7 +44,7 @@ def _positions(bank: Bank) -> np.ndarray:
 def _train_probe(train, labels, mask, pos_of, test, key, *, mesh, num_classes, epochs,
                  batch_size, lr, weight_decay, standardize, cap):
   axes = mesh.axis_names
-  train, test = evaluators._prepare(train, mask, test, standardize)  # noqa: SLF001 - sharded
+  train, test = array_eval._prepare(train, mask, test, standardize)  # noqa: SLF001 - sharded
   n, d = pos_of.shape[0], train.shape[1]
   steps_per_epoch = max(n // batch_size, 1)
   schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
@@ -94,7 +94,7 @@ def _train_probe(train, labels, mask, pos_of, test, key, *, mesh, num_classes, e
 @jax.jit
 def _probe_accuracy(params, x, y, m):
   logits = jnp.dot(x, params["w"], precision=_HI) + params["b"]
-  return evaluators._masked_accuracy(  # noqa: SLF001
+  return array_eval._masked_accuracy(  # noqa: SLF001
       jnp.argmax(logits, -1), jnp.asarray(y, jnp.int32), m)
 
 
@@ -120,7 +120,7 @@ def linear_probe(bank: Bank, test: Bank, *, num_classes: int, feature: str = "fe
     params, _, loss, train_x, test_x = _train_probe(*args, cap=batch_size, **kw)
   test_acc = _probe_accuracy(params, test_x, test["labels"], test["mask"])
   train_acc = _probe_accuracy(params, train_x, bank["labels"], bank["mask"])
-  return evaluators.probe_result(test_acc, train_acc, loss, n=n, epochs=epochs,
+  return array_eval.probe_result(test_acc, train_acc, loss, n=n, epochs=epochs,
                                  batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                  standardize=standardize, seed=seed)
 
@@ -157,15 +157,15 @@ def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "
   for s in shots:
     accs = []
     for seed in seeds:
-      idx = evaluators.sample_few_shot(labels, int(s), num_classes, int(seed))
+      idx = array_eval.sample_few_shot(labels, int(s), num_classes, int(seed))
       weights = np.zeros((rows,), np.float32)
       weights[:idx.size] = 1.0
       idx = np.pad(idx, (0, rows - idx.size), mode="edge")
       x = take(bank[feature], jnp.asarray(pos_of[idx]))
-      accs.append(float(evaluators._ridge_accuracy(  # noqa: SLF001
+      accs.append(float(array_eval._ridge_accuracy(  # noqa: SLF001
           x, jnp.asarray(labels[idx], jnp.int32), weights, test[feature], test["labels"],
           test["mask"], jnp.float32(lam), num_classes=num_classes)))
-    mean, std = evaluators.mean_std(accs)
+    mean, std = array_eval.mean_std(accs)
     res[int(s)] = {"mean": mean, "std": std, "per_seed": accs}
   return {"lam": float(lam), "seeds": [int(s) for s in seeds], "shots": res}
 
@@ -176,14 +176,14 @@ def few_shot_ridge(bank: Bank, test: Bank, *, num_classes: int, feature: str = "
 @functools.partial(jax.jit, static_argnames=("num_classes",))
 def _ridge_fit_rows(x, y, mask, lam, *, num_classes):
   # Row-sharded x: XLA forms each device's (F+1) x (F+1) Gram block and sums them (psum).
-  return evaluators._ridge_fit(  # noqa: SLF001
+  return array_eval._ridge_fit(  # noqa: SLF001
       l2_normalize(x), jax.nn.one_hot(y, num_classes), lam, mask.astype(jnp.float32))
 
 
 @jax.jit
 def _ridge_rows_accuracy(w, x, y, m):
   logits = jnp.dot(l2_normalize(x), w[:-1], precision=_HI) + w[-1]
-  return evaluators._masked_accuracy(  # noqa: SLF001
+  return array_eval._masked_accuracy(  # noqa: SLF001
       jnp.argmax(logits, -1), jnp.asarray(y, jnp.int32), m)
 
 

@@ -1,5 +1,5 @@
-"""Progress of a long evaluation part on the console (done / total, rate, ETA), and the stop
-check between its blocks.
+"""Progress of a long evaluation part on the console (done / total, rate, ETA), the stop check
+between its blocks, and `timed`, the seconds of a named part.
 
 At ImageNet size an extraction or a kNN takes minutes: the log shows how far it is, at most
 every `every_s` seconds, and `should_stop` (the training loop's preemption check) is asked
@@ -7,9 +7,19 @@ after every block so that a notice is honoured within one block, the same way on
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def timed(timing: dict[str, float], name: str) -> Iterator[None]:
+  """`with timed(timing, "knn"): ...` sets `timing["knn"]` to the block's wall seconds (a block
+  that raises records nothing: its result is lost too)."""
+  start = time.time()
+  yield
+  timing[name] = time.time() - start
 
 
 class Interrupted(Exception):

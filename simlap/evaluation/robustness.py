@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from simlap.data import corruptions as corruptions_lib
 from simlap.data import shifted_stream
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import probes
+from simlap.evaluation import progress
 
 TFDS_NAME = "imagenet2012_corrupted"
 TFDS_SOURCE, NUMPY_SOURCE = f"tfds:{TFDS_NAME}", "numpy"
@@ -145,23 +145,24 @@ def evaluate_robustness(config, model, state, mesh, train_bank: bank_lib.Bank,
     picture_path: where process 0 writes the grid of the first eval image under every
       corruption and severity, as the model got it (None: no picture).
   """
-  t0 = time.time()
-  p = plan(config, corruptions, severities)
-  w = probes.ridge_probe(train_bank, num_classes=num_classes, lam=lam)
-  clean = probes.ridge_accuracy(w, test_bank)
-  shown: dict[tuple[str, int], np.ndarray] = {}
-  acc: dict[str, dict[int, float]] = {}
-  for name in p.sources:
-    acc[name] = {}
-    for s in severities:
-      src, hook = _source(config, p, name, s, seed, shown)
-      batches = shifted_stream.source_batches(config, mesh, src, hook=hook,
-                                              where=f"{name} severity {s}")
-      bank = bank_lib.extract_batches(model, state, mesh, batches, src.sizes,
-                                      name=f"extract {name}-{s}")
-      acc[name][int(s)] = probes.ridge_accuracy(w, bank)
-      del bank
-    logging.info("robustness %s: %s", name, {s: round(a, 4) for s, a in acc[name].items()})
+  took: dict[str, float] = {}
+  with progress.timed(took, "robustness"):
+    p = plan(config, corruptions, severities)
+    w = probes.ridge_probe(train_bank, num_classes=num_classes, lam=lam)
+    clean = probes.ridge_accuracy(w, test_bank)
+    shown: dict[tuple[str, int], np.ndarray] = {}
+    acc: dict[str, dict[int, float]] = {}
+    for name in p.sources:
+      acc[name] = {}
+      for s in severities:
+        src, hook = _source(config, p, name, s, seed, shown)
+        batches = shifted_stream.source_batches(config, mesh, src, hook=hook,
+                                                where=f"{name} severity {s}")
+        bank = bank_lib.extract_batches(model, state, mesh, batches, src.sizes,
+                                        name=f"extract {name}-{s}")
+        acc[name][int(s)] = probes.ridge_accuracy(w, bank)
+        del bank
+      logging.info("robustness %s: %s", name, {s: round(a, 4) for s, a in acc[name].items()})
   res = {
       "probe": {"kind": "ridge", "lam": float(lam), "fit_on": config.dataset.train_split,
                 "num_train": train_bank.num_examples,
@@ -171,7 +172,7 @@ def evaluate_robustness(config, model, state, mesh, train_bank: bank_lib.Bank,
       "source": "+".join(sorted(set(p.sources.values()))) or None,
       "sources": p.sources, "missing": p.missing,
       **summarize(clean, acc), "picture": None,
-      "timing_s": round(time.time() - t0, 2)}
+      "timing_s": round(took["robustness"], 2)}
   if picture_path and jax.process_index() == 0:
     res["picture"] = _picture(config, p, severities, shown, picture_path)
   return res

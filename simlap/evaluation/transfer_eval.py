@@ -7,7 +7,6 @@ kNN and few-shot ridge with the target's train split as bank and pool (`evaluate
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from simlap.data import transfer
 from simlap.evaluation import bank as bank_lib
 from simlap.evaluation import knn as knn_lib
 from simlap.evaluation import probes
+from simlap.evaluation import progress
 
 
 def check_names(names: Sequence[str]) -> list[str]:
@@ -62,17 +62,18 @@ def evaluate_target(config, model, state, mesh, name: str, *, data_dir: str | No
   per class for each of `seeds` (`probes.few_shot_ridge`); a shot count above the smallest
   train class is reported None.
   """
-  t0 = time.time()
-  t = transfer.target(name)
-  _prepare(name, data_dir)
-  train = _bank(config, model, state, mesh, name, t.train_split, data_dir)
-  test = _bank(config, model, state, mesh, name, t.test_split, data_dir)
-  knn = knn_lib.knn_predict(train, test, num_classes=t.num_classes, ks=(k,),
-                            temperature=temperature, name=f"knn {name}")
-  smallest = int(np.bincount(train.host("labels"), minlength=t.num_classes).min())
-  possible = [int(s) for s in shots if s <= smallest]
-  few = probes.few_shot_ridge(train, test, num_classes=t.num_classes, shots=possible,
-                              seeds=seeds, lam=lam) if possible else {"shots": {}}
+  took: dict[str, float] = {}
+  with progress.timed(took, name):
+    t = transfer.target(name)
+    _prepare(name, data_dir)
+    train = _bank(config, model, state, mesh, name, t.train_split, data_dir)
+    test = _bank(config, model, state, mesh, name, t.test_split, data_dir)
+    knn = knn_lib.knn_predict(train, test, num_classes=t.num_classes, ks=(k,),
+                              temperature=temperature, name=f"knn {name}")
+    smallest = int(np.bincount(train.host("labels"), minlength=t.num_classes).min())
+    possible = [int(s) for s in shots if s <= smallest]
+    few = probes.few_shot_ridge(train, test, num_classes=t.num_classes, shots=possible,
+                                seeds=seeds, lam=lam) if possible else {"shots": {}}
   return {
       "dataset": t.tfds_name, "train_split": t.train_split, "test_split": t.test_split,
       "num_train": train.num_examples, "num_test": test.num_examples,
@@ -80,7 +81,7 @@ def evaluate_target(config, model, state, mesh, name: str, *, data_dir: str | No
       "knn_accuracy": knn["accuracy"][k],
       "few_shot": {f"{s}shot": few["shots"].get(s) for s in (int(s) for s in shots)},
       "smallest_train_class": smallest,
-      "timing_s": round(time.time() - t0, 2)}
+      "timing_s": round(took[name], 2)}
 
 
 def protocol(config, *, k: int = 20, temperature: float = 0.07,
