@@ -221,7 +221,7 @@ def evaluate(workdir: str, step: int | None, evals: Sequence[evaluators.Evaluato
   logging.info("evaluation parts: %s", ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
 
   res = {
-      "workdir": workdir, "step": step, "method": config.get("method"),
+      "workdir": workdir, "step": step, "method": config.method,
       "objective": config.objective,
       "budget": budget(config, info.num_train),
       "dataset": {"name": d.name, "train_split": d.train_split, "test_split": d.eval_split,
