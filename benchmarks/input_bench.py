@@ -8,7 +8,7 @@ Each pipeline makes two 224x224 views per image with the full SimCLR augmentatio
 0.08-1 by decode-and-crop, flip, jitter 0.8 @ s=1, grayscale 0.2, blur 0.5, solarize 0.2 on
 view 2), as the trainer streams imagenet2012, and yields local batches as numpy (host only).
 
-Per reader ("stream": TFRecord + shuffle buffer, "random_access": ArrayRecord by index) and per
+Per reader ("stream": TFRecord in shuffled blocks, "random_access": ArrayRecord by index) and per
 core count (the measuring process pinned with sched_setaffinity before TensorFlow starts):
   * views/s and views per CPU-second over the whole timed run (the second is per-core
     throughput even on a shared machine);
@@ -35,9 +35,10 @@ _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin the pipeline
 _EPOCHS = flags.DEFINE_float("epochs", 2.5, "Epochs timed (crosses two boundaries).")
 _READERS = flags.DEFINE_list(
     "readers", ["stream_baseline", "stream_no_options", "stream", "random_access"],
-    "stream_baseline: the TFRecord stream with float32 views, sequential epochs and TF's default "
-    "thread pools; stream_no_options: today's stream without the tf.data threading options; "
-    "stream: TFRecord, overlapped epochs; random_access: ArrayRecord by index.")
+    "stream_baseline: a TFRecord stream with float32 views, a shuffle buffer refilled every "
+    "epoch, resume by re-reading, TF's default thread pools; stream_no_options: the stream "
+    "without the tf.data threading options; stream: TFRecord in shuffled blocks; "
+    "random_access: ArrayRecord by index.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: 'reader,cores,data_dir' to measure.")
 
 
@@ -88,6 +89,23 @@ def _config(data_dir: str, reader: str, batch: int, images: int):
   return c
 
 
+def _epoch_buffer_stream(builder, split, config, *, seed, start_step, unique, with_ids):
+  """The baseline TFRecord stream: each epoch a fresh shuffle buffer over the slice in file
+  order, epochs one after the other, and a resume that re-reads the epoch so far."""
+  import tensorflow as tf  # noqa: PLC0415
+  import tensorflow_datasets as tfds  # noqa: PLC0415
+  from simlap.data import datasets  # noqa: PLC0415
+  d = config.dataset
+  base = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=datasets.decoders(builder, d.image_key),
+                            read_config=tfds.ReadConfig(try_autocache=False)).map(
+                                lambda ex: datasets.pick(ex, d, with_ids))
+  n = datasets.num_examples(builder, split)
+  epoch, skip = divmod(start_step * unique, n)
+  return tf.data.Dataset.range(epoch, 2**62).flat_map(
+      lambda e: base.shuffle(d.shuffle_buffer, seed=seed * 1000 + e)).skip(skip)
+
+
 def _measure(reader: str, cores: int, data_dir: str) -> dict:
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
   import numpy as np  # noqa: PLC0415
@@ -102,10 +120,9 @@ def _measure(reader: str, cores: int, data_dir: str) -> dict:
     default_options = tf.data.Options()
     default_options.deterministic = True
     train_stream.pipeline_options = lambda threads=None: default_options
-  if variant == "stream_baseline":  # float32 views, epochs one after the other (flat_map)
+  if variant == "stream_baseline":  # float32 views, one shuffle buffer refilled every epoch
     c.dataset.view_dtype = "float32"
-    train_stream.epochs_overlapped = lambda fn, first, n: tf.data.Dataset.range(
-        first, 2**62).flat_map(fn)
+    train_stream._disk_stream = _epoch_buffer_stream  # noqa: SLF001
   steps_per_epoch = images // batch
   it = train_stream.local_train_dataset(c, seed=0, process_index=0,
                                         process_count=1).as_numpy_iterator()

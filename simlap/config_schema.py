@@ -104,7 +104,8 @@ def _schema() -> dict[str, Any]:
           num_classes=Field(10, "C, the classes of label_key"),
           image_size=Field(28, "side of the augmented views fed to the model"),
           channels=Field(1, "image channels: 1 (gray) or 3 (RGB)"),
-          shuffle_buffer=Field(20_000, "shuffle buffer of a TFRecord-streamed train split"),
+          shuffle_buffer=Field(20_000, "TFRecord-streamed train split: records per shuffled "
+                               "block (two blocks are held)"),
           repeats=Field(1, "repeated augmentation: each image this many times per batch"),
           classes_per_batch=Field(0, "class-balanced P x K sampler: P classes a batch; 0 = off"),
           samples_per_class=Field(0, "class-balanced sampler: K images per class"),

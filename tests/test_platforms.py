@@ -9,7 +9,7 @@ import pytest
 
 from test_aot import REPO, _require_libtpu
 
-PROBE = ("import sys; from simlap import platforms; "
+PROBE = ("import sys; from simlap.runtime import platforms; "
          "chosen = platforms.skip_absent_tpu() if sys.argv[1] == 'skip' else None; "
          "import jax; print(chosen, jax.devices()[0].platform)")
 NOISE = "TPU_WORKER_HOSTNAMES"  # in libtpu's error when it starts on a host without a TPU

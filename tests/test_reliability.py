@@ -38,6 +38,7 @@ from simlap import config_schema
 from simlap.runtime import workdir as workdir_lib
 from simlap.runtime import sharding
 from simlap.training import loop as train
+from simlap.training import state as state_lib
 from simlap.training import step as train_step
 from simlap.data import fashion_mnist
 from simlap.data import datasets
@@ -421,8 +422,8 @@ def test_nonfinite_loss_stops_run_and_keeps_last_good_checkpoint(fmnist_data_dir
 def test_nonfinite_gradient_is_named():
   # The gradient code path (finite loss, non-finite gradient) has no cheap real trigger, so
   # the state the train step produces in that case is built directly.
-  state = train_step.TrainState(step=np.int32(5), params={}, batch_stats={}, opt_state={},
-                                nonfinite_step=np.int32(4), nonfinite=np.int32(2))
+  state = state_lib.TrainState(step=np.int32(5), params={}, batch_stats={}, opt_state={},
+                               nonfinite_step=np.int32(4), nonfinite=np.int32(2))
   with pytest.raises(FloatingPointError, match="non-finite gradient norm at step 5;"):
     train_step.raise_if_nonfinite(state)
   train_step.raise_if_nonfinite(state.replace(nonfinite=np.int32(0)))  # healthy: no error

@@ -4,7 +4,7 @@ Each process reads only its slice of a split (`tfds.split_for_jax_process`), and
 `jax.make_array_from_process_local_data` assembles the global batch. Invariant: the stream is a
 pure function of (seed, step), so `start_step=s` yields what an uninterrupted run yields from s
 on: position p is example perm_e[p % n] of epoch e = p // n, perm_e keyed by (seed, e) (an index
-shuffle, or a seeded shuffle buffer for a TFRecord stream), and row r of step s augments with a
+shuffle, or seeded shuffled blocks for a TFRecord stream), and row r of step s augments with a
 seed folded from (seed, s, r). docs/performance.md, "Input pipeline".
 """
 from __future__ import annotations
@@ -141,31 +141,49 @@ def _class_balanced_indices(labels: np.ndarray, config: ConfigDict, seed: int, u
 
 def _disk_stream(builder, split: Any, config: ConfigDict, *, seed: int, start_step: int,
                  unique: int, with_ids: bool) -> tf.data.Dataset:
-  """Unique examples streamed from TFDS: fixed file order, shuffle buffer seeded per epoch."""
+  """Unique examples streamed from TFRecord files in shuffled blocks.
+
+  The process's slice is cut into nb blocks of about `dataset.shuffle_buffer` consecutive
+  records (`tfds.even_splits`). Epoch e visits the blocks in a permutation keyed by (seed, e)
+  and each block in a shuffle keyed by (seed, e, block), so stream position p is a pure
+  function of the seed. The next block is read while the current one drains, across epoch
+  boundaries too: no epoch refills a buffer from scratch, and at most two blocks are held.
+  A resume opens the block that holds its position and skips less than one block in it.
+  """
   d = config.dataset
   if d.classes_per_batch:
     raise ValueError(f"classes_per_batch needs an in-memory dataset; {d.name!r} is streamed")
-  base = builder.as_dataset(
-      split=split, shuffle_files=False, decoders=datasets.decoders(builder, d.image_key),
-      read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=with_ids))
-  n = int(base.cardinality())
-  if n <= 0:
-    n = datasets.num_examples(builder, split)
-  base = base.map(lambda ex: datasets.pick(ex, d, with_ids))
-  epoch, skip = divmod(start_step * unique, n)
-  epoch_seed = lambda e: tf.random.experimental.stateless_fold_in(  # noqa: E731
-      tf.constant([seed, _ORDER], tf.int64), e)[0]
-  return epochs_overlapped(lambda e: base.shuffle(d.shuffle_buffer, seed=epoch_seed(e)),
-                           epoch, n).skip(skip)
+  n = datasets.num_examples(builder, split)
+  nb = max(1, -(-n // d.shuffle_buffer))
+  blocks = tfds.even_splits(split, n=nb) if nb > 1 else [split]
+  sizes = [n // nb + (i < n % nb) for i in range(nb)]  # even_splits: the larger blocks first
+  read = lambda b: builder.as_dataset(  # noqa: E731
+      split=b, shuffle_files=False, decoders=datasets.decoders(builder, d.image_key),
+      read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=with_ids)).map(
+          lambda ex: datasets.pick(ex, d, with_ids))
+  block_datasets = [read(b) for b in blocks]
+  order_seed = lambda e: tf.random.experimental.stateless_fold_in(  # noqa: E731
+      tf.constant([seed, _ORDER], tf.int64), e)
 
+  def block(g):  # g = e * nb + k: the k-th block of epoch e, shuffled whole
+    e = g // nb
+    b = tf.random.experimental.index_shuffle(g % nb, order_seed(e), nb - 1)
+    chosen = tf.data.Dataset.choose_from_datasets(
+        block_datasets, tf.data.Dataset.from_tensors(b).repeat())
+    key = tf.random.experimental.stateless_fold_in(order_seed(e), b)
+    return chosen.shuffle(max(sizes), seed=tf.cast(key[0], tf.int64) * (2**31) + tf.cast(
+        key[1], tf.int64))
 
-def epochs_overlapped(epoch_fn, first_epoch: int, n: int) -> tf.data.Dataset:
-  """epoch_fn(first_epoch), then epoch_fn(first_epoch + 1), ... (n elements each), in exactly
-  flat_map's order, but the next epoch is opened while the current one drains: its shuffle
-  buffer fills in the background instead of stalling the stream at the boundary (the cost:
-  two epochs' buffers in memory around a boundary)."""
-  return tf.data.Dataset.range(first_epoch, _FOREVER).interleave(
-      epoch_fn, cycle_length=2, block_length=n, num_parallel_calls=2, deterministic=True)
+  epoch, pos = divmod(start_step * unique, n)
+  k, offset = 0, pos
+  first_order = [int(tf.random.experimental.index_shuffle(i, order_seed(epoch), nb - 1))
+                 for i in range(nb)]
+  while offset >= sizes[first_order[k]]:
+    offset -= sizes[first_order[k]]
+    k += 1
+  return tf.data.Dataset.range(epoch * nb + k, _FOREVER).interleave(
+      block, cycle_length=2, block_length=max(sizes), num_parallel_calls=2,
+      deterministic=True).skip(offset)
 
 
 def view_dtype(config: ConfigDict, builder) -> str:
@@ -187,8 +205,9 @@ _READER_LOG = {
     "memory": "in memory, a permutation per epoch, free resume",
     "random_access": "by index from ArrayRecord (tfds.data_source), a permutation per epoch, "
                      "free resume",
-    "stream": "TFRecord stream, shuffle buffer {} refilled every epoch, resume re-reads the "
-              "epoch so far (prepare with --file_format=array_record for random access)",
+    "stream": "TFRecord stream in shuffled blocks of {} records, a block order per epoch, "
+              "resume reads one block (prepare with --file_format=array_record for random "
+              "access)",
 }
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # simlap/
 _PROGRESS = "Setting work unit notes"  # clu.periodic_actions.ReportProgress: steps/s, ETA
 # Warnings that say nothing a user can act on: TFDS's own deprecations and first-prepare notes.
 _NOISE_SOURCES = (os.sep + "tensorflow_datasets" + os.sep,)
