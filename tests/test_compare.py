@@ -76,12 +76,16 @@ def test_grid_trains_every_run_and_writes_the_table(grid):
   table = open(os.path.join(workdir, "comparison.md"), encoding="utf-8").read()
   assert "python -m simlap.compare --config=" in table and "--seeds=0,1" in table
   assert "4 steps × batch 32" in table and "resnet_tiny" in table
-  rows = [line for line in table.splitlines() if line.startswith("| simlap |")
-          or line.startswith("| ce |")]
+  rows = [line for line in table.splitlines() if line.startswith("| simlap | 2 |")
+          or line.startswith("| ce | 2 |")]
   assert len(rows) == 2 and all(" ± " in r for r in rows)
+  # --baselines defaults to ce,supcon: simlap is judged against ce (supcon is not in the grid).
+  assert "| vs ce | seeds | fashion_mnist_local |" in table and "| simlap | 2 vs 2 |" in table
   data = json.load(open(os.path.join(workdir, "comparison.json"), encoding="utf-8"))
   assert list(data["methods"]) == ["simlap", "ce"]
   simlap, ce = data["methods"]["simlap"], data["methods"]["ce"]
+  assert list(data["win_loss"]["vs"]) == ["ce"] and data["win_loss"]["vs"]["ce"]["simlap"][
+      "seeds"] == [2, 2]
   assert [r["seed"] for r in simlap["runs"]] == [0, 1]
   assert set(simlap["mean_std"]) == set(eval_workdir.SUMMARY_KEYS)
   assert simlap["mean_std"]["group_recovery_gate"][0] is not None
