@@ -68,7 +68,8 @@ def test_cells_are_one_format():
   assert cells.pct(None) == cells.num(float("nan")) == cells.DASH == "–"
   assert cells.mean_std(0.9, 0.01) == "90.00 ± 1.00"
   assert cells.mean_std(2.0, 0.25, "num2") == "2.00 ± 0.25" == tables.cell([2.0, 0.25], "num2")
-  assert cells.mean_std(None, 0.1) == "–" and cells.mean_std(2.0, None, "num1") == "2.0"
+  assert cells.mean_std(None, 0.1) == cells.mean_std(float("nan"), 0.1) == "–"
+  assert cells.mean_std(2.0, None, "num1") == "2.0"
   with pytest.raises(ValueError, match="cell kind"):
     cells.value(1.0, "float")
 
