@@ -13,7 +13,9 @@ from absl import flags
 
 from simlap.runtime import checkpointing
 from simlap import compare
+from simlap.grid import run as grid_run
 from simlap.grid import steps as compare_steps
+from simlap.runtime import workdir as workdir_lib
 from simlap.evaluation import run as eval_workdir
 from simlap import evaluate
 from simlap.training import loop as train
@@ -67,19 +69,23 @@ def test_grid_trains_every_run_and_writes_the_table(grid):
   assert trained == 4 and out["runs_trained"] == 4 and out["runs_evaluated"] == 4
   for method in ("simlap", "ce"):
     for seed in (0, 1):
-      rdir = compare.run_dir(workdir, method, seed)
-      assert compare.run_status(rdir) == (True, True)
+      rdir = grid_run.run_dir(workdir, method, seed)
+      assert grid_run.run_status(rdir) == (True, True)
       summary = json.load(open(os.path.join(rdir, "summary.json"), encoding="utf-8"))
       assert summary["step"] == 4 and summary["num_steps"] == 4
   table = open(os.path.join(workdir, "comparison.md"), encoding="utf-8").read()
   assert "python -m simlap.compare --config=" in table and "--seeds=0,1" in table
   assert "4 steps × batch 32" in table and "resnet_tiny" in table
-  rows = [line for line in table.splitlines() if line.startswith("| simlap |")
-          or line.startswith("| ce |")]
+  rows = [line for line in table.splitlines() if line.startswith("| simlap | 2 |")
+          or line.startswith("| ce | 2 |")]
   assert len(rows) == 2 and all(" ± " in r for r in rows)
+  # --baselines defaults to ce,supcon: simlap is judged against ce (supcon is not in the grid).
+  assert "| vs ce | seeds | fashion_mnist_local |" in table and "| simlap | 2 vs 2 |" in table
   data = json.load(open(os.path.join(workdir, "comparison.json"), encoding="utf-8"))
   assert list(data["methods"]) == ["simlap", "ce"]
   simlap, ce = data["methods"]["simlap"], data["methods"]["ce"]
+  assert list(data["win_loss"]["vs"]) == ["ce"] and data["win_loss"]["vs"]["ce"]["simlap"][
+      "seeds"] == [2, 2]
   assert [r["seed"] for r in simlap["runs"]] == [0, 1]
   assert set(simlap["mean_std"]) == set(eval_workdir.SUMMARY_KEYS)
   assert simlap["mean_std"]["group_recovery_gate"][0] is not None
@@ -92,7 +98,7 @@ def test_grid_trains_every_run_and_writes_the_table(grid):
 
 def test_rerun_skips_finished_runs(grid):
   workdir, argv, first, _ = grid
-  results = os.path.join(compare.run_dir(workdir, "ce", 0), "eval", "results.json")
+  results = os.path.join(grid_run.run_dir(workdir, "ce", 0), "eval", "results.json")
   mtime = os.path.getmtime(results)
   with mock.patch.object(train, "train_and_evaluate") as tr, \
        mock.patch.object(eval_workdir, "evaluate_workdir") as ev:
@@ -106,16 +112,16 @@ def test_rerun_skips_finished_runs(grid):
 
 def test_interrupted_run_resumes_from_its_checkpoint(grid, capsys):
   workdir, argv, _, _ = grid
-  rdir = compare.run_dir(workdir, "simlap", 1)
+  rdir = grid_run.run_dir(workdir, "simlap", 1)
   # What a preemption after step 2 leaves: checkpoint 2, no final checkpoint, no summary.
   shutil.rmtree(os.path.join(rdir, "checkpoints", "4"))
   os.remove(os.path.join(rdir, "summary.json"))
-  assert compare.run_status(rdir) == (False, False)
+  assert grid_run.run_status(rdir) == (False, False)
   with mock.patch.object(train, "train_and_evaluate", wraps=train.train_and_evaluate) as tr:
     out = run(argv)
   assert tr.call_count == 1 and out["runs_trained"] == 1 and out["runs_evaluated"] == 1
   assert "simlap seed 1: training (resuming)" in capsys.readouterr().out
-  assert compare.run_status(rdir) == (True, True)
+  assert grid_run.run_status(rdir) == (True, True)
   rows = [json.loads(line) for line in open(os.path.join(rdir, "metrics.jsonl"),
                                             encoding="utf-8")]
   # Steps 3-4 trained again: the interrupted run's step-4 row was dropped on resume (it is
@@ -150,12 +156,11 @@ def test_runs_saved_before_kept_steps_and_selective_pairs_still_match():
   # A grid trained before keep_checkpoint_steps and the selective-pair fields existed (their
   # config.json lacks them) is continued, and scored at 1/3 and 2/3, without a config error.
   from simlap import config_schema  # noqa: PLC0415
-  from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
   for method in ("simlap", "simlap_open", "supcon", "ce"):
-    saved = workdir_lib.as_json(compare.method_config(config_schema.base_config(), method, 1))
+    saved = workdir_lib.as_json(grid_run.method_config(config_schema.base_config(), method, 1))
     del saved["keep_checkpoint_steps"], saved["loss"]["selective_alpha"]
     del saved["loss"]["selective_max_level"]
-    now = compare.method_config(config_schema.base_config(), method, 1, keep_steps=(468, 936))
+    now = grid_run.method_config(config_schema.base_config(), method, 1, keep_steps=(468, 936))
     assert now.keep_checkpoint_steps == (468, 936)
     assert workdir_lib.resume_blockers(saved, now) == [], method
 
@@ -167,7 +172,8 @@ def test_checkpointer_keeps_the_listed_steps(tmp_path):
     if step % 2 == 0 or step in ckpt.keep_steps:
       ckpt.save(step, {"w": np.ones(2, np.float32)}, {"step": step}, force=step == 6)
   ckpt.close()
-  assert compare_steps.checkpoint_steps(str(tmp_path)) == [3, 6]  # the newest 1, and step 3
+  # The newest 1, and step 3, read from the folder names as Orbax saw them.
+  assert workdir_lib.checkpoint_steps(str(tmp_path / "checkpoints")) == [3, 6]
 
 
 def step_argv(argv, fractions):
@@ -176,7 +182,7 @@ def step_argv(argv, fractions):
 
 def test_eval_fractions_score_each_checkpoint(grid, capsys):
   workdir, argv, _, _ = grid
-  rdir = compare.run_dir(workdir, "simlap", 0)
+  rdir = grid_run.run_dir(workdir, "simlap", 0)
   with mock.patch.object(train, "train_and_evaluate") as tr:
     out = run(step_argv(argv, "1/2,1"))
   assert tr.call_count == 0 and out["step_evaluations"] == 1  # step 4 is eval/results.json

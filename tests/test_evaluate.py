@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from simlap.evaluation import array_eval as evaluators
+from simlap.evaluation import cells
 from simlap.runtime import sharding
 
 
@@ -188,5 +189,6 @@ def test_ridge_solves_normal_equations_and_ignores_zero_weight_rows():
 def test_mean_std_and_format():
   assert evaluators.mean_std([0.9, 0.92, 0.94]) == pytest.approx((0.92, 0.02))
   assert evaluators.mean_std([0.5]) == (0.5, 0.0)
-  assert evaluators.format_mean_std([0.9, 0.92, 0.94]) == "92.00 ± 2.00"
-  assert evaluators.format_mean_std([1.0, 3.0], scale=1, digits=1) == "2.0 ± 1.4"
+  # Tables write them through evaluation.cells (the one cell format).
+  assert cells.mean_std(*evaluators.mean_std([0.9, 0.92, 0.94])) == "92.00 ± 2.00"
+  assert cells.mean_std(*evaluators.mean_std([1.0, 3.0]), "num1") == "2.0 ± 1.4"

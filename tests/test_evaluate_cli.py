@@ -10,7 +10,7 @@ from simlap.evaluation import evaluators
 from simlap.evaluation import run as eval_workdir
 from simlap.runtime import storage
 from simlap.runtime import workdir as workdir_lib
-from simlap import compare
+from simlap.grid import run as grid_run
 from simlap import evaluate
 from simlap.training import loop as train
 from test_compare import grid_argv, parse
@@ -37,7 +37,7 @@ def workdir(fmnist_data_dir, tmp_path_factory):
   # compilation cache serves them whichever test file runs first.
   path = str(tmp_path_factory.mktemp("evaluate_cli") / "run")
   fv, _ = parse(grid_argv(fmnist_data_dir, path))
-  config = compare.method_config(fv.config, "simlap", 0)
+  config = grid_run.method_config(fv.config, "simlap", 0)
   train.train_and_evaluate(config, path)
   return path, config
 

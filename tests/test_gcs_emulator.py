@@ -165,3 +165,24 @@ def test_train_sigterm_resume_evaluate_compare_on_gs(emulator, fmnist_data_dir, 
   assert list(_json(f"{root}/comparison.json")["methods"]) == ["simlap"]
   assert "| simlap | 1 |" in storage.read_text(f"{root}/comparison.md")
   assert not os.path.exists(tmp_path / "gs:")  # the children ran in tmp_path
+
+
+def test_checkpoint_steps_on_gs_are_the_ones_orbax_committed(emulator):
+  # On gs:// Orbax commits a step by writing commit_success.txt into it (no rename):
+  # workdir.checkpoint_steps, which reads folder names, must skip a half-written step as
+  # Orbax's own manager does.
+  import numpy as np  # noqa: PLC0415
+  from simlap.runtime import checkpointing  # noqa: PLC0415
+  from simlap.runtime import workdir as workdir_lib  # noqa: PLC0415
+  ckpts = f"gs://{BUCKET}/steps/checkpoints"
+  ckpt = checkpointing.Checkpointer(ckpts, every_steps=1, keep=10)
+  for step in (1, 2):
+    ckpt.save(step, {"w": np.ones(2, np.float32)}, {"step": step})
+  ckpt.close()
+  assert storage.exists(f"{ckpts}/2/{workdir_lib.COMMIT_FILE}")
+  storage.write_bytes(f"{ckpts}/5/state/x", b"")  # a write cut off before its commit
+  again = checkpointing.Checkpointer(ckpts, every_steps=1, keep=10)
+  orbax_steps = sorted(again._manager.all_steps())  # noqa: SLF001 - Orbax's own view
+  assert again.all_steps() == orbax_steps == [1, 2]
+  assert workdir_lib.checkpoint_steps(ckpts) == [1, 2]
+  again.close()

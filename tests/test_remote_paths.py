@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import uuid
 
-from simlap.grid import steps as compare_steps
 from simlap.evaluation import plots
 from simlap.runtime import storage
 from simlap.runtime import workdir as workdir_lib
@@ -19,8 +18,8 @@ def test_checkpoint_steps_of_a_url_run():
   run = f"memory://simlap_{uuid.uuid4().hex}/cmp/simlap/seed0"
   for name in ("4", "6", "6.damaged", "8.orbax-checkpoint-tmp"):
     storage.write_bytes(f"{run}/checkpoints/{name}/x", b"")
-  assert compare_steps.checkpoint_steps(run) == [4, 6]
-  assert compare_steps.checkpoint_steps(f"{run}/nothing") == []
+  assert workdir_lib.checkpoint_steps(f"{run}/checkpoints") == [4, 6]
+  assert workdir_lib.checkpoint_steps(f"{run}/nothing/checkpoints") == []
 
 
 def test_compare_outputs_and_plots_go_to_the_url():

@@ -335,9 +335,3 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   if v.size == 0:
     return math.nan, math.nan
   return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else 0.0)
-
-
-def format_mean_std(values: Sequence[float], *, scale: float = 100.0, digits: int = 2) -> str:
-  """'90.12 ± 0.31' (accuracies in [0, 1] shown as percentages by default)."""
-  mean, std = mean_std(values)
-  return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"

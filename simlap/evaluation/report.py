@@ -1,16 +1,9 @@
 """eval/report.md: one evaluation's results dict (see `eval_workdir`) as readable Markdown."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
-
-def _pct(x) -> str:
-  return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
-
-
-def _num(x, digits: int = 3) -> str:
-  return "–" if x is None else f"{x:.{digits}f}"
+from simlap.evaluation import cells
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -24,26 +17,26 @@ def markdown(res: dict[str, Any]) -> str:
       "## Frozen-feature accuracy (test %, backbone features)", "",
       "| protocol | accuracy |", "|---|---|"]
   for k, v in res["knn"]["backbone"].items():
-    lines.append(f"| kNN k={k}, T={res['protocol']['knn']['temperature']} | {_pct(v)} |")
+    lines.append(f"| kNN k={k}, T={res['protocol']['knn']['temperature']} | {cells.pct(v)} |")
   for k, v in res["knn"]["projector"].items():
-    lines.append(f"| kNN k={k} (projector) | {_pct(v)} |")
+    lines.append(f"| kNN k={k} (projector) | {cells.pct(v)} |")
   hp = res["linear_probe"]["hparams"]
   lines.append(f"| linear probe ({hp['optimizer']}, {hp['epochs']} ep, lr {hp['lr']}, "
-               f"bs {hp['batch_size']}) | {_pct(res['linear_probe']['accuracy'])} |")
+               f"bs {hp['batch_size']}) | {cells.pct(res['linear_probe']['accuracy'])} |")
   for k, v in res["few_shot"]["shots"].items():
     lines.append(f"| {k}-shot ridge (λ={res['few_shot']['lam']}, seeds "
-                 f"{res['few_shot']['seeds']}) | {_pct(v['mean'])} ± {_pct(v['std'])} |")
-  lines.append(f"| online probe (trained with the model) | {_pct(res['online_probe'])} |")
+                 f"{res['few_shot']['seeds']}) | {cells.mean_std(v['mean'], v['std'])} |")
+  lines.append(f"| online probe (trained with the model) | {cells.pct(res['online_probe'])} |")
   lines += ["", "## Analysis (test split)", "", "| quantity | backbone | projector |",
             "|---|---|---|",
-            f"| effective rank (of dim) | {_num(s['effective_rank_backbone'], 1)} / "
-            f"{a['spectrum']['backbone']['dim']} | {_num(s['effective_rank_projector'], 1)} / "
+            f"| effective rank (of dim) | {cells.num(s['effective_rank_backbone'], 1)} / "
+            f"{a['spectrum']['backbone']['dim']} | {cells.num(s['effective_rank_projector'], 1)} / "
             f"{a['spectrum']['projector']['dim']} |",
-            f"| intra- vs inter-class cosine AUROC | {_num(s['auroc_backbone'])} | "
-            f"{_num(s['auroc_projector'])} |",
-            f"| class-mean group recovery (chance {_num(s['group_recovery_chance'])}) | "
-            f"{_num(s['group_recovery_class_mean_backbone'])} | "
-            f"{_num(s['group_recovery_class_mean_projector'])} |", ""]
+            f"| intra- vs inter-class cosine AUROC | {cells.num(s['auroc_backbone'])} | "
+            f"{cells.num(s['auroc_projector'])} |",
+            f"| class-mean group recovery (chance {cells.num(s['group_recovery_chance'])}) | "
+            f"{cells.num(s['group_recovery_class_mean_backbone'])} | "
+            f"{cells.num(s['group_recovery_class_mean_projector'])} |", ""]
   if a.get("gates") is None:
     lines += ["Gates: none (objective without a gate, or an open gate).", ""]
   else:
@@ -51,18 +44,18 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         "## Gates", "",
         f"- class gates g(y, y): mean subspace Σ_d g = {g['activation_mean']:.1f} of "
-        f"{g['dim']} dims; g > 0.5: {_pct(g['frac_open'])} %; near 0 / near 1 / in between: "
-        f"{_pct(g['frac_near_zero'])} / {_pct(g['frac_near_one'])} / "
-        f"{_pct(g['frac_intermediate'])} %; mean Bernoulli entropy "
+        f"{g['dim']} dims; g > 0.5: {cells.pct(g['frac_open'])} %; near 0 / near 1 / in between: "
+        f"{cells.pct(g['frac_near_zero'])} / {cells.pct(g['frac_near_one'])} / "
+        f"{cells.pct(g['frac_intermediate'])} %; mean Bernoulli entropy "
         f"{g['entropy_bits_mean']:.3f} bits.",
-        f"- AUROC in the class-gated subspace {_num(s['auroc_projector_gated'])}, in the "
-        f"pair-gated subspace {_num(s['auroc_projector_pair_gated'])}.",
-        f"- group recovery from gate cosine: {_num(s['group_recovery_gate'])} (class-mean "
-        f"baseline {_num(s['group_recovery_class_mean_projector'])}, chance "
-        f"{_num(s['group_recovery_chance'])}).",
-        f"- pair subspace Σ g within groups {_num(s['pair_size_within'], 2)} vs across "
-        f"{_num(s['pair_size_across'], 2)} (AUROC within > across "
-        f"{_num(s['pair_size_within_vs_across_auroc'])}).", ""]
+        f"- AUROC in the class-gated subspace {cells.num(s['auroc_projector_gated'])}, in the "
+        f"pair-gated subspace {cells.num(s['auroc_projector_pair_gated'])}.",
+        f"- group recovery from gate cosine: {cells.num(s['group_recovery_gate'])} (class-mean "
+        f"baseline {cells.num(s['group_recovery_class_mean_projector'])}, chance "
+        f"{cells.num(s['group_recovery_chance'])}).",
+        f"- pair subspace Σ g within groups {cells.num(s['pair_size_within'], 2)} vs across "
+        f"{cells.num(s['pair_size_across'], 2)} (AUROC within > across "
+        f"{cells.num(s['pair_size_within_vs_across_auroc'])}).", ""]
   lines += shift_sections(res)
   lines += ["Plots: " + ", ".join(f"[{p}]({p})" for p in a.get("plots", [])), "",
             f"Timing (s): {res['timing_s']}", ""]
@@ -83,16 +76,16 @@ def shift_sections(res: dict[str, Any]) -> list[str]:
         f"({p['num_train']} images), scored on {rob['split']} ({rob['num_test']} images) "
         f"corrupted at severities {', '.join(sev)} (source: {rob['source']}, seed "
         f"{rob['seed']}).", "",
-        f"- clean accuracy **{_pct(rob['clean_accuracy'])}**, mCA **{_pct(rob['mca'])}** "
+        f"- clean accuracy **{cells.pct(rob['clean_accuracy'])}**, mCA **{cells.pct(rob['mca'])}** "
         f"(mean of {len(rob['accuracy'])} corruptions × {len(sev)} severities), relative "
-        f"corruption error (1 − mCA) / (1 − clean) **{_num(rel)}**.", ""]
+        f"corruption error (1 − mCA) / (1 − clean) **{cells.num(rel)}**.", ""]
     if rob["missing"]:
       lines += ["- missing: " + "; ".join(f"{k} ({v})" for k, v in rob["missing"].items()), ""]
     lines += ["| corruption | source | " + " | ".join(f"s{s}" for s in sev) + " | mean |",
               "|---|---|" + "---|" * (len(sev) + 1)]
     for name, acc in rob["accuracy"].items():
       lines.append(f"| {name} | {rob['sources'][name]} | "
-                   + " | ".join(_pct(acc[s]) for s in sev) + f" | {_pct(acc['mean'])} |")
+                   + " | ".join(cells.pct(acc[s]) for s in sev) + f" | {cells.pct(acc['mean'])} |")
     lines.append("")
     if rob.get("picture"):
       lines += ["The first test image under every corruption and severity (as corrupted, "
@@ -112,8 +105,8 @@ def shift_sections(res: dict[str, Any]) -> list[str]:
     for name, t in transfer.items():
       few = [t["few_shot"].get(f"{s}shot") for s in shots]
       lines.append(f"| {name} | {t['num_train']} / {t['num_test']} | {t['num_classes']} | "
-                   f"{_pct(t['knn_accuracy'])} | " + " | ".join(
-                       "–" if f is None else f"{_pct(f['mean'])} ± {_pct(f['std'])}"
+                   f"{cells.pct(t['knn_accuracy'])} | " + " | ".join(
+                       cells.DASH if f is None else cells.mean_std(f["mean"], f["std"])
                        for f in few) + " |")
     lines.append("")
   return lines

@@ -21,16 +21,6 @@ from typing import Any
 
 from simlap.runtime import workdir as workdir_lib
 
-# The per-step tables: accuracy, and whether the representation collapses as training goes on.
-STEP_COLUMNS = (
-    ("kNN@20", "knn_20", "pct"), ("linear", "linear", "pct"), ("5-shot", "few_shot_5", "pct"),
-    ("eff. rank proj", "effective_rank_projector", "num1"),
-    ("eff. rank backbone", "effective_rank_backbone", "num1"),
-    ("AUROC backbone", "auroc_backbone", "num3"), ("AUROC proj", "auroc_projector", "num3"),
-    ("AUROC gated proj", "auroc_projector_gated", "num3"),
-    ("group rec. gate", "group_recovery_gate", "num2"),
-)
-
 
 def parse_fractions(values: Sequence[str]) -> list[Fraction]:
   """Sorted distinct fractions in (0, 1] from strings such as "1/3", "0.5" or "1"."""
@@ -71,20 +61,15 @@ def grid_steps(config: Any, fractions: Sequence[str]) -> dict[int, Fraction]:
 
 
 def epochs(step: int, batch_size: int, num_train: int) -> float:
-  """Epochs after `step` steps, as the trainer counts them (`optim.steps_per_epoch`: an epoch
-  is num_train // batch_size steps), so a 3-epoch run's last step is 3.0."""
-  return round(step / max(1, num_train // batch_size), 4)
+  """Epochs after `step` steps, as the trainer counts them (`optim.steps_per_epoch`), so a
+  3-epoch run's last step is 3.0; rounded to 4 decimals for the tables."""
+  from simlap.training import optim  # noqa: PLC0415 - optax: not for --help
+  return round(step / optim.steps_per_epoch(batch_size, num_train), 4)
 
 
 def step_dir(rdir: str, step: int) -> str:
   """Where step `step` of run `rdir` is evaluated to: rdir/eval/step_<step>."""
   return os.path.join(rdir, "eval", f"step_{step}")
-
-
-def checkpoint_steps(rdir: str) -> list[int]:
-  """Steps of rdir/checkpoints/<step>/, ascending (set-aside `<step>.damaged` ones excluded)."""
-  names = workdir_lib.listdir(os.path.join(rdir, "checkpoints"))  # local or gs://
-  return sorted(int(name) for name in names if name.isdigit())
 
 
 def step_results(rdir: str, step: int) -> dict[str, Any] | None:
@@ -101,7 +86,7 @@ def step_results(rdir: str, step: int) -> dict[str, Any] | None:
 def check_available(rdir: str, steps: dict[int, Fraction]) -> None:
   """Raises ValueError if training of `rdir` has passed a step of `steps` that has neither
   results nor a checkpoint (it could only be had by retraining), naming the steps it has."""
-  have = checkpoint_steps(rdir)
+  have = workdir_lib.checkpoint_steps(os.path.join(rdir, "checkpoints"))
   missing = [s for s in steps if s <= max(have, default=0) and s not in have
              and step_results(rdir, s) is None]
   if missing:
@@ -127,32 +112,12 @@ def evaluate_steps(rdir: str, steps: dict[int, Fraction], *, evaluate: Callable[
   for step, fraction in steps.items():
     res = step_results(rdir, step)
     if res is None:
-      if step not in checkpoint_steps(rdir):
+      have = workdir_lib.checkpoint_steps(os.path.join(rdir, "checkpoints"))
+      if step not in have:
         raise ValueError(f"{rdir}: no checkpoint at step {step} ({fraction} of training); its "
-                         f"checkpoints are at steps {checkpoint_steps(rdir)}")
+                         f"checkpoints are at steps {have}")
       res = evaluate(rdir, step, out_dir=step_dir(rdir, step), **(eval_kwargs or {}))
       evaluated += 1
       log(f"{tag}: evaluated step {step} ({fraction} of training)")
     out[step] = res
   return out, evaluated
-
-
-def steps_markdown(per_step: Sequence[dict[str, Any]], cell: Callable[..., str],
-                   curves: str | None = None) -> list[str]:
-  """Markdown lines: one table of `STEP_COLUMNS` (rows: method x step) for comparison.json's
-  "per_step"; `cell(mean_std, kind)` formats a cell."""
-  titles = ["method", "step", "fraction", "epochs", "runs"] + [c[0] for c in STEP_COLUMNS]
-  lines = ["", "## At several points of training", "",
-           "Every run scored from its own checkpoint at each step (same protocols); cells are "
-           "mean ± std over seeds." + (f" Curves: `{curves}`." if curves else ""), "",
-           "| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
-  methods = list(dict.fromkeys(m for e in per_step for m in e["methods"]))
-  for m in methods:
-    for e in per_step:
-      d = e["methods"].get(m)
-      if d is None:
-        continue
-      cells = [m, str(e["step"]), e["fraction"], f"{e['epochs']:g}", str(len(d["runs"]))]
-      lines.append("| " + " | ".join(cells + [cell(d["mean_std"][key], kind)
-                                              for _, key, kind in STEP_COLUMNS]) + " |")
-  return lines + [""]

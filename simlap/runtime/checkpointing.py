@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from simlap.runtime import storage  # noqa: F401 - epath on gcsfs, and the endpoint (see storage)
+from simlap.runtime import workdir as workdir_lib
 
 _STATE = "state"
 _META = "meta"
@@ -104,7 +105,8 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps())
+    """The committed steps on storage, ascending (`workdir.checkpoint_steps`, the one list)."""
+    return workdir_lib.checkpoint_steps(str(self.directory))
 
   def should_save(self, step: int) -> bool:
     """Whether `step` is a save step of the Orbax policy (every `every_steps`, or one of

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -160,8 +161,27 @@ def resume_blockers(saved: dict[str, Any], config: ml_collections.ConfigDict) ->
   return out
 
 
+# Orbax commits a step on gs:// by writing this file into its folder (elsewhere by renaming
+# `<step>.orbax-checkpoint-tmp-*` to `<step>`): a gs:// step folder without it is half written.
+COMMIT_FILE = "commit_success.txt"
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+  """The committed checkpoint steps in `directory` (a run's W/checkpoints), ascending.
+
+  Read from the folder names alone (local or a URL; no Orbax manager is built, so a grid can
+  list many runs cheaply): `<step>/` counts; Orbax's `<step>.orbax-checkpoint-tmp-*`, a
+  set-aside `<step>.damaged` and, on gs://, a step without `COMMIT_FILE` do not. The same set
+  Orbax's own `all_steps` reports for a finished directory.
+  """
+  steps = [int(n) for n in storage.listdir(directory) if re.fullmatch(r"[0-9]+", n)]
+  if directory.startswith("gs://"):
+    steps = [s for s in steps if storage.exists(os.path.join(directory, str(s), COMMIT_FILE))]
+  return sorted(steps)
+
+
 def _has_checkpoints(workdir: str) -> bool:
-  return any(name.isdigit() for name in storage.listdir(os.path.join(workdir, "checkpoints")))
+  return bool(checkpoint_steps(os.path.join(workdir, "checkpoints")))
 
 
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> None:
