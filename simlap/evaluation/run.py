@@ -46,7 +46,7 @@ REPORTED = ("knn", "linear_probe", "few_shot", "analysis")
 PROTOCOL_KEYS = ("knn", "linear_probe", "few_shot", "analysis", "transfer")
 RESULTS_KEYS = ("workdir", "step", "method", "objective", "budget", "dataset", "protocol",
                 "online_probe", *EVALUATOR_KEYS, "summary", "timing_s")
-# The flat headline numbers (`results["summary"]`) that simlap.compare aggregates.
+# The flat headline numbers (`results["summary"]`) that simlap.grid.aggregate aggregates.
 SUMMARY_KEYS = ("knn_10", "knn_20", "knn_50", "linear", "few_shot_1", "few_shot_5",
                 "few_shot_10", "few_shot_25", "online_probe", "effective_rank_backbone",
                 "effective_rank_projector", "auroc_backbone", "auroc_projector",
