@@ -33,6 +33,8 @@ _IMAGES = flags.DEFINE_integer("images", 2048, "Generated JPEGs (one epoch).")
 _BATCH = flags.DEFINE_integer("batch", 64, "Images per batch (two views each).")
 _CORES = flags.DEFINE_list("cores", ["1", "2"], "Core counts to pin the pipeline to.")
 _EPOCHS = flags.DEFINE_float("epochs", 2.5, "Epochs timed (crosses two boundaries).")
+_BUFFER = flags.DEFINE_integer("shuffle_buffer", 0, "dataset.shuffle_buffer (the stream's block "
+                               "and the baseline's buffer); 0 = half the images.")
 _READERS = flags.DEFINE_list(
     "readers", ["stream_baseline", "stream_no_options", "stream", "random_access"],
     "stream_baseline: a TFRecord stream with float32 views, a shuffle buffer refilled every "
@@ -80,7 +82,8 @@ def _config(data_dir: str, reader: str, batch: int, images: int):
   c = default.get_config()
   c.dataset.update(dict(name="synthetic_jpegs", data_dir=data_dir, num_classes=1000,
                         image_size=224, channels=3, in_memory=False,
-                        random_access=reader == "random_access", shuffle_buffer=images // 2))
+                        random_access=reader == "random_access",
+                        shuffle_buffer=_BUFFER.value or images // 2))
   for view in (c.augment.view1, c.augment.view2):
     view.update(dict(crop_scale=(0.08, 1.0), jitter_prob=0.8, brightness=0.8, contrast=0.8,
                      saturation=0.8, hue=0.2, grayscale_prob=0.2, blur_prob=0.5))
@@ -177,7 +180,8 @@ def main(argv):
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.input_bench", f"--child={reader},{cores},{tmp}",
              f"--images={_IMAGES.value}", f"--batch={_BATCH.value}",
-             f"--epochs={_EPOCHS.value}"], capture_output=True, text=True, check=True)
+             f"--epochs={_EPOCHS.value}", f"--shuffle_buffer={_BUFFER.value}"],
+            capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
         print(rows[-1], flush=True)
   print(f"\nload average (1, 5, 15 min) after the run: {os.getloadavg()}, "
