@@ -89,20 +89,10 @@ def test_cli_writes_results_report_and_pngs(workdir, capsys):
   assert "kNN k=20" in report and "## Gates" in report and "spectrum.png" in report
 
 
-def test_step_flag_restores_that_checkpoint_and_writes_to_a_url(workdir):
+def test_step_flag_restores_that_checkpoint_and_writes_to_a_url_with_the_listed_evaluators(
+    workdir, monkeypatch):
   # Results go through runtime.storage, so an out_dir (or workdir) may be a URL: memory:// here.
-  path, _ = workdir
-  url = "memory://evaluate_cli/eval"
-  res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
-                                      out_dir=url)
-  assert res["step"] == 2 and res["analysis"]["plots"] == []
-  assert workdir_lib.read_json(f"{url}/results.json")["step"] == 2
-  assert storage.exists(f"{url}/report.md")
-  assert not os.path.exists("memory:")
-
-
-def test_only_the_listed_evaluators_run_each_under_its_name_and_timed(workdir, tmp_path,
-                                                                      monkeypatch):
+  # The same evaluation checks that only the listed evaluators run, each timed under its name.
   path, _ = workdir
   ran = []
   for cls in evaluators.EVALUATORS.values():
@@ -110,8 +100,13 @@ def test_only_the_listed_evaluators_run_each_under_its_name_and_timed(workdir, t
       ran.append(self.name)
       return real(self, ctx)
     monkeypatch.setattr(cls, "run", spy)
+  url = "memory://evaluate_cli/eval"
   res = eval_workdir.evaluate_workdir(path, step=2, plots=False, linear={"epochs": 2},
-                                      ks=(5, 20), out_dir=str(tmp_path / "eval"))
+                                      ks=(5, 20), out_dir=url)
+  assert res["step"] == 2 and res["analysis"]["plots"] == []
+  assert workdir_lib.read_json(f"{url}/results.json")["step"] == 2
+  assert storage.exists(f"{url}/report.md")
+  assert not os.path.exists("memory:")
   assert ran == ["knn", "linear_probe", "few_shot", "analysis"]  # no robustness, no transfer
   assert res["robustness"] is None and res["transfer"] is None
   assert list(res["protocol"]) == ["features", *eval_workdir.PROTOCOL_KEYS]
