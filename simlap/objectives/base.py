@@ -95,10 +95,7 @@ class TwoViewObjective(Objective):
     del context
     labels = batch["label"]
     num = labels.shape[0]
-    images = jnp.concatenate([batch["view1"], batch["view2"]])
-    out, updates = model.apply({"params": params["model"], "batch_stats": stats}, images,
-                               labels, pair_labels, train=True, mutable=["batch_stats"],
-                               rngs={"gate": gate_rng})
+    out, updates = both_views(params, stats, model, batch, pair_labels, gate_rng)
     z1, z2 = out["embeddings"][:num], out["embeddings"][num:]
     # The online probe evaluates the features: it learns the true labels even when the
     # objective sees random ones (dataset.random_labels; the stream then carries both).
@@ -111,6 +108,14 @@ class TwoViewObjective(Objective):
     metrics.update(probe_loss=probe_ce, probe_accuracy=probe_acc, logit_scale=scale)
     # The probe sees stop-gradient features: adding its loss trains only the probe.
     return loss + probe_ce, (loss, metrics, updates["batch_stats"])
+
+
+def both_views(params, stats, model, batch: dict[str, jax.Array], pair_labels, gate_rng):
+  """The model on view 1 then view 2 in one pass (BatchNorm over all 2B images): its outputs
+  (2B rows) and the new batch_stats."""
+  images = jnp.concatenate([batch["view1"], batch["view2"]])
+  return model.apply({"params": params["model"], "batch_stats": stats}, images, batch["label"],
+                     pair_labels, train=True, mutable=["batch_stats"], rngs={"gate": gate_rng})
 
 
 def logit_scale(config: Config, params: dict) -> jax.Array:

@@ -21,9 +21,6 @@ class CrossEntropy(base.Objective):
   def loss(self, params, stats, *, config, model, batch, pair_labels, gate_rng, context):
     del config, pair_labels, context
     labels = batch["label"]
-    images = jnp.concatenate([batch["view1"], batch["view2"]])
-    out, updates = model.apply({"params": params["model"], "batch_stats": stats}, images,
-                               labels, None, train=True, mutable=["batch_stats"],
-                               rngs={"gate": gate_rng})
+    out, updates = base.both_views(params, stats, model, batch, None, gate_rng)
     ce, accuracy = base.probe_loss(out["probe_logits"], jnp.concatenate([labels, labels]))
     return ce, (ce, {"probe_loss": ce, "probe_accuracy": accuracy}, updates["batch_stats"])
