@@ -24,6 +24,24 @@ from simlap.runtime import workdir as workdir_lib
 
 _STATE = "state"
 _META = "meta"
+# Orbax splits the save of each replicated array across its replicas, each slicing its part on
+# the device: one tiny compiled program per array shape, 128 of them (5 s on 2 CPU cores) at a
+# process's first save of the test model. Below 1 MiB per replica a transfer is latency-bound
+# and the slicing saves nothing, so such arrays are written from one replica, as sharded ones
+# are; big replicated ones keep the parallel save (docs/reliability.md, "First save").
+MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 1 << 20
+
+
+def _register_array_handler() -> None:
+  """Orbax's jax.Array handler with MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL, its other options
+  (the array-metadata store included) as the default handler has them."""
+  default = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(default, "_min_slice_bytes_for_replica_parallel", None) == (
+      MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL):
+    return
+  ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+      array_metadata_store=getattr(default, "_array_metadata_store", None),
+      min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL), override=True)
 
 
 class SaveFailedError(RuntimeError):
@@ -97,6 +115,7 @@ class Checkpointer:
         create=True,
         enable_async_checkpointing=True,
     )
+    _register_array_handler()
     self._manager = _Manager(self.directory, options=options, item_names=(_STATE, _META))
     self._pending: int | None = None  # the step whose asynchronous save is not yet checked
     self._last_good = self._manager.latest_step()
