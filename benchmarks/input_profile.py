@@ -8,7 +8,8 @@ Then the decode alone, outside tf.data: TensorFlow's `decode_and_crop_jpeg` + bi
 of the same crop windows against Pillow's (what a grain or PyTorch pipeline decodes with),
 to show whether another loader could be faster at the dominant cost.
 
-  python -m benchmarks.input_profile [--images=1024] [--batch=64] [--epochs=1.5]
+  python -m benchmarks.input_profile [--images=2048] [--batch=64] [--epochs=2.5]
+  (input_bench's flags and defaults; docs/performance.md's table used --images=1024 --epochs=1.5)
 """
 from __future__ import annotations
 import io
