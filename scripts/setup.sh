@@ -30,9 +30,12 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "[setup] installing simlap[train,test] into .venv (pinned; takes about a minute)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[train,test]"
-  # Data-only wheels, without their dependencies (setup.py's NO_DEPS_REQUIRES says why).
-  nodeps=$(sed -n '/^NO_DEPS_REQUIRES = \[/,/^\]/s/^ *"\([^"]*\)",.*/\1/p' setup.py)
-  .venv/bin/python -m pip install -q --no-deps $nodeps
+  # Data-only distributions, without their dependencies and off sys.path (setup.py's
+  # DATA_PACKAGES says why); copies an older set-up put on sys.path are removed.
+  data=$(sed -n '/^DATA_PACKAGES = \[/,/^\]/s/^ *"\([^"]*\)",.*/\1/p' setup.py)
+  names=$(printf '%s\n' $data | sed 's/==.*//')
+  .venv/bin/python -m pip uninstall -q -y $names 2>/dev/null || true
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/share/simlap/packages $data
   # libtpu (about 210 MB) lets simlap.aot compile for TPU slices on this host. Its wheels are
   # Linux x86-64 only; elsewhere simlap.aot and its tests say that it is missing.
   echo "[setup] installing simlap[tpu] (libtpu, for compile-only TPU targets)"

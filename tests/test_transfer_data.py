@@ -3,9 +3,11 @@ labels), their splits are disjoint, stratified and fixed, images convert to a ru
 without losing content, and each target's licence is recorded and matches its package."""
 from __future__ import annotations
 import hashlib
-import importlib.metadata
+import importlib.util
+import os
 import pathlib
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +25,13 @@ DIGITS_CLASS_SIZES = [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
 TEST_IDS_SHA256 = {
     "animal_mnist": "a3fa4ebf439c0066798fa9caaedc39777cee6299e606170565f17c9b849c6e19",
     "digits": "15a78015228c1d7d104e0b976d05d7fcca8086ab7b862f5a4a246c70deeccc1b",
+}
+# SHA-256 of scikit-learn 1.9.1's `load_digits()`: `to_uint8(images)` and `target` as uint8
+# bytes. scikit-learn is installed off sys.path (setup.py's DATA_PACKAGES), so its loader is not
+# importable here; these digests were computed with it.
+LOAD_DIGITS_SHA256 = {
+    "images": "b41ca9fd335466eee997366c2e6f6bbe0a1b4582afe091fc4eba35f4a254182f",
+    "target": "8ba4f891220f5e4c9c819638d1602d74b83618f167043c6da52a2a247841ddf0",
 }
 
 
@@ -56,10 +65,8 @@ def test_digits_reads_the_wheel_file_as_load_digits_does():
   images, labels = digits.read_arrays()
   assert images.shape == (1_797, 8, 8, 1) and images.dtype == np.uint8
   assert labels.dtype == np.uint8 and np.bincount(labels).tolist() == DIGITS_CLASS_SIZES
-  sklearn_datasets = pytest.importorskip("sklearn.datasets")
-  reference = sklearn_datasets.load_digits()
-  np.testing.assert_array_equal(images[..., 0], digits.to_uint8(reference.images))
-  np.testing.assert_array_equal(labels, reference.target)
+  assert hashlib.sha256(images.tobytes()).hexdigest() == LOAD_DIGITS_SHA256["images"]
+  assert hashlib.sha256(labels.tobytes()).hexdigest() == LOAD_DIGITS_SHA256["target"]
   assert digits.to_uint8(np.array([0, 8, 16])).tolist() == [0, 128, 255]
 
 
@@ -170,20 +177,31 @@ def test_licences_are_recorded_and_match_the_packages():
   assert animal.licence == "MIT" == package_files.distribution_metadata("animal-mnist")["License"]
   assert dig.licence == "BSD-3-Clause" == (
       package_files.distribution_metadata("scikit-learn")["License-Expression"])
-  licence_file = importlib.metadata.distribution("animal-mnist").locate_file(
+  licence_file = package_files.distribution("animal-mnist").locate_file(
       "animal_mnist-0.4.dist-info/licenses/LICENSE")
   assert pathlib.Path(licence_file).read_text().startswith("MIT License")
   setup_py, docs = (ROOT / "setup.py").read_text(), (ROOT / "docs/datasets.md").read_text()
   for module in (animal_mnist, digits):
     pin = f"{module.DISTRIBUTION}=={module.VERSION}"
     assert f'"{pin}"' in setup_py and pin in docs and module.LICENCE in docs
-    assert importlib.metadata.version(module.DISTRIBUTION) == module.VERSION
+    assert package_files.distribution_metadata(module.DISTRIBUTION)["Version"] == module.VERSION
   assert animal.offline and dig.offline and not transfer.target("cifar10").offline
+
+
+def test_data_packages_are_read_off_sys_path():
+  """scripts/setup.sh installs the data-only distributions where nothing imports them: Keras
+  imports an importable scikit-learn at every TensorFlow import (1.3 s per process)."""
+  import tensorflow as tf  # noqa: PLC0415, F401 (imports Keras)
+  assert "sklearn" not in sys.modules and importlib.util.find_spec("sklearn") is None
+  for name in ("animal-mnist", "scikit-learn"):
+    where = os.fspath(package_files.distribution(name).locate_file(""))
+    assert os.path.samefile(where, package_files.packages_dir()), (name, where)
 
 
 def test_bad_package_files_fail_with_one_clear_line(tmp_path):
   missing = package_files.PackagedFile("no-such-dist", "1.0", "x/y.gz", "0")
-  with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-dist==1.0"):
+  with pytest.raises(FileNotFoundError, match="pip install --no-deps --upgrade --target .*"
+                                               "share/simlap/packages no-such-dist==1.0"):
     package_files.read_bytes(missing)
   wrong = package_files.PackagedFile("animal-mnist", "0.4", animal_mnist.LABELS.path, "abc")
   with pytest.raises(ValueError, match="is not the pinned abc"):

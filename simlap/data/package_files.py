@@ -3,8 +3,12 @@ the distribution (importlib.metadata), and pickled NumPy arrays read without run
 
 Importing a package to find its data would pull in its dependencies (Animal-MNIST's loader
 imports TensorFlow's Keras datasets; `sklearn.datasets` is slow to import), so files are located
-through the distribution's RECORD and checked against a pinned SHA-256: another package version
-with other data fails here, naming the file, instead of silently changing the numbers.
+through the distribution's metadata and checked against a pinned SHA-256: another package
+version with other data fails here, naming the file, instead of silently changing the numbers.
+
+scripts/setup.sh installs these distributions into `packages_dir()`, off `sys.path`: an
+importable scikit-learn is imported by Keras at every TensorFlow import (1.3 s per process,
+docs/datasets.md). One installed on `sys.path` is found too.
 """
 from __future__ import annotations
 import base64
@@ -14,6 +18,7 @@ import importlib.metadata
 import io
 import os
 import pickle
+import sys
 
 import numpy as np
 
@@ -27,16 +32,28 @@ class PackagedFile:
   sha256: str  # RECORD format: urlsafe base64 of the digest, no padding
 
 
+def packages_dir() -> str:
+  """The environment's directory of data-only distributions (not on sys.path)."""
+  return os.path.join(sys.prefix, "share", "simlap", "packages")
+
+
 def install_hint(f: PackagedFile) -> str:
   # Animal-MNIST's metadata requires the full TensorFlow and pandas, which only its loader
   # module uses; simlap reads its data files, so it is installed without dependencies.
-  return f"pip install --no-deps {f.distribution}=={f.version}"
+  return f"pip install --no-deps --upgrade --target {packages_dir()} {f.distribution}=={f.version}"
+
+
+def distribution(name: str) -> importlib.metadata.Distribution:
+  """The installed distribution `name`, from `packages_dir()` or else `sys.path`; raises
+  PackageNotFoundError if neither has it."""
+  found = next(iter(importlib.metadata.distributions(name=name, path=[packages_dir()])), None)
+  return found or importlib.metadata.distribution(name)
 
 
 def distribution_metadata(name: str) -> importlib.metadata.PackageMetadata:
   """The installed distribution's metadata (Name, Version, License...); raises if missing."""
   try:
-    return importlib.metadata.distribution(name).metadata
+    return distribution(name).metadata
   except importlib.metadata.PackageNotFoundError:
     raise FileNotFoundError(f"Python distribution {name!r} is not installed") from None
 
@@ -48,7 +65,7 @@ def record_sha256(data: bytes) -> str:
 def read_bytes(f: PackagedFile) -> bytes:
   """The file's bytes, after checking them against the pinned hash."""
   try:
-    dist = importlib.metadata.distribution(f.distribution)
+    dist = distribution(f.distribution)
   except importlib.metadata.PackageNotFoundError:
     raise FileNotFoundError(
         f"{f.path} ships in the Python distribution {f.distribution!r}, which is not installed; "
