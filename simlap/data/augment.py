@@ -6,6 +6,10 @@ A view is made in two stages so that the pixel-heavy colour work runs on whole b
 `first_stage` per image (crop, flip, RandAugment, the draw of every later choice), then
 `second_stage` per batch (colour jitter, grayscale, blur, solarize). Views are float32
 (size, size, C) in [0, 1]. Departures from torchvision and SimCLR: docs/method.md, "Augmentations".
+
+The public transforms branch in Python only on static values and with tf.cond on tensors, so
+they are marked `do_not_convert`: tf.data traces them as written, without AutoGraph's
+source-to-source conversion, which took about 1 s of each process's start-up.
 """
 from __future__ import annotations
 from collections.abc import Mapping
@@ -62,6 +66,7 @@ def _resize(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.clip_by_value(tf.image.resize(image, [size, size], method="bilinear") / 255, 0, 1)
 
 
+@tf.autograph.experimental.do_not_convert
 def eval_view(image: tf.Tensor, *, size: int, channels: int,
               crop_fraction: float = 1.0) -> tf.Tensor:
   """Evaluation transform: center square of side crop_fraction * short side, resized to size.
@@ -178,6 +183,7 @@ def _blur(x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
   return tf.minimum(tf.transpose(tf.reshape(y, [h, w, n, c]), [2, 0, 1, 3]), 1.0)  # round-off
 
 
+@tf.autograph.experimental.do_not_convert
 def second_stage(batch: Mapping[str, tf.Tensor], view: Mapping[str, Any]) -> tf.Tensor:
   """Colour jitter -> grayscale -> blur -> solarize on float (B, H, W, C) `batch["image"]`.
 
@@ -201,6 +207,7 @@ def second_stage(batch: Mapping[str, tf.Tensor], view: Mapping[str, Any]) -> tf.
 
 # ---- stage 1 and a whole view ---------------------------------------------------------------
 
+@tf.autograph.experimental.do_not_convert
 def first_stage(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, size: int,
                 channels: int) -> dict[str, tf.Tensor]:
   """Crop -> resize -> flip -> RandAugment of one image, plus its `sample_params`.
@@ -228,6 +235,7 @@ def first_stage(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, s
           **sample_params(s[3], view, channels)}
 
 
+@tf.autograph.experimental.do_not_convert
 def train_view(image: tf.Tensor, seed: tf.Tensor, view: Mapping[str, Any], *, size: int,
                channels: int) -> tf.Tensor:
   """One augmented view of one image: float32 (size, size, C) in [0, 1]; see `first_stage`."""

@@ -99,6 +99,7 @@ def load_split(name: str, split: str, data_dir: str | None = None
   return arrays["image"], arrays["label"].astype(np.int32)
 
 
+@tf.autograph.experimental.do_not_convert  # plain graph code (see augment)
 def to_run_input(images, *, size: int, channels: int) -> tf.Tensor:
   """Converts transfer images to the run's input: uint8 ([N,] H, W, C) -> uint8 ([N,] size,
   size, channels).
