@@ -133,12 +133,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _child_env(cache_dir: str) -> dict[str, str]:
+def _child_env(cache_dir: str, local_devices: int = LOCAL_DEVICES) -> dict[str, str]:
   env = dict(os.environ)
   # conftest gave this process 8 devices; each child gets its own 4, other XLA flags kept.
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={LOCAL_DEVICES}"])
+  env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={local_devices}"])
   # The children import simlap from this checkout (ahead of any installed copy) and, in
   # multiprocess_config.py, test_train from tests/, which is not a package.
   path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -149,7 +149,8 @@ def _child_env(cache_dir: str) -> dict[str, str]:
   return env
 
 
-def start_job(data_dir: str, workdir: str, log_dir: str, cache_dir: str, *overrides: str) -> Job:
+def start_job(data_dir: str, workdir: str, log_dir: str, cache_dir: str, *overrides: str,
+              local_devices: int = LOCAL_DEVICES) -> Job:
   """Starts process 0..P-1 of `python -m simlap.main` on the tiny config, as a cluster would."""
   port = _free_port()
   procs, logs = [], []
@@ -161,8 +162,8 @@ def start_job(data_dir: str, workdir: str, log_dir: str, cache_dir: str, *overri
            f"--workdir={workdir}", f"--coordinator_address=localhost:{port}",
            f"--num_processes={PROCESSES}", f"--process_id={i}",
            f"--heartbeat_timeout_seconds={HEARTBEAT_S}", *FLAGS, *overrides],
-          cwd=REPO, env=_child_env(cache_dir), stdin=subprocess.DEVNULL, stdout=log,
-          stderr=subprocess.STDOUT, start_new_session=True))
+          cwd=REPO, env=_child_env(cache_dir, local_devices), stdin=subprocess.DEVNULL,
+          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
   return Job(procs, logs)
 
 
