@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 
 # XLA:CPU's MLIR fusion emitters take twice as long to compile the tiny models' steps as its
-# classic elemental emitters (4.0 s against 2.0 s for test_train's step on 8 devices); the HLO
-# passes before them are the same, so programs, shardings and collectives are unchanged. The
-# suite, and every child it starts, compiles with the classic ones (docs/testing.md).
+# classic elemental emitters (4.0 s against 2.0 s for test_train's step on 8 devices). SPMD
+# partitioning is unchanged, so shardings and collectives are the same; only CPU fusion and code
+# generation differ. The suite, and every child it starts, uses the classic ones
+# (docs/testing.md).
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "")
   + " --xla_force_host_platform_device_count=8 --xla_cpu_use_fusion_emitters=false"
