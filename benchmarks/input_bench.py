@@ -8,8 +8,10 @@ Each pipeline makes two 224x224 views per image with the full SimCLR augmentatio
 0.08-1 by decode-and-crop, flip, jitter 0.8 @ s=1, grayscale 0.2, blur 0.5, solarize 0.2 on
 view 2), as the trainer streams imagenet2012, and yields local batches as numpy (host only).
 
-Per reader ("stream": TFRecord in shuffled blocks, "random_access": ArrayRecord by index) and per
-core count (the measuring process pinned with sched_setaffinity before TensorFlow starts):
+Per reader ("stream": TFRecord in shuffled blocks, "random_access": ArrayRecord by index, both
+sending uint8 crops and leaving the colour stage to the jitted step; "stream_host_colour" and
+"stream_baseline" colour on the host, see --readers) and per core count (the measuring
+process pinned with sched_setaffinity before TensorFlow starts):
   * views/s and views per CPU-second over the whole timed run (the second is per-core
     throughput even on a shared machine);
   * views/s in 1 s windows across two epoch boundaries: the lowest window within 2 s of a
@@ -36,11 +38,14 @@ _EPOCHS = flags.DEFINE_float("epochs", 2.5, "Epochs timed (crosses two boundarie
 _BUFFER = flags.DEFINE_integer("shuffle_buffer", 0, "dataset.shuffle_buffer (the stream's block "
                                "and the baseline's buffer); 0 = half the images.")
 _READERS = flags.DEFINE_list(
-    "readers", ["stream_baseline", "stream_no_options", "stream", "random_access"],
-    "stream_baseline: a TFRecord stream with float32 views, a shuffle buffer refilled every "
-    "epoch, resume by re-reading, TF's default thread pools; stream_no_options: the stream "
-    "without the tf.data threading options; stream: TFRecord in shuffled blocks; "
-    "random_access: ArrayRecord by index.")
+    "readers", ["stream_baseline", "stream_no_options", "stream_host_colour", "stream",
+                "random_access"],
+    "stream_baseline: a TFRecord stream with float32 views coloured on the host, a shuffle "
+    "buffer refilled every epoch, resume by re-reading, TF's default thread pools; "
+    "stream_no_options: the stream without the tf.data threading options; "
+    "stream_host_colour: the stream with the colour stage on the host; stream: TFRecord in "
+    "shuffled blocks, uint8 crops, the colour stage left to the device; random_access: "
+    "ArrayRecord by index, as stream.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: 'reader,cores,data_dir' to measure.")
 
 
@@ -126,11 +131,14 @@ def _measure(reader: str, cores: int, data_dir: str) -> dict:
   if variant == "stream_baseline":  # float32 views, one shuffle buffer refilled every epoch
     c.dataset.view_dtype = "float32"
     train_stream._disk_stream = _epoch_buffer_stream  # noqa: SLF001
+  if variant in ("stream_baseline", "stream_host_colour"):
+    c.augment.colour_stage = "host"
   steps_per_epoch = images // batch
   it = train_stream.local_train_dataset(c, seed=0, process_index=0,
                                         process_count=1).as_numpy_iterator()
   first = next(it)
-  bytes_per_view = first["view1"].nbytes / len(first["view1"])
+  bytes_per_view = sum(first[k].nbytes for k in ("view1", "view1_colour") if k in first) / len(
+      first["view1"])  # the view and, with the colour stage on the device, its parameters
   for _ in range(2):
     next(it)
   times, wall, cpu = [], time.perf_counter(), time.process_time()

@@ -2,8 +2,9 @@
 augmentation is built up one stage at a time, on input_bench's JPEGs, pinned to one core.
 
 Each row runs the trainer's own pipeline (`train_stream.local_train_dataset`, TFRecord blocks,
-uint8 views, two views per image) with the stages after it switched off (probability 0, so
-the op is not built at all): the difference between consecutive rows is that stage's cost.
+uint8 views, two views per image, the colour stage kept on the host to be measured) with the
+stages after it switched off (probability 0, so the op is not built at all): the difference
+between consecutive rows is that stage's cost.
 Then the decode alone, outside tf.data: TensorFlow's `decode_and_crop_jpeg` + bilinear resize
 of the same crop windows against Pillow's (what a grain or PyTorch pipeline decodes with),
 to show whether another loader could be faster at the dominant cost.
@@ -48,6 +49,7 @@ def _stage_config(data_dir: str, stage: int):
     on.update(probs)
   for i, view in enumerate((c.augment.view1, c.augment.view2)):
     view.update({k: (v[i] if isinstance(v, tuple) else v) for k, v in on.items()})
+  c.augment.colour_stage = "host"  # what the colour stage costs a host core
   return c
 
 

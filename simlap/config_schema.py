@@ -122,6 +122,8 @@ def _schema() -> dict[str, Any]:
       augment=dict(
           view1=_view(), view2=_view(),
           eval_crop_fraction=Field(1.0, "eval: resize to size / f, center crop (ImageNet 0.875)"),
+          colour_stage=Field(_maybe(str), "host | device: where colour jitter, grayscale, blur "
+                             "and solarize run; None = the device for uint8 views, else host"),
       ),
       # ---- model (simlap/models) ----
       model=dict(
@@ -315,7 +317,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("optimizer.lr_scaling", o.lr_scaling, optim.LR_SCALINGS),
       ("optimizer.schedule", o.schedule, optim.SCHEDULES),
       ("sharding.params", config.sharding.params, sharding.PARAM_MODES),
-      ("dataset.view_dtype", config.dataset.view_dtype, (None, "uint8", "float32"))]:
+      ("dataset.view_dtype", config.dataset.view_dtype, (None, "uint8", "float32")),
+      ("augment.colour_stage", config.augment.colour_stage, (None, "host", "device"))]:
     if value not in choices:
       raise ValueError(f"config.{name}={value!r} is not one of {choices}")
   m = config.model

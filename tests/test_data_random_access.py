@@ -69,7 +69,8 @@ def test_the_run_log_names_the_reader(config, caplog, num_devices):
   del num_devices
   with caplog.at_level("INFO"):
     train_stream.train_iterator(config, sharding.make_mesh(), seed=0)
-  assert "imagenet2012, uint8 views, read by index from ArrayRecord" in caplog.text
+  assert ("imagenet2012, uint8 views, colour stage on the device, read by index from "
+          "ArrayRecord") in caplog.text
   config.dataset.random_access = False
   with caplog.at_level("INFO"):
     train_stream.train_iterator(config, sharding.make_mesh(), seed=0)

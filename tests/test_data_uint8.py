@@ -1,7 +1,8 @@
 """uint8 views to the device: the dtype that crosses, the quantisation, and an unchanged step.
 
 Streamed (disk) datasets send uint8 views by default and the jitted step divides by 255; the
-in-memory default (Fashion-MNIST) keeps float32 views, bit for bit as before.
+in-memory default (Fashion-MNIST) keeps float32 views, bit for bit as before. Where the colour
+stage runs (host or device) is tests/test_device_colour.py's subject.
 """
 from __future__ import annotations
 import jax
@@ -27,6 +28,7 @@ def mesh(num_devices):
 def test_streamed_imagenet_sends_uint8_equal_to_rounded_float(mesh):
   with tfds.testing.mock_data(num_examples=48, policy=tfds.testing.MockPolicy.USE_CODE):
     c = test_data_mock._config("imagenet2012", 1000, size=24, in_memory=False)  # noqa: SLF001
+    c.augment.colour_stage = "host"  # the default for uint8 is the device: test_device_colour
     crossed = next(train_stream.train_iterator(c, mesh, seed=3))
     assert crossed["view1"].dtype == crossed["view2"].dtype == np.uint8  # the device arrays
     c.dataset.view_dtype = "float32"

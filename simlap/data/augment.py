@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from simlap.data import device_colour
 from simlap.data import image_ops
 from simlap.data import randaugment as randaugment_lib
 
@@ -111,6 +112,14 @@ def sample_params(seed: tf.Tensor, view: Mapping[str, Any],
       "solarize": u[8] < view["solarize_prob"],
       "order": tf.argsort(u[9:9 + n_ops]),  # a uniformly random permutation
   }
+
+
+def pack_params(params: Mapping[str, tf.Tensor], channels: int) -> tf.Tensor:
+  """One image's `sample_params` as the float32 (P,) vector that `device_colour` unpacks:
+  device_colour.LAYOUT's fields in its (positional) order, then `order`."""
+  parts = [tf.reshape(tf.cast(params[name], tf.float32), [-1])
+           for name in (*device_colour.LAYOUT, "order")]
+  return tf.ensure_shape(tf.concat(parts, 0), [device_colour.packed_size(channels)])
 
 
 def _hue_matrices(theta: tf.Tensor) -> tf.Tensor:

@@ -194,6 +194,19 @@ def view_dtype(config: ConfigDict, builder) -> str:
   return "float32" if datasets.in_memory(builder, config) else "uint8"
 
 
+def colour_stage(config: ConfigDict, dtype: str) -> str:
+  """"host" or "device": where colour jitter, grayscale, blur and solarize run for views of
+  `dtype` (config.augment.colour_stage; the auto choice is the device exactly for uint8)."""
+  if config.augment.colour_stage is not None:
+    return config.augment.colour_stage
+  return "device" if dtype == "uint8" else "host"
+
+
+def _quantised(x: tf.Tensor) -> tf.Tensor:
+  """float [0, 1] -> uint8 {0, ..., 255}, rounded."""
+  return tf.cast(tf.round(x * 255), tf.uint8)
+
+
 def reader(builder, config: ConfigDict) -> str:
   """How the train split is read, for the run's log: "memory", "random_access" or "stream"."""
   if datasets.in_memory(builder, config):
@@ -217,7 +230,10 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   """This process's training rows: a tf.data.Dataset of dicts of local batches.
 
   Batches hold `config.batch_size / process_count` rows: `view1`, `view2` (b, size, size, C),
-  float32 in [0, 1] or uint8 in [0, 255] (`view_dtype`), `label` int32 (b,), the extra labels
+  float32 in [0, 1] or uint8 in [0, 255] (`view_dtype`); where the colour stage runs on the
+  device (`colour_stage`), these are the crops before it and `view1_colour`, `view2_colour`
+  (b, P) float32 hold each view's packed parameters (`augment.pack_params`); `label` int32
+  (b,), the extra labels
   int32 (b,), and with `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in
   global-batch order: process p holds rows [p * b, (p + 1) * b).
   """
@@ -257,27 +273,34 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   views = (config.augment.view1.to_dict(), config.augment.view2.to_dict())
   base_seed = tf.constant([seed, _VIEWS], tf.int64)
 
+  dtype = view_dtype(config, builder)
+  uint8, on_device = dtype == "uint8", colour_stage(config, dtype) == "device"
+
   def two_views(ex, q):
     ex_seed = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(base_seed, q // local), pi * local + q % local)
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(ex_seed, 2))
     image = ex.pop("image")
     for name, s, v in (("view1", s1, views[0]), ("view2", s2, views[1])):
-      ex[name] = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
+      first = augment.first_stage(image, s, v, size=d.image_size, channels=d.channels)
+      if on_device:  # the crop and its drawn parameters; the step does the rest
+        ex[name] = _quantised(first["image"]) if uint8 else first["image"]
+        ex[name + "_colour"] = augment.pack_params(first, d.channels)
+      else:
+        ex[name] = first
     return ex
-
-  uint8 = view_dtype(config, builder) == "uint8"
 
   def colour(batch):  # the pixel-heavy ops, one call per batch (see augment's docstring)
     for name, v in (("view1", views[0]), ("view2", views[1])):
       batch[name] = augment.second_stage(batch[name], v)
-      if uint8:  # [0, 1] -> {0, ..., 255}; the step maps it back (training.step.float_views)
-        batch[name] = tf.cast(tf.round(batch[name] * 255), tf.uint8)
+      if uint8:  # the step maps it back (training.step.device_views)
+        batch[name] = _quantised(batch[name])
     return batch
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
-  ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if not on_device:
+    ds = ds.map(colour, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.with_options(pipeline_options()).prefetch(tf.data.AUTOTUNE)
 
 
@@ -298,7 +321,8 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
   """Infinite global training batches, step `start_step` first.
 
   Each batch: `view1`, `view2` (B, size, size, C) float32 in [0, 1] or uint8 (`view_dtype`),
-  `label` int32 (B,) and
+  with `view1_colour`, `view2_colour` (B, P) where the colour stage runs on the device
+  (`local_train_dataset`), `label` int32 (B,) and
   each of config.dataset.extra_label_keys int32 (B,), all sharded over the mesh batch axis,
   B = config.batch_size. Validation (dataset prepared, shapes, labels, batch divisibility)
   happens here, before the first batch is requested. With simulated processes
@@ -310,8 +334,10 @@ def train_iterator(config: ConfigDict, mesh: Mesh, *, seed: int, start_step: int
                            process_count=process_count)
   builder, num_classes, _ = datasets.validated(config)
   how = reader(builder, config)
-  logging.info("train input: %s, %s views, read %s", config.dataset.name,
-               view_dtype(config, builder), _READER_LOG[how].format(config.dataset.shuffle_buffer))
+  dtype = view_dtype(config, builder)
+  logging.info("train input: %s, %s views, colour stage on the %s, read %s",
+               config.dataset.name, dtype, colour_stage(config, dtype),
+               _READER_LOG[how].format(config.dataset.shuffle_buffer))
 
   def checked():  # in-memory splits were checked whole; streamed ones are checked per batch
     for batch in ds.as_numpy_iterator():

@@ -127,6 +127,8 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
     The `Row`; a compile that runs out of memory is a row with `fits` False, not an error.
   """
   from simlap import config_schema  # noqa: PLC0415
+  from simlap.data import device_colour  # noqa: PLC0415
+  from simlap.data import train_stream  # noqa: PLC0415
   from simlap.runtime import sharding  # noqa: PLC0415
   from simlap.training import loop as train  # noqa: PLC0415
   config = copy.deepcopy(config)
@@ -137,10 +139,14 @@ def compile_step(config: ml_collections.ConfigDict, tpu: tpu_topology.Slice, dev
   sharding.check_batch_divisible(global_batch, mesh)
   trainer = train.make_trainer(config, mesh, dataset_info(config, num_train))
   d, in_batch = config.dataset, sharding.batch_sharding(mesh)
-  view = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels),
-                              view_dtype(config, num_train), sharding=in_batch)
+  dtype = view_dtype(config, num_train)
+  view = jax.ShapeDtypeStruct((global_batch, d.image_size, d.image_size, d.channels), dtype,
+                              sharding=in_batch)
   batch = {"view1": view, "view2": view,
            "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=in_batch)}
+  if train_stream.colour_stage(config, dtype) == "device":  # as the run's stream sends them
+    batch["view1_colour"] = batch["view2_colour"] = jax.ShapeDtypeStruct(
+        (global_batch, device_colour.packed_size(d.channels)), jnp.float32, sharding=in_batch)
   chips, chip = len(devices), tpu.chip
   row = dict(topology=tpu.name, chip=chip.generation, chips=chips,
              params=config.sharding.params, global_batch=global_batch,

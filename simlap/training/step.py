@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from simlap import objectives
+from simlap.data import device_colour
 from simlap.runtime import sharding
 from simlap.training import state as state_lib
 
@@ -30,11 +31,22 @@ def _fields(shardings, *names):
   return parts[0] if len(parts) == 1 else parts
 
 
-def float_views(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """uint8 views (B, H, W, C) in [0, 255] -> float32 in [0, 1], on the device; float views
-  pass through. The host sends uint8 to move a quarter of float32's bytes."""
-  to_float = lambda v: v.astype(jnp.float32) / 255 if v.dtype == jnp.uint8 else v  # noqa: E731
-  return {**batch, "view1": to_float(batch["view1"]), "view2": to_float(batch["view2"])}
+def device_views(batch: dict[str, jax.Array], config) -> dict[str, jax.Array]:
+  """The views as the model takes them, float32 (B, H, W, C) in [0, 1], made on the device.
+
+  uint8 views in [0, 255] are divided by 255 (the host sends uint8 to move a quarter of
+  float32's bytes); where the batch holds `view1_colour` / `view2_colour` (B, P), the host sent
+  the crops before the colour stage and it runs here (`device_colour.second_stage`, with the
+  view's config). The parameter arrays leave the batch.
+  """
+  out = dict(batch)
+  for name, view in (("view1", config.augment.view1), ("view2", config.augment.view2)):
+    v = out[name]
+    v = v.astype(jnp.float32) / 255 if v.dtype == jnp.uint8 else v
+    if name + "_colour" in out:
+      v = device_colour.second_stage(v, out.pop(name + "_colour"), view)
+    out[name] = v
+  return out
 
 
 def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, config, model, tx,
@@ -44,8 +56,9 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, conf
 
   Args:
     state: the train state (its objective's subclass, if it has one).
-    batch: {view1, view2: (B, H, W, C) float32 in [0, 1] or uint8 in [0, 255] (`float_views`),
-      label: (B,) int}; the objective may read more keys (`true_label`).
+    batch: {view1, view2: (B, H, W, C) float32 in [0, 1] or uint8 in [0, 255], optionally
+      view1_colour, view2_colour: (B, P) (`device_views`), label: (B,) int}; the objective may
+      read more keys (`true_label`).
     config, model, tx, schedule: the run's config, model, optimizer and learning-rate schedule.
     fsdp: the state's shardings under FSDP; None when replicated.
     constants: the objective's `step_constants` (its schedules).
@@ -54,7 +67,7 @@ def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array], *, conf
     (the next state, scalar metrics: the objective's plus loss, grad_norm, learning_rate).
   """
   objective = objectives.get(config.objective)
-  batch = float_views(batch)
+  batch = device_views(batch, config)
   rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
   pair_rng, gate_rng = jax.random.split(rng)
   params, stats = sharding.gather((state.params, state.batch_stats),
