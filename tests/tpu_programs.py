@@ -9,7 +9,8 @@ Refresh the baseline only on purpose, and say why in the commit that does it:
 
     .venv/bin/python tests/tpu_programs.py --refresh
 
-`--plant` shows that the guard fails on a real regression: it compiles each case with the CPU
+`--measure --set KEY=VALUE` prints what a config change does to each case against the
+baseline. `--plant` shows that the guard fails on a real regression: it compiles each case with the CPU
 max pool planted in the TPU program (what the custom-VJP pool once did) and prints what the
 guard reports against the baseline; it exits 1 if the guard would let the plant through.
 """
@@ -101,6 +102,18 @@ def plant() -> int:
   return 1 if missed else 0
 
 
+def measure_against_baseline(overrides: dict[str, str]) -> int:
+  """Prints each case's metrics, compiled with `overrides` added, as ratios to the baseline."""
+  with open(BASELINE, encoding="utf-8") as f:
+    baseline = json.load(f)["cases"]
+  for name, (arg, own, topology, batch) in list(CASES.items()):
+    CASES[name] = (arg, {**own, **overrides}, topology, batch)
+    m = measure(name)
+    print(f"{name} with {overrides}: " + ", ".join(
+        f"{k} {m[k]:,.0f} ({m[k] / baseline[name][k] - 1:+.2%})" for k in METRICS), flush=True)
+  return 0
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--refresh", action="store_true",
@@ -108,9 +121,16 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--plant", action="store_true",
                       help="compile every case with the CPU max pool planted; print the guard's "
                            "verdict against the baseline")
+  parser.add_argument("--measure", action="store_true",
+                      help="compile every case (with the --set overrides) and print its metrics "
+                           "against the baseline; writes nothing")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="with --measure: a config override, e.g. augment.colour_stage=host")
   args = parser.parse_args(argv)
   if args.plant:
     return plant()
+  if args.measure:
+    return measure_against_baseline(dict(kv.split("=", 1) for kv in args.set))
   if not args.refresh:
     parser.error("nothing to do: --refresh rewrites tests/golden/tpu_programs.json, --plant "
                  "checks that the guard fails on the planted CPU max pool")
