@@ -5,7 +5,8 @@ Each row runs the trainer's own pipeline (`train_stream.local_train_dataset`, TF
 uint8 views, two views per image, the colour stage kept on the host to be measured) with the
 stages after it switched off (probability 0, so the op is not built at all): the difference
 between consecutive rows is that stage's cost.
-Then the decode alone, outside tf.data: TensorFlow's `decode_and_crop_jpeg` + bilinear resize
+Then every stage with the colour stage on the device (what a streamed run's host does), and the
+decode alone, outside tf.data: TensorFlow's `decode_and_crop_jpeg` + bilinear resize
 of the same crop windows against Pillow's (what a grain or PyTorch pipeline decodes with),
 to show whether another loader could be faster at the dominant cost.
 
@@ -41,7 +42,7 @@ _OFF = {"flip_prob": 0.0, "jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob"
         "solarize_prob": 0.0}
 
 
-def _stage_config(data_dir: str, stage: int):
+def _stage_config(data_dir: str, stage: int, colour_stage: str = "host"):
   c = input_bench._config(data_dir, "stream", input_bench._BATCH.value,  # noqa: SLF001
                           input_bench._IMAGES.value)  # noqa: SLF001
   on = dict(_OFF)
@@ -49,14 +50,14 @@ def _stage_config(data_dir: str, stage: int):
     on.update(probs)
   for i, view in enumerate((c.augment.view1, c.augment.view2)):
     view.update({k: (v[i] if isinstance(v, tuple) else v) for k, v in on.items()})
-  c.augment.colour_stage = "host"  # what the colour stage costs a host core
+  c.augment.colour_stage = colour_stage  # "host": what the colour stage costs a host core
   return c
 
 
-def _pipeline_rate(data_dir: str, stage: int) -> float:
+def _pipeline_rate(data_dir: str, stage: int, colour_stage: str = "host") -> float:
   """Views per CPU-second of the trainer's pipeline at `stage`, after 3 warm-up batches."""
   from simlap.data import train_stream  # noqa: PLC0415
-  c = _stage_config(data_dir, stage)
+  c = _stage_config(data_dir, stage, colour_stage)
   it = train_stream.local_train_dataset(c, seed=0, process_index=0,
                                         process_count=1).as_numpy_iterator()
   for _ in range(3):
@@ -113,9 +114,13 @@ def main(argv):
     stage, data_dir = _CHILD.value.split(",")
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     input_bench._builder_cls()  # noqa: SLF001 (registers the builder)
-    result = (_decoders(data_dir) if stage == "decoders"
-              else {"views_per_cpu_s": _pipeline_rate(os.path.join(data_dir, "stream"),
-                                                      int(stage))})
+    stream = os.path.join(data_dir, "stream")
+    if stage == "decoders":
+      result = _decoders(data_dir)
+    elif stage == "device":  # every stage on, the colour stage left to the device
+      result = {"views_per_cpu_s": _pipeline_rate(stream, len(STAGES) - 1, "device")}
+    else:
+      result = {"views_per_cpu_s": _pipeline_rate(stream, int(stage))}
     print("RESULT " + json.dumps(result))
     return
   with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +137,7 @@ def main(argv):
       return json.loads(out.stdout.split("RESULT ", 1)[1])
 
     rates = [child(i)["views_per_cpu_s"] for i in range(len(STAGES))]
+    device = child("device")["views_per_cpu_s"]
     decoders = child("decoders")
   print(f"\none core, batch {input_bench._BATCH.value}, two 224 px views per image; "  # noqa: SLF001
         f"load average after the run {os.getloadavg()}")
@@ -141,6 +147,8 @@ def main(argv):
     ms = 1e3 / rate
     stage_ms = ms - (1e3 / rates[i - 1] if i else 0.0)
     print(f"{name:<26} {rate:>11.0f} {ms:>8.2f} {stage_ms:>9.2f} {stage_ms / total:>6.0%}")
+  print(f"\nevery stage, the colour stage on the device (a streamed run's host): {device:.0f} "
+        f"views/CPU-s, {1e3 / device:.2f} ms/view, {device / rates[-1]:.2f} x the host form")
   print(f"\ndecode the crop window + resize to 224, outside tf.data, ms per view: tensorflow "
         f"{decoders['tensorflow']:.2f}, pillow {decoders['pillow']:.2f} "
         f"(pillow / tensorflow {decoders['pillow'] / decoders['tensorflow']:.2f})")
