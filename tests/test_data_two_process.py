@@ -21,7 +21,7 @@ import test_data_random_access
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
-KEYS = ("view1", "view2", "label")
+KEYS = ("view1", "view2", "view1_colour", "view2_colour", "label")  # colour: on the device
 
 
 def _free_port() -> int:

@@ -15,11 +15,14 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from simlap.data import augment
+from simlap.data import datasets
 from simlap.data import device_colour
 from simlap.data import train_stream
 from simlap.runtime import sharding
+from simlap.training import loop as train
 from simlap.training import step as step_lib
 import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it
+import test_train
 
 N, SIZE = 12, 20
 
@@ -85,3 +88,29 @@ def test_streamed_views_cross_as_uint8_crops_and_their_parameters():
     assert diff.max() < 2.5 / 255 and diff.mean() < 0.5 / 255, (k, diff.max(), diff.mean())
     assert np.abs(np.asarray(crossed[k]) / 255 - np.asarray(host[k])).mean() > 0.02
 
+
+
+def test_the_train_step_colours_streamed_views_on_the_device(fmnist_data_dir):
+  # Fashion-MNIST read as a stream: uint8 crops + parameters, the jitted step colours them.
+  # Plain SGD, so equal params mean equal gradients (see test_data_uint8).
+  mesh = sharding.make_mesh()
+  c = test_train.tiny_config(fmnist_data_dir, **{
+      "dataset.in_memory": False, "optimizer.name": "sgd", "optimizer.lr": 0.1,
+      "augment.view1.blur_prob": 0.5, "augment.view2.solarize_prob": 0.5})
+  host = jax.device_get(next(train_stream.train_iterator(c, mesh, seed=0)))
+  assert host["view1"].dtype == np.uint8 and "view1_colour" in host
+  coloured = {k: v for k, v in host.items() if not k.endswith("_colour")}
+  for k, view in (("view1", c.augment.view1), ("view2", c.augment.view2)):  # the reference
+    coloured[k] = np.asarray(jax.jit(functools.partial(device_colour.second_stage, view=view))(
+        host[k].astype(np.float32) / np.float32(255), host[k + "_colour"]))
+  trainer = train.make_trainer(c, mesh, datasets.get_dataset_info(c))
+  results = []
+  for batch in (host, coloured):
+    state, metrics = trainer.step_fn(trainer.init_fn(),
+                                     jax.device_put(batch, sharding.batch_sharding(mesh)))
+    results.append(jax.device_get((metrics["loss"], state.params)))
+  (loss_u, params_u), (loss_f, params_f) = results
+  assert np.isfinite(loss_u)
+  np.testing.assert_allclose(loss_u, loss_f, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_f), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
