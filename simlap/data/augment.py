@@ -4,8 +4,10 @@ Every random choice is a `tf.random.stateless_*` op seeded from the caller's see
 int64), so a view depends only on (image, seed) and a resumed run reproduces its augmentations.
 A view is made in two stages so that the pixel-heavy colour work runs on whole batches:
 `first_stage` per image (crop, flip, RandAugment, the draw of every later choice), then
-`second_stage` per batch (colour jitter, grayscale, blur, solarize). Views are float32
-(size, size, C) in [0, 1]. Departures from torchvision and SimCLR: docs/method.md, "Augmentations".
+`second_stage` per batch (colour jitter, grayscale, blur, solarize), on the host or, for a
+streamed run, inside the jitted step (`pack_params` sends the choices, `device_colour` applies
+them). Views are float32 (size, size, C) in [0, 1]. Departures from torchvision and SimCLR:
+docs/method.md, "Augmentations".
 
 The public transforms branch in Python only on static values and with tf.cond on tensors, so
 they are marked `do_not_convert`: tf.data traces them as written, without AutoGraph's
