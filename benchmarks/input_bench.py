@@ -15,8 +15,8 @@ process pinned with sched_setaffinity before TensorFlow starts):
   * views/s and views per CPU-second over the whole timed run (the second is per-core
     throughput even on a shared machine);
   * views/s in ~1 s windows (runs of consecutive batches, timed exactly): the lowest window
-    across one of two epoch boundaries and the lowest of the windows across neither, each
-    against the median window (steady state);
+    across an epoch boundary (two at the default --epochs) and the lowest of the windows across
+    none, each against the median window (steady state);
   * time to the first batch of a pipeline started in the middle of an epoch (resume).
 
   python -m benchmarks.input_bench [--images=2048] [--batch=64] [--cores=1,2]
@@ -155,7 +155,8 @@ def _measure(reader: str, cores: int, data_dir: str) -> dict:
   k = max(1, round(rate / (2 * batch)))
   rates = k * 2 * batch / (t[k:] - t[:-k])
   # times[i] is batch i + 3 (three untimed batches first): epoch e starts at times[e * n - 3].
-  edges = [t[b] for b in (e * steps_per_epoch - 3 for e in (1, 2)) if 0 <= b < len(t)]
+  edges = [t[b] for b in (e * steps_per_epoch - 3 for e in range(1, int(_EPOCHS.value) + 1))
+           if 0 <= b < len(t)]
   spans = [(t[:-k] <= edge) & (t[k:] >= edge) for edge in edges]  # windows across an edge
   near_min = min(rates[m].min() for m in spans if m.any()) if spans else float("nan")
   away = ~np.logical_or.reduce(spans) if spans else np.ones(len(rates), bool)
