@@ -16,7 +16,8 @@ process pinned with sched_setaffinity before TensorFlow starts):
     throughput even on a shared machine);
   * views/s in ~1 s windows (runs of consecutive batches, timed exactly): the lowest window
     across an epoch boundary (two at the default --epochs) and the lowest of the windows across
-    none, each against the median window (steady state);
+    none, each against the median window (steady state); and the time of the batch that ends
+    at an epoch's start (median over the boundaries) against the median batch;
   * time to the first batch of a pipeline started in the middle of an epoch (resume).
 
   python -m benchmarks.input_bench [--images=2048] [--batch=64] [--cores=1,2]
@@ -161,6 +162,11 @@ def _measure(reader: str, cores: int, data_dir: str) -> dict:
   near_min = min(rates[m].min() for m in spans if m.any()) if spans else float("nan")
   away = ~np.logical_or.reduce(spans) if spans else np.ones(len(rates), bool)
   away_min = float(rates[away].min()) if away.any() else float("nan")
+  # The batch that ends at an epoch's start against a median batch: a stall shows here whole.
+  gaps = np.diff(t)
+  edge_gaps = [gaps[b - 1] for b in (e * steps_per_epoch - 3 for e in range(
+      1, int(_EPOCHS.value) + 1)) if 1 <= b < len(t)]
+  edge_gap_ms = 1e3 * float(np.median(edge_gaps)) if edge_gaps else float("nan")
   del it
   t0 = time.perf_counter()
   resume_step = steps_per_epoch + steps_per_epoch // 2  # the middle of the second epoch
@@ -168,7 +174,8 @@ def _measure(reader: str, cores: int, data_dir: str) -> dict:
                                         process_count=1).as_numpy_iterator())
   return dict(reader=variant, cores=cores, views_per_s=rate, views_per_cpu_s=per_cpu,
               bytes_per_view=bytes_per_view, steady=float(np.median(rates)),
-              boundary_min=float(near_min), away_min=away_min, resume_s=time.perf_counter() - t0,
+              boundary_min=float(near_min), away_min=away_min, edge_gap_ms=edge_gap_ms,
+              gap_ms=1e3 * float(np.median(gaps)), resume_s=time.perf_counter() - t0,
               dtype=str(first["view1"].dtype))
 
 
@@ -204,13 +211,14 @@ def main(argv):
         f"{len(os.sched_getaffinity(0))} cores")
   print(f"{'reader':<18} {'cores':>5} {'views/s':>8} {'views/s/core':>12} {'views/CPU-s':>11} "
         f"{'B/view':>7} {'steady':>7} {'min@edge':>8} {'ratio':>6} {'min away':>8} "
-        f"{'ratio':>6} {'resume s':>8}")
+        f"{'ratio':>6} {'edge ms':>7} {'batch ms':>8} {'resume s':>8}")
   for r in rows:
     print(f"{r['reader']:<18} {r['cores']:>5} {r['views_per_s']:>8.0f} "
           f"{r['views_per_s'] / r['cores']:>12.0f} {r['views_per_cpu_s']:>11.0f} "
           f"{r['bytes_per_view']:>7.0f} {r['steady']:>7.0f} {r['boundary_min']:>8.0f} "
           f"{r['boundary_min'] / r['steady']:>6.2f} {r['away_min']:>8.0f} "
-          f"{r['away_min'] / r['steady']:>6.2f} {r['resume_s']:>8.2f}")
+          f"{r['away_min'] / r['steady']:>6.2f} {r['edge_gap_ms']:>7.0f} {r['gap_ms']:>8.0f} "
+          f"{r['resume_s']:>8.2f}")
 
 
 if __name__ == "__main__":
