@@ -233,9 +233,8 @@ def local_train_dataset(config: ConfigDict, *, seed: int, start_step: int = 0,
   float32 in [0, 1] or uint8 in [0, 255] (`view_dtype`); where the colour stage runs on the
   device (`colour_stage`), these are the crops before it and `view1_colour`, `view2_colour`
   (b, P) float32 hold each view's packed parameters (`augment.pack_params`); `label` int32
-  (b,), the extra labels
-  int32 (b,), and with `with_ids` the TFDS example id `tfds_id` (string, for tests). Rows are in
-  global-batch order: process p holds rows [p * b, (p + 1) * b).
+  (b,), the extra labels int32 (b,), and with `with_ids` the TFDS example id `tfds_id` (string,
+  for tests). Rows are in global-batch order: process p holds rows [p * b, (p + 1) * b).
   """
   d = config.dataset
   pi, pc = datasets.processes(process_index, process_count)
