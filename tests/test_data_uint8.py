@@ -55,19 +55,24 @@ def test_step_on_uint8_views_equals_step_on_their_float32_values(fmnist_data_dir
   assert host["view1"].dtype == np.uint8
   as_float = {**host, **{k: host[k].astype(np.float32) / np.float32(255)
                          for k in ("view1", "view2")}}
-  trainer = train.make_trainer(c, mesh, datasets.get_dataset_info(c))
-  results = []
-  for batch in (host, as_float):
-    state, metrics = trainer.step_fn(trainer.init_fn(),
-                                     jax.device_put(batch, sharding.batch_sharding(mesh)))
-    results.append(jax.device_get((metrics["loss"], state.params)))
-  (loss_u, params_u), (loss_f, params_f) = results
   # The two programs fuse the conversion differently (into the first conv): float32 round-off
   # only. BatchNorm makes the step almost scale-invariant: dividing by 256 instead of 255 shows
   # in the gradients (1.6e-4), hence plain SGD and the params check.
-  assert np.isfinite(loss_u)
-  np.testing.assert_allclose(loss_u, loss_f, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_f), strict=True):
+  assert_same_first_step(c, mesh, host, as_float)
+
+
+def assert_same_first_step(config, mesh, batch_a, batch_b):
+  """One step from the same init on each batch: the same loss and params, up to round-off."""
+  trainer = train.make_trainer(config, mesh, datasets.get_dataset_info(config))
+  results = []
+  for batch in (batch_a, batch_b):
+    state, metrics = trainer.step_fn(trainer.init_fn(),
+                                     jax.device_put(batch, sharding.batch_sharding(mesh)))
+    results.append(jax.device_get((metrics["loss"], state.params)))
+  (loss_a, params_a), (loss_b, params_b) = results
+  assert np.isfinite(loss_a)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
 
 

@@ -15,13 +15,12 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from simlap.data import augment
-from simlap.data import datasets
 from simlap.data import device_colour
 from simlap.data import train_stream
 from simlap.runtime import sharding
-from simlap.training import loop as train
 from simlap.training import step as step_lib
 import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it
+import test_data_uint8
 import test_train
 
 N, SIZE = 12, 20
@@ -103,14 +102,4 @@ def test_the_train_step_colours_streamed_views_on_the_device(fmnist_data_dir):
   for k, view in (("view1", c.augment.view1), ("view2", c.augment.view2)):  # the reference
     coloured[k] = np.asarray(jax.jit(functools.partial(device_colour.second_stage, view=view))(
         host[k].astype(np.float32) / np.float32(255), host[k + "_colour"]))
-  trainer = train.make_trainer(c, mesh, datasets.get_dataset_info(c))
-  results = []
-  for batch in (host, coloured):
-    state, metrics = trainer.step_fn(trainer.init_fn(),
-                                     jax.device_put(batch, sharding.batch_sharding(mesh)))
-    results.append(jax.device_get((metrics["loss"], state.params)))
-  (loss_u, params_u), (loss_f, params_f) = results
-  assert np.isfinite(loss_u)
-  np.testing.assert_allclose(loss_u, loss_f, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(params_u), jax.tree.leaves(params_f), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6)
+  test_data_uint8.assert_same_first_step(c, mesh, host, coloured)

@@ -10,9 +10,9 @@ Refresh the baseline only on purpose, and say why in the commit that does it:
     .venv/bin/python tests/tpu_programs.py --refresh
 
 `--measure --set KEY=VALUE` prints what a config change does to each case against the
-baseline. `--plant` shows that the guard fails on a real regression: it compiles each case with the CPU
-max pool planted in the TPU program (what the custom-VJP pool once did) and prints what the
-guard reports against the baseline; it exits 1 if the guard would let the plant through.
+baseline. `--plant` shows that the guard fails on a real regression: it compiles each case with
+the CPU max pool planted in the TPU program (what the custom-VJP pool once did) and prints what
+the guard reports against the baseline; it exits 1 if the guard would let the plant through.
 """
 from __future__ import annotations
 
