@@ -13,25 +13,23 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import default
 from simlap.data import augment
 from simlap.data import device_colour
 from simlap.data import train_stream
 from simlap.runtime import sharding
 from simlap.training import step as step_lib
-import test_data_mock  # tests/ is on sys.path (not a package), as pytest imports it
+import test_data_augment  # tests/ is on sys.path (not a package), as pytest imports it
+import test_data_mock
 import test_data_uint8
 import test_train
 
 N, SIZE = 12, 20
 
 
-def _view(**changes):
-  v = default.get_config().augment.view1.to_dict()
-  v.update(jitter_prob=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-           grayscale_prob=0.5, blur_prob=0.5, solarize_prob=0.5)
-  v.update(changes)
-  return v
+def _view():
+  """Every op drawn with probability 0.5 to 0.8, strong factors (test_data_augment's view)."""
+  return test_data_augment._view(jitter_prob=0.8, grayscale_prob=0.5, blur_prob=0.5,  # noqa: SLF001
+                                 solarize_prob=0.5)
 
 
 def _host_batch(channels: int, view: dict):
