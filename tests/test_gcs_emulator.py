@@ -11,7 +11,8 @@ STORAGE_EMULATOR_HOST, which simlap.runtime.storage turns into all three clients
   * `python -m simlap.evaluate` writes eval/results.json and report.md there;
   * `python -m simlap.compare` on the gs:// root finds that run trained and evaluated and
     writes comparison.{md,json} there (no local "gs:" tree);
-  * the lease is created with ifGenerationMatch=0: a second create is refused by the server.
+  * the lease is created with ifGenerationMatch=0: a second create is refused by the server;
+  * an object's bytes come back as written, whatever they end with.
 """
 from __future__ import annotations
 
@@ -117,6 +118,18 @@ def test_lease_create_is_refused_by_the_server_when_the_object_exists(emulator):
   assert storage.create_exclusive(path, b"first")
   assert not storage.create_exclusive(path, b"second")
   assert storage.read_bytes(path) == b"first"
+
+
+def test_objects_keep_every_byte_whatever_they_end_with(emulator):
+  # The emulator parsed a multipart upload with Python's email parser, which ate a trailing
+  # b"\r" (a TensorBoard record whose CRC ends in 0x0d lost a byte). gcs_emulator.py parses
+  # the body by its boundary, as GCS does.
+  endings = [b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r\n", b"--", b"\r\n--x", b""]
+  blobs = [b"record" + e for e in endings] + [bytes(range(256)) * 3, b"\r", b"\n\n"]
+  for i, data in enumerate(blobs):
+    path = f"gs://{BUCKET}/bytes_test/{i}"
+    storage.write_bytes(path, data)
+    assert storage.read_bytes(path) == data, data[-8:]
 
 
 @pytest.mark.slow
