@@ -68,7 +68,7 @@ def _multipart_related(body: bytes, content_type: str) -> dict:
   header = email.message.Message()
   header["content-type"] = content_type
   opening = b"--" + header.get_param("boundary").encode()
-  assert body.startswith(opening), body[:80]
+  body = body[body.index(opening):]  # after any preamble
   eol = b"\r\n" if body[len(opening):].startswith(b"\r\n") else b"\n"
   pieces = body[len(opening) + len(eol):].split(eol + opening)
   parts = []
