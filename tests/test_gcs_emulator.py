@@ -123,7 +123,7 @@ def test_lease_create_is_refused_by_the_server_when_the_object_exists(emulator):
 def test_objects_keep_every_byte_whatever_they_end_with(emulator):
   # The emulator parsed a multipart upload with Python's email parser, which ate a trailing
   # b"\r" (a TensorBoard record whose CRC ends in 0x0d lost a byte). gcs_emulator.py parses
-  # the body by its boundary, as GCS does.
+  # the body at its boundary.
   endings = [b"\r", b"\n", b"\r\n", b"\n\r", b"\r\r\n", b"--", b"\r\n--x", b""]
   blobs = [b"record" + e for e in endings] + [bytes(range(256)) * 3, b"\r", b"\n\n"]
   for i, data in enumerate(blobs):
