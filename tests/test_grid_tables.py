@@ -88,6 +88,38 @@ def test_run_record_flattens_transfer_per_target():
   assert agg.run_record(results(knn_20=0.5), 0) == {"seed": 0, "step": 4, "knn_20": 0.5}
 
 
+def robustness_results(seed_shift: float = 0.0) -> dict:
+  """Results with a robustness section: 2 corruptions x 2 severities (mCA 0.5 + seed_shift)."""
+  acc = {"fog": {"1": 0.8, "2": 0.6}, "gaussian_noise": {"1": 0.5, "2": 0.1}}
+  acc = {n: {s: a + seed_shift for s, a in v.items()} for n, v in acc.items()}
+  for v in acc.values():
+    v["mean"] = (v["1"] + v["2"]) / 2
+  out = results(robustness_mca=0.5 + seed_shift)
+  out["robustness"] = {"severities": [1, 2], "accuracy": acc, "mca": 0.5 + seed_shift}
+  return out
+
+
+def test_run_record_averages_each_corruption_and_each_severity():
+  rec = agg.run_record(robustness_results(), seed=0)
+  assert rec == pytest.approx({"seed": 0, "step": 4, "robustness_mca": 0.5,
+                               "corruption_fog": 0.7, "corruption_gaussian_noise": 0.3,
+                               "severity_1": 0.65, "severity_2": 0.35})
+  keys = agg.record_keys([rec])
+  assert agg.corruption_names(keys) == ["fog", "gaussian_noise"]
+  assert agg.severities(keys) == [1, 2]
+  methods = agg.by_method({"simlap": [rec, agg.run_record(robustness_results(0.1), seed=1)],
+                           "ce": [agg.run_record(results(knn_20=0.5), seed=0)]})
+  lines = tables.robustness_markdown(methods)
+  at = lines.index("Per corruption, mean over severities:")
+  assert lines[at + 2:at + 6] == [
+      "| method | runs | fog | gaussian_noise |", "|---|---|---|---|",
+      "| simlap | 2 | 75.00 ± 7.07 | 35.00 ± 7.07 |", "| ce | 1 | – | – |"]
+  at = lines.index("Per severity, mean over corruptions:")
+  assert lines[at + 2:at + 5] == [
+      "| method | runs | 1 | 2 |", "|---|---|---|---|",
+      "| simlap | 2 | 70.00 ± 7.07 | 40.00 ± 7.07 |"]
+
+
 def test_aggregate_is_mean_and_sample_std_over_seeds():
   runs = grid_runs()["simlap"]
   del runs[2]["robustness_mca"], runs[2]["transfer_animal_mnist_knn_20"]  # a seed without
@@ -194,6 +226,7 @@ def test_grid_full_records_tabulate_as_before(tmp_path):
     assert out["methods"][m]["mean_std"]["robustness_mca"] == [None, None]
   md = open(os.path.join(workdir, "comparison.md"), encoding="utf-8").read()
   assert "## Robustness" not in md and "## Transfer" not in md
+  assert "Per corruption" not in md
   assert "| ce | 3 | 89.41 ± 0.19 | 89.34 ± 0.22 | 69.69 ± 1.20 |" in md
   # Judged on Fashion-MNIST alone (no corrupted or transfer numbers).
   assert "| vs ce | seeds | fashion_mnist_local |" in md

@@ -2,7 +2,9 @@
 
 A run's record (comparison.json "runs") is {"seed", "step", **results["summary"]} plus, when
 its results have a "transfer" section, per target `transfer_<target>_knn_<k>` and
-`transfer_<target>_few_shot_<s>` (that run's mean over the few-shot draws). Aggregates are
+`transfer_<target>_few_shot_<s>` (that run's mean over the few-shot draws), and when they have a
+"robustness" section, per corruption `corruption_<name>` (its mean over the severities) and per
+severity `severity_<s>` (the mean over the corruptions at that severity). Aggregates are
 [mean, sample std (ddof 1; 0.0 for one seed)] over the seeds that have the key, [None, None]
 where none has it: runs evaluated without robustness or transfer still aggregate, as dashes.
 
@@ -24,6 +26,8 @@ IN_DOMAIN_METRICS = ("knn_20", "linear", "few_shot_5")
 CORRUPTED_METRICS = {"mCA": "robustness_mca"}
 TRANSFER_METRICS = ("knn_20", "few_shot_5")
 _TRANSFER_KEY = re.compile(r"transfer_(.+)_(knn_[0-9]+|few_shot_[0-9]+)")
+_CORRUPTION_KEY = re.compile(r"corruption_(.+)")
+_SEVERITY_KEY = re.compile(r"severity_([0-9]+)")
 
 
 def transfer_key(target: str, metric: str) -> str:
@@ -37,6 +41,36 @@ def split_transfer_key(key: str) -> tuple[str, str] | None:
   return (m.group(1), m.group(2)) if m else None
 
 
+def corruption_key(name: str) -> str:
+  """`corruption_key("fog") == "corruption_fog"`: a corruption's accuracy over severities."""
+  return f"corruption_{name}"
+
+
+def severity_key(severity: int) -> str:
+  """`severity_key(3) == "severity_3"`: the accuracy over corruptions at one severity."""
+  return f"severity_{severity}"
+
+
+def corruption_names(keys: Sequence[str]) -> list[str]:
+  """The corruptions named by the `corruption_key`s among `keys`, in order."""
+  return [m.group(1) for k in keys if (m := _CORRUPTION_KEY.fullmatch(k))]
+
+
+def severities(keys: Sequence[str]) -> list[int]:
+  """The severities of the `severity_key`s among `keys`, in order."""
+  return [int(m.group(1)) for k in keys if (m := _SEVERITY_KEY.fullmatch(k))]
+
+
+def _robustness_record(robustness: Mapping[str, Any]) -> dict[str, float]:
+  """Per corruption its mean over severities, per severity the mean over corruptions, from
+  results["robustness"]["accuracy"] ({name: {"1": acc, ..., "5": acc, "mean": acc}})."""
+  acc = robustness.get("accuracy") or {}
+  rec = {corruption_key(name): a["mean"] for name, a in acc.items()}
+  for s in (robustness.get("severities") or ()) if acc else ():
+    rec[severity_key(int(s))] = sum(a[str(s)] for a in acc.values()) / len(acc)
+  return rec
+
+
 def run_record(res: Mapping[str, Any], seed: int) -> dict[str, Any]:
   """The flat record of one results dict (see module docstring)."""
   rec = {"seed": int(seed), "step": res["step"], **res["summary"]}
@@ -47,14 +81,19 @@ def run_record(res: Mapping[str, Any], seed: int) -> dict[str, Any]:
     for name, few in (t.get("few_shot") or {}).items():  # "5shot": {"mean", "std", ...}
       rec[transfer_key(target, f"few_shot_{name.removesuffix('shot')}")] = (
           None if few is None else few.get("mean"))
+  if res.get("robustness"):
+    rec.update(_robustness_record(res["robustness"]))
   return rec
 
 
 def record_keys(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """`SUMMARY_KEYS`, then the transfer keys of `runs` in order of first appearance."""
+  """`SUMMARY_KEYS`, then the transfer, corruption and severity keys of `runs`, each kind in
+  order of first appearance."""
   from simlap.evaluation import run as eval_workdir  # noqa: PLC0415 - heavy (TF): not for --help
-  extra = (k for r in runs for k in r if split_transfer_key(k))
-  return list(eval_workdir.SUMMARY_KEYS) + list(dict.fromkeys(extra))
+  keys = list(dict.fromkeys(k for r in runs for k in r))
+  return list(eval_workdir.SUMMARY_KEYS) + [
+      k for pattern in (_TRANSFER_KEY, _CORRUPTION_KEY, _SEVERITY_KEY) for k in keys
+      if pattern.fullmatch(k)]
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None

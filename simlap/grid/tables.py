@@ -73,8 +73,21 @@ def robustness_markdown(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
           "Per run: a ridge probe on frozen backbone features fitted on the clean train split, "
           "scored on the test split clean and under every corruption and severity; mCA = mean "
           "accuracy over those, relative corruption error = (1 − mCA) / (1 − clean). Each "
-          "run's eval/report.md has the per-corruption numbers.", "",
-          *_table(methods, ROBUSTNESS_COLUMNS)]
+          "run's eval/report.md has every corruption at every severity.", "",
+          *_table(methods, ROBUSTNESS_COLUMNS), *_per_corruption_markdown(methods)]
+
+
+def _per_corruption_markdown(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """Accuracy per corruption (mean over severities) and per severity (mean over corruptions):
+  where a method's mCA comes from. [] for runs whose records have neither (older grids)."""
+  keys = list(dict.fromkeys(k for d in methods.values() for k in d["mean_std"]))
+  names, levels = agg.corruption_names(keys), agg.severities(keys)
+  if not names:
+    return []
+  return ["", "Per corruption, mean over severities:", "",
+          *_table(methods, [(n, agg.corruption_key(n), "pct") for n in names]),
+          "", "Per severity, mean over corruptions:", "",
+          *_table(methods, [(str(s), agg.severity_key(s), "pct") for s in levels])]
 
 
 def transfer_markdown(methods: Mapping[str, Mapping[str, Any]],
